@@ -1,0 +1,182 @@
+//! Results for people (tables) and for programs (JSON).
+
+use crate::OutputFormat;
+use anyhow::Context;
+use arrow::ipc::reader::StreamReader;
+use arrow::record_batch::RecordBatch;
+use serde_json::json;
+use verbund_proto::v1 as pb;
+
+pub fn decode(ipc: &[u8]) -> anyhow::Result<Vec<RecordBatch>> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(ipc), None).context("the result is not Arrow IPC")?;
+    reader.collect::<Result<Vec<_>, _>>().context("the result is not valid Arrow IPC")
+}
+
+pub fn outcome_name(o: pb::SiteOutcome) -> &'static str {
+    match o {
+        pb::SiteOutcome::Answered => "answered",
+        pb::SiteOutcome::Refused => "refused",
+        pb::SiteOutcome::TimedOut => "timed out",
+        pb::SiteOutcome::Cancelled => "cancelled",
+        pb::SiteOutcome::NotConnected => "not connected",
+        pb::SiteOutcome::Disconnected => "disconnected",
+        pb::SiteOutcome::Failed => "failed",
+        pb::SiteOutcome::Unspecified => "unknown",
+    }
+}
+
+fn format_ms(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".into();
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    format!("{:.1} s ago", now.saturating_sub(unix_ms) as f64 / 1000.0)
+}
+
+/// A plain text table with a header row.
+pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.push(line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+pub fn response(r: &pb::QueryResponse, format: OutputFormat) -> anyhow::Result<String> {
+    let batches = decode(&r.arrow_ipc)?;
+    match format {
+        OutputFormat::Table => {
+            let mut out = arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
+            let rows: Vec<Vec<String>> = r
+                .sites
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.site.clone(),
+                        outcome_name(s.outcome()).to_string(),
+                        s.groups.to_string(),
+                        s.withheld_groups.to_string(),
+                        format!("{:.1}", s.elapsed_ms),
+                        s.message.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str("\n\n");
+            out.push_str(&text_table(&["site", "status", "groups", "withheld", "ms", "message"], &rows));
+            for note in &r.notes {
+                out.push_str(&format!("\nnote: {note}"));
+            }
+            Ok(out)
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            for b in &batches {
+                writer.write(b)?;
+            }
+            writer.finish()?;
+            let bytes = writer.into_inner();
+            let rows: serde_json::Value = if bytes.is_empty() { json!([]) } else { serde_json::from_slice(&bytes)? };
+            let sites: Vec<serde_json::Value> = r
+                .sites
+                .iter()
+                .map(|s| {
+                    json!({
+                        "site": s.site,
+                        "status": outcome_name(s.outcome()),
+                        "message": s.message,
+                        "groups": s.groups,
+                        "withheld_groups": s.withheld_groups,
+                        "withheld_bins": s.withheld_bins,
+                        "elapsed_ms": s.elapsed_ms,
+                    })
+                })
+                .collect();
+            Ok(serde_json::to_string_pretty(&json!({
+                "query_id": r.query_id,
+                "rows": rows,
+                "sites": sites,
+                "notes": r.notes,
+            }))?)
+        }
+    }
+}
+
+pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<String> {
+    let type_name = |t: i32| pb::ColumnType::try_from(t).map(verbund_query::literal::type_name).unwrap_or("unknown");
+    match format {
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = r
+                .sites
+                .iter()
+                .map(|s| {
+                    let datasets = s
+                        .catalogue
+                        .as_ref()
+                        .map(|c| c.datasets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default();
+                    vec![
+                        s.site.clone(),
+                        if s.connected { "connected".into() } else { "disconnected".into() },
+                        format_ms(s.last_seen_unix_ms),
+                        s.min_cell_size.to_string(),
+                        datasets,
+                    ]
+                })
+                .collect();
+            let mut out = text_table(&["site", "state", "last seen", "k", "datasets"], &rows);
+            let mut seen = std::collections::BTreeMap::new();
+            for s in &r.sites {
+                for d in s.catalogue.iter().flat_map(|c| &c.datasets) {
+                    seen.entry(d.name.clone()).or_insert_with(|| {
+                        let cols: Vec<String> =
+                            d.columns.iter().map(|c| format!("{} {}", c.name, type_name(c.r#type))).collect();
+                        format!("{} (patient key {}): {}", d.name, d.patient_key, cols.join(", "))
+                    });
+                }
+            }
+            for line in seen.values() {
+                out.push_str(&format!("\n{line}"));
+            }
+            Ok(out)
+        }
+        OutputFormat::Json => {
+            let sites: Vec<serde_json::Value> = r
+                .sites
+                .iter()
+                .map(|s| {
+                    let datasets: Vec<serde_json::Value> = s
+                        .catalogue
+                        .iter()
+                        .flat_map(|c| &c.datasets)
+                        .map(|d| {
+                            json!({
+                                "name": d.name,
+                                "patient_key": d.patient_key,
+                                "columns": d.columns.iter().map(|c| json!({"name": c.name, "type": type_name(c.r#type)})).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "site": s.site,
+                        "connected": s.connected,
+                        "last_seen_unix_ms": s.last_seen_unix_ms,
+                        "connected_since_unix_ms": s.connected_since_unix_ms,
+                        "min_cell_size": s.min_cell_size,
+                        "remote_addr": s.remote_addr,
+                        "datasets": datasets,
+                    })
+                })
+                .collect();
+            Ok(serde_json::to_string_pretty(&json!({ "sites": sites }))?)
+        }
+    }
+}

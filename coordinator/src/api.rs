@@ -1,0 +1,191 @@
+//! The researcher API: plan the SQL, fan out to the sites, merge, and report every site's
+//! status next to the merged table.
+
+use crate::fanout::{SiteOutcome, fan_out};
+use crate::merge::Merger;
+use crate::{Coordinator, Error};
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::info;
+use verbund_proto::v1 as pb;
+use verbund_proto::v1::researcher_server::Researcher;
+
+pub struct ResearcherService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl ResearcherService {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+/// Removes a running query's cancel handle when the query ends in any way.
+struct Running<'a> {
+    coordinator: &'a Coordinator,
+    query_id: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.coordinator.running().remove(&self.query_id);
+    }
+}
+
+fn valid_query_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Coordinator {
+    /// Runs one researcher query end to end.
+    pub async fn query(&self, request: pb::ResearchQuery) -> Result<pb::QueryResponse, Error> {
+        let query_id =
+            if request.query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.query_id.clone() };
+        if !valid_query_id(&query_id) {
+            return Err(Error::InvalidQueryId);
+        }
+        let known = self.registry().list();
+        let targets: Vec<String> = if request.sites.is_empty() {
+            known.iter().map(|s| s.site.clone()).collect()
+        } else {
+            for s in &request.sites {
+                if !known.iter().any(|k| &k.site == s) {
+                    let names: Vec<&str> = known.iter().map(|k| k.site.as_str()).collect();
+                    return Err(Error::UnknownSite { site: s.clone(), known: names.join(", ") });
+                }
+            }
+            request.sites.clone()
+        };
+        if !known.iter().any(|k| k.connected && targets.contains(&k.site)) {
+            return Err(Error::NoSites);
+        }
+        // Plan against what the asked sites announced.
+        let catalogue = crate::frontend::union_catalogue(
+            known.iter().filter(|k| targets.contains(&k.site)).filter_map(|k| k.catalogue.as_ref()),
+        );
+        let plan = crate::frontend::plan_sql(&request.sql, &catalogue).await.map_err(Error::Query)?;
+
+        let timeout = match request.timeout_ms {
+            0 => self.config().default_timeout,
+            ms => Duration::from_millis(u64::from(ms)).min(self.config().max_timeout),
+        };
+        let cancel = CancellationToken::new();
+        if self.running().insert(query_id.clone(), cancel.clone()).is_some() {
+            return Err(Error::DuplicateQueryId(query_id));
+        }
+        let _running = Running { coordinator: self, query_id: query_id.clone() };
+
+        info!(query_id = %query_id, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
+        let node_query = pb::NodeQuery {
+            query_id: query_id.clone(),
+            identity: Some(pb::Identity { researcher_token: String::new(), researcher: String::new() }),
+            timeout_ms: timeout.as_millis() as u32,
+            query: Some(plan.request.clone()),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut outcomes = fan_out(&self.registry_arc(), &targets, node_query, deadline, &cancel).await;
+
+        let mut merger = Merger::new(&plan);
+        for o in &mut outcomes {
+            if let Some(partial) = &o.partial {
+                match merger.check_shape(partial) {
+                    Ok(()) => merger.add(partial),
+                    Err(why) => {
+                        tracing::warn!(site = %o.site, %why, "malformed answer discarded");
+                        o.outcome = pb::SiteOutcome::Failed;
+                        o.message = format!("the site's answer was malformed and is not used: {why}");
+                        o.partial = None;
+                    }
+                }
+            }
+        }
+        let batch = merger.finish().map_err(Error::Merge)?;
+        let notes = notes(&plan, &outcomes);
+        info!(query_id = %query_id, rows = batch.num_rows(), "federated query done");
+        Ok(pb::QueryResponse {
+            query_id,
+            arrow_ipc: encode_ipc(&batch)?,
+            sites: outcomes.iter().map(status_of).collect(),
+            notes,
+        })
+    }
+}
+
+fn status_of(o: &SiteOutcome) -> pb::SiteStatus {
+    let p = o.partial.as_ref();
+    pb::SiteStatus {
+        site: o.site.clone(),
+        outcome: o.outcome as i32,
+        message: o.message.clone(),
+        groups: p.map(|p| p.groups.len() as u32).unwrap_or(0),
+        withheld_groups: p.map(|p| p.withheld_groups).unwrap_or(0),
+        withheld_bins: p.map(|p| p.withheld_bins).unwrap_or(0),
+        elapsed_ms: o.elapsed_ms,
+    }
+}
+
+fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let answered = outcomes.iter().filter(|o| o.outcome == pb::SiteOutcome::Answered).count();
+    if answered < outcomes.len() {
+        notes.push(format!(
+            "partial answer: {answered} of {} sites answered; the numbers cover only those sites",
+            outcomes.len()
+        ));
+    }
+    if plan.request.aggregates.iter().any(|a| a.kind() == pb::AggregateKind::CountPatients) {
+        notes.push(
+            "distinct patient counts are summed over sites: a patient treated at two sites counts once at each \
+             (there is no cross-site record linkage yet)"
+                .into(),
+        );
+    }
+    let withheld: u32 = outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| p.withheld_groups).sum();
+    let bins: u32 = outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| p.withheld_bins).sum();
+    if withheld > 0 || bins > 0 {
+        notes.push(format!(
+            "{withheld} groups and {bins} histogram bins were withheld by sites under their minimum cell size; \
+             merged numbers include only what the sites released"
+        ));
+    }
+    notes
+}
+
+pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
+    let mut buf = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut buf, &batch.schema()).map_err(|e| Error::Merge(e.to_string()))?;
+    writer.write(batch).map_err(|e| Error::Merge(e.to_string()))?;
+    writer.finish().map_err(|e| Error::Merge(e.to_string()))?;
+    drop(writer);
+    Ok(buf)
+}
+
+#[tonic::async_trait]
+impl Researcher for ResearcherService {
+    async fn query(&self, request: Request<pb::ResearchQuery>) -> Result<Response<pb::QueryResponse>, Status> {
+        Ok(Response::new(self.coordinator.query(request.into_inner()).await?))
+    }
+
+    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let id = request.into_inner().query_id;
+        let found = match self.coordinator.running().get(&id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        };
+        Ok(Response::new(pb::CancelResponse { found }))
+    }
+
+    async fn list_sites(
+        &self,
+        _request: Request<pb::ListSitesRequest>,
+    ) -> Result<Response<pb::ListSitesResponse>, Status> {
+        Ok(Response::new(pb::ListSitesResponse { sites: self.coordinator.registry().list() }))
+    }
+}

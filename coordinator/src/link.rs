@@ -1,0 +1,92 @@
+//! The coordinator's end of the node link: accepts a node's outbound stream, registers the
+//! site with its catalogue, and routes results and heartbeats until the stream ends.
+
+use crate::registry::Registry;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+use verbund_proto::v1 as pb;
+use verbund_proto::v1::node_link_server::NodeLink;
+
+/// How long a node has to say who it is after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const OUTBOUND_QUEUE: usize = 1024;
+
+pub struct LinkService {
+    registry: Arc<Registry>,
+}
+
+impl LinkService {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+type Outbound = Pin<Box<dyn futures::Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeLink for LinkService {
+    type AttachStream = Outbound;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of opening the link"))??;
+        let hello = match first.and_then(|m| m.kind) {
+            Some(pb::node_message::Kind::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("the first message on the link must be a Hello")),
+        };
+        if hello.site.trim().is_empty() || hello.site.len() > 128 {
+            return Err(Status::invalid_argument("the Hello must name the site (1 to 128 characters)"));
+        }
+        if hello.catalogue.is_none() {
+            return Err(Status::invalid_argument("the Hello must carry the site's catalogue"));
+        }
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Welcome(pb::Welcome {
+                coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+        };
+        tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("link closed"))?;
+        let site = hello.site.clone();
+        let connection = self.registry.attach(&hello, remote.clone(), tx);
+        let datasets = hello.catalogue.as_ref().map(|c| c.datasets.len()).unwrap_or(0);
+        info!(site = %site, remote = %remote, datasets, min_cell_size = hello.min_cell_size, "site connected");
+
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        registry.touch(&site);
+                        match message.kind {
+                            Some(pb::node_message::Kind::Result(result)) => registry.deliver(&site, connection, result),
+                            Some(pb::node_message::Kind::Heartbeat(_)) => {}
+                            Some(pb::node_message::Kind::Hello(_)) | None => {
+                                warn!(site = %site, "unexpected message on the link ignored")
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        warn!(site = %site, error = %status, "link stream failed");
+                        break;
+                    }
+                }
+            }
+            registry.detach(&site, connection);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

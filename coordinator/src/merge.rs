@@ -1,0 +1,355 @@
+//! Exact merge of the sites' partial aggregates: counts and sums add, means come from the
+//! summed sums and counts, variances from (count, mean, M2) merged with Chan's formula,
+//! histograms add bin by bin. The merged table has the columns the researcher selected.
+
+use crate::frontend::{FederatedPlan, Source};
+use datafusion::arrow::array::{ArrayRef, ListArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::common::ScalarValue;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use verbund_proto::v1 as pb;
+use verbund_proto::v1::literal::Value;
+use verbund_proto::v1::partial_aggregate::State;
+use verbund_query::Moments;
+use verbund_query::literal::literal_to_scalar;
+
+/// A group key value with a total order (NULL last), so merged groups come out sorted.
+#[derive(Debug, Clone, PartialEq)]
+struct KeyValue(pb::Literal);
+
+impl Eq for KeyValue {}
+
+impl Ord for KeyValue {
+    fn cmp(&self, other: &Self) -> Ordering {
+        fn rank(v: &Option<Value>) -> u8 {
+            match v {
+                Some(Value::Bool(_)) => 0,
+                Some(Value::Int64(_)) => 1,
+                Some(Value::Float64(_)) => 2,
+                Some(Value::Date(_)) => 3,
+                Some(Value::String(_)) => 4,
+                None => 5,
+            }
+        }
+        match (&self.0.value, &other.0.value) {
+            (Some(Value::Bool(a)), Some(Value::Bool(b))) => a.cmp(b),
+            (Some(Value::Int64(a)), Some(Value::Int64(b))) => a.cmp(b),
+            (Some(Value::Float64(a)), Some(Value::Float64(b))) => a.total_cmp(b),
+            (Some(Value::Date(a)), Some(Value::Date(b))) => a.cmp(b),
+            (Some(Value::String(a)), Some(Value::String(b))) => a.cmp(b),
+            (a, b) => rank(a).cmp(&rank(b)),
+        }
+    }
+}
+
+impl PartialOrd for KeyValue {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Acc {
+    Count(u64),
+    Sum { count: u64, int: i128, float: f64, is_float: bool },
+    Moments(Moments),
+    Histogram(Vec<u64>),
+}
+
+/// What a merge needs to know about each requested aggregate.
+fn expected(aggregate: &pb::Aggregate) -> (pb::AggregateKind, usize) {
+    let bins =
+        aggregate.bins.as_ref().and_then(|b| verbund_query::BinSpec::from_proto(b).ok()).map(|s| s.len()).unwrap_or(0);
+    (aggregate.kind(), bins)
+}
+
+pub struct Merger<'a> {
+    plan: &'a FederatedPlan,
+    groups: BTreeMap<Vec<KeyValue>, Vec<Acc>>,
+}
+
+impl<'a> Merger<'a> {
+    pub fn new(plan: &'a FederatedPlan) -> Self {
+        Self { plan, groups: BTreeMap::new() }
+    }
+
+    /// Checks that a site's answer has the shape the request asked for, so a faulty or
+    /// hostile node cannot corrupt the merged answer. Returns what is wrong.
+    pub fn check_shape(&self, partial: &pb::PartialResult) -> Result<(), String> {
+        use pb::AggregateKind as K;
+        let ngroups = self.plan.request.group_by.len();
+        for g in &partial.groups {
+            if g.keys.len() != ngroups {
+                return Err(format!("a group has {} keys, expected {ngroups}", g.keys.len()));
+            }
+            if g.aggregates.len() != self.plan.request.aggregates.len() {
+                return Err("a group has the wrong number of aggregates".into());
+            }
+            for (a, p) in self.plan.request.aggregates.iter().zip(&g.aggregates) {
+                let (kind, bins) = expected(a);
+                let ok = match (&p.state, kind) {
+                    (Some(State::Count(_)), K::CountRows | K::CountPatients | K::Count) => true,
+                    (Some(State::Sum(s)), K::Sum | K::Mean) => s.sum.is_some() || s.count == 0,
+                    (
+                        Some(State::Moments(m)),
+                        K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation,
+                    ) => m.mean.is_finite() && m.m2.is_finite() && m.m2 >= 0.0,
+                    (Some(State::Histogram(h)), K::Histogram) => h.counts.len() == bins,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(format!("an aggregate does not match the request ({kind:?})"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one site's (shape-checked) answer.
+    pub fn add(&mut self, partial: &pb::PartialResult) {
+        for g in &partial.groups {
+            let key: Vec<KeyValue> = g.keys.iter().cloned().map(KeyValue).collect();
+            let accs = self.groups.entry(key).or_insert_with(|| {
+                g.aggregates
+                    .iter()
+                    .map(|p| match &p.state {
+                        Some(State::Count(_)) | None => Acc::Count(0),
+                        Some(State::Sum(_)) => Acc::Sum { count: 0, int: 0, float: 0.0, is_float: false },
+                        Some(State::Moments(_)) => Acc::Moments(Moments::default()),
+                        Some(State::Histogram(h)) => Acc::Histogram(vec![0; h.counts.len()]),
+                    })
+                    .collect()
+            });
+            for (acc, p) in accs.iter_mut().zip(&g.aggregates) {
+                match (acc, &p.state) {
+                    (Acc::Count(n), Some(State::Count(c))) => *n += c.count,
+                    (Acc::Sum { count, int, float, is_float }, Some(State::Sum(s))) => {
+                        *count += s.count;
+                        match s.sum {
+                            Some(pb::sum_state::Sum::Int64(v)) => *int += i128::from(v),
+                            Some(pb::sum_state::Sum::Float64(v)) => {
+                                *float += v;
+                                *is_float = true;
+                            }
+                            None => {}
+                        }
+                    }
+                    (Acc::Moments(m), Some(State::Moments(s))) => {
+                        m.merge(&Moments { count: s.count, mean: s.mean, m2: s.m2 })
+                    }
+                    (Acc::Histogram(counts), Some(State::Histogram(h))) => {
+                        for (c, v) in counts.iter_mut().zip(&h.counts) {
+                            *c += v;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The merged table.
+    pub fn finish(self) -> Result<RecordBatch, String> {
+        let schema = self.plan.schema.clone();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.outputs.len());
+        for (i, source) in self.plan.outputs.iter().enumerate() {
+            let data_type = schema.field(i).data_type();
+            let values = self
+                .groups
+                .iter()
+                .map(|(key, accs)| match source {
+                    Source::Group(g) => literal_to_scalar(&key[*g].0, data_type).map_err(|e| e.to_string()),
+                    Source::Aggregate(a) => finish_aggregate(&self.plan.request.aggregates[*a], &accs[*a], data_type),
+                })
+                .collect::<Result<Vec<ScalarValue>, String>>()?;
+            let array = if values.is_empty() {
+                datafusion::arrow::array::new_empty_array(data_type)
+            } else {
+                ScalarValue::iter_to_array(values).map_err(|e| e.to_string())?
+            };
+            columns.push(array);
+        }
+        if columns.is_empty() {
+            return Err("the query selects no column".into());
+        }
+        RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+fn finish_aggregate(
+    aggregate: &pb::Aggregate,
+    acc: &Acc,
+    data_type: &datafusion::arrow::datatypes::DataType,
+) -> Result<ScalarValue, String> {
+    use pb::AggregateKind as K;
+    let value = match (aggregate.kind(), acc) {
+        (_, Acc::Count(n)) => ScalarValue::Int64(Some(i64::try_from(*n).map_err(|_| "count overflows")?)),
+        (K::Sum, Acc::Sum { count, int, float, is_float }) => match (*count, *is_float) {
+            (0, _) => ScalarValue::Float64(None),
+            (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
+            (_, false) => ScalarValue::Int64(Some(
+                i64::try_from(*int).map_err(|_| "the merged sum overflows a 64-bit integer".to_string())?,
+            )),
+        },
+        (K::Mean, Acc::Sum { count, int, float, is_float }) => ScalarValue::Float64(match *count {
+            0 => None,
+            n if *is_float => Some((*float + *int as f64) / n as f64),
+            n => Some(*int as f64 / n as f64),
+        }),
+        (K::VarianceSample, Acc::Moments(m)) => ScalarValue::Float64(m.variance_sample()),
+        (K::VariancePopulation, Acc::Moments(m)) => ScalarValue::Float64(m.variance_population()),
+        (K::StddevSample, Acc::Moments(m)) => ScalarValue::Float64(m.variance_sample().map(f64::sqrt)),
+        (K::StddevPopulation, Acc::Moments(m)) => ScalarValue::Float64(m.variance_population().map(f64::sqrt)),
+        (K::Histogram, Acc::Histogram(counts)) => {
+            let counts = counts.iter().map(|c| i64::try_from(*c).ok()).collect::<Vec<_>>();
+            let list = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(counts)]);
+            ScalarValue::List(Arc::new(list))
+        }
+        (kind, _) => return Err(format!("no merged value for {kind:?}")),
+    };
+    if &value.data_type() == data_type || value.is_null() && data_type.is_null() {
+        return Ok(value);
+    }
+    value.cast_to(data_type).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
+
+    fn agg(kind: pb::AggregateKind) -> pb::Aggregate {
+        pb::Aggregate { kind: kind as i32, column: "x".into(), bins: None }
+    }
+
+    fn key(s: &str) -> pb::Literal {
+        pb::Literal { value: Some(Value::String(s.into())) }
+    }
+
+    fn plan() -> FederatedPlan {
+        use pb::AggregateKind as K;
+        let mut hist = agg(K::Histogram);
+        hist.bins = Some(verbund_query::BinSpec::fixed(0.0, 1.0, 3).unwrap().to_proto("x"));
+        let aggregates =
+            vec![agg(K::CountRows), agg(K::Sum), agg(K::Mean), agg(K::VarianceSample), agg(K::StddevPopulation), hist];
+        let fields = vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Int64, true),
+            Field::new("m", DataType::Float64, true),
+            Field::new("v", DataType::Float64, true),
+            Field::new("sd", DataType::Float64, true),
+            Field::new("h", verbund_query::functions::histogram_type(), true),
+        ];
+        FederatedPlan {
+            request: pb::AggregateQuery {
+                dataset: "t".into(),
+                filter: None,
+                group_by: vec![pb::Grouping { kind: Some(pb::grouping::Kind::Column("g".into())) }],
+                aggregates,
+            },
+            outputs: std::iter::once(Source::Group(0)).chain((0..6).map(Source::Aggregate)).collect(),
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    /// The partial a site computes for `xs` in group `g`.
+    fn partial(g: &str, xs: &[i64]) -> pb::GroupPartial {
+        let mut m = Moments::default();
+        xs.iter().for_each(|x| m.push(*x as f64));
+        let mut h = vec![0u64; 3];
+        xs.iter().filter(|x| (0..3).contains(*x)).for_each(|x| h[*x as usize] += 1);
+        let st = |s| pb::PartialAggregate { state: Some(s) };
+        let sum = pb::SumState { count: xs.len() as u64, sum: Some(pb::sum_state::Sum::Int64(xs.iter().sum())) };
+        pb::GroupPartial {
+            keys: vec![key(g)],
+            aggregates: vec![
+                st(State::Count(pb::CountState { count: xs.len() as u64 })),
+                st(State::Sum(sum.clone())),
+                st(State::Sum(sum)),
+                st(State::Moments(pb::MomentsState { count: m.count, mean: m.mean, m2: m.m2 })),
+                st(State::Moments(pb::MomentsState { count: m.count, mean: m.mean, m2: m.m2 })),
+                st(State::Histogram(pb::HistogramState { counts: h, withheld_bins: vec![] })),
+            ],
+        }
+    }
+
+    #[test]
+    fn merging_site_partials_equals_the_pooled_statistics() {
+        let plan = plan();
+        let mut merger = Merger::new(&plan);
+        let site1 =
+            pb::PartialResult { groups: vec![partial("a", &[1, 2, 3]), partial("b", &[0, 0])], ..Default::default() };
+        let site2 = pb::PartialResult { groups: vec![partial("a", &[4, 5])], ..Default::default() };
+        for p in [&site1, &site2] {
+            merger.check_shape(p).unwrap();
+            merger.add(p);
+        }
+        let batch = merger.finish().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        let groups = batch.column(0).as_string::<i32>();
+        assert_eq!((groups.value(0), groups.value(1)), ("a", "b"));
+        assert_eq!(batch.column(1).as_primitive::<Int64Type>().values().to_vec(), vec![5, 2]);
+        assert_eq!(batch.column(2).as_primitive::<Int64Type>().values().to_vec(), vec![15, 0]);
+        let f = |c: usize, r: usize| batch.column(c).as_primitive::<Float64Type>().value(r);
+        assert!((f(3, 0) - 3.0).abs() < 1e-12);
+        assert!((f(4, 0) - 2.5).abs() < 1e-12, "sample variance of 1..5 is 2.5");
+        assert!((f(5, 0) - 2f64.sqrt()).abs() < 1e-12, "population sd of 1..5 is sqrt 2");
+        let h = batch.column(6).as_list::<i32>().value(0);
+        assert_eq!(h.as_primitive::<Int64Type>().values().to_vec(), vec![0, 1, 1]);
+    }
+
+    #[test]
+    fn empty_and_single_value_groups_give_null_statistics() {
+        let plan = plan();
+        let mut merger = Merger::new(&plan);
+        let p = pb::PartialResult { groups: vec![partial("a", &[]), partial("b", &[7])], ..Default::default() };
+        merger.add(&p);
+        let batch = merger.finish().unwrap();
+        assert!(batch.column(2).is_null(0), "sum of nothing is NULL");
+        assert!(batch.column(3).is_null(0), "mean of nothing is NULL");
+        assert!(batch.column(4).is_null(1), "sample variance of one value is NULL");
+        assert!(!batch.column(5).is_null(1), "population sd of one value is 0");
+    }
+
+    #[test]
+    fn malformed_partials_are_rejected() {
+        let plan = plan();
+        let merger = Merger::new(&plan);
+        let mut g = partial("a", &[1]);
+        g.keys.clear();
+        assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
+        let mut g = partial("a", &[1]);
+        g.aggregates.swap(0, 3);
+        assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
+        let mut g = partial("a", &[1]);
+        g.aggregates[5] = pb::PartialAggregate {
+            state: Some(State::Histogram(pb::HistogramState { counts: vec![1; 7], withheld_bins: vec![] })),
+        };
+        assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
+        let mut g = partial("a", &[1, 2]);
+        g.aggregates[3] = pb::PartialAggregate {
+            state: Some(State::Moments(pb::MomentsState { count: 2, mean: f64::NAN, m2: 1.0 })),
+        };
+        assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn keys_sort_with_nulls_last() {
+        let mut keys = vec![
+            KeyValue(pb::Literal { value: None }),
+            KeyValue(pb::Literal { value: Some(Value::Float64(2.0)) }),
+            KeyValue(pb::Literal { value: Some(Value::Float64(-1.0)) }),
+        ];
+        keys.sort();
+        assert_eq!(keys[0].0.value, Some(Value::Float64(-1.0)));
+        assert_eq!(keys[2].0.value, None);
+    }
+}

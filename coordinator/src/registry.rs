@@ -1,0 +1,216 @@
+//! The sites the coordinator knows: who is connected right now, since when, last seen when,
+//! with which catalogue; and the queries each connection still owes an answer to.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tonic::Status;
+use verbund_proto::v1 as pb;
+
+pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// What a site's connection delivers for one dispatched query.
+#[derive(Debug)]
+pub enum SiteReply {
+    Result(pb::QueryResult),
+    /// The connection ended before the site answered.
+    Disconnected,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DispatchError {
+    #[error("not connected")]
+    NotConnected,
+    #[error("the site's send queue is full")]
+    Busy,
+}
+
+struct Connection {
+    id: u64,
+    tx: Outbound,
+    pending: HashMap<String, oneshot::Sender<SiteReply>>,
+}
+
+struct SiteEntry {
+    catalogue: pb::Catalogue,
+    min_cell_size: u32,
+    node_version: String,
+    remote_addr: String,
+    connected_since_ms: u64,
+    last_seen_ms: u64,
+    connection: Option<Connection>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sites: Mutex<HashMap<String, SiteEntry>>,
+    next_connection: AtomicU64,
+    changed: Notify,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SiteEntry>> {
+        self.sites.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a new connection of `hello.site`, replacing (and closing) an older one.
+    pub fn attach(&self, hello: &pb::Hello, remote_addr: String, tx: Outbound) -> u64 {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_ms();
+        let entry = SiteEntry {
+            catalogue: hello.catalogue.clone().unwrap_or_default(),
+            min_cell_size: hello.min_cell_size,
+            node_version: hello.node_version.clone(),
+            remote_addr,
+            connected_since_ms: now,
+            last_seen_ms: now,
+            connection: Some(Connection { id, tx, pending: HashMap::new() }),
+        };
+        let old = self.lock().insert(hello.site.clone(), entry);
+        if let Some(Connection { pending, .. }) = old.and_then(|o| o.connection) {
+            tracing::warn!(site = %hello.site, "site reconnected; the previous connection is closed");
+            for (_, waiter) in pending {
+                let _ = waiter.send(SiteReply::Disconnected);
+            }
+        }
+        self.changed.notify_waiters();
+        id
+    }
+
+    /// Marks the site disconnected if `connection` is still its current one.
+    pub fn detach(&self, site: &str, connection: u64) {
+        let pending = {
+            let mut sites = self.lock();
+            match sites.get_mut(site) {
+                Some(entry) if entry.connection.as_ref().is_some_and(|c| c.id == connection) => {
+                    entry.connection.take().map(|c| c.pending)
+                }
+                _ => None,
+            }
+        };
+        if let Some(pending) = pending {
+            tracing::warn!(site, open_queries = pending.len(), "site disconnected");
+            for (_, waiter) in pending {
+                let _ = waiter.send(SiteReply::Disconnected);
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    pub fn touch(&self, site: &str) {
+        if let Some(entry) = self.lock().get_mut(site) {
+            entry.last_seen_ms = now_ms();
+        }
+    }
+
+    /// Hands a site's result to the query waiting for it (if it still waits).
+    pub fn deliver(&self, site: &str, connection: u64, result: pb::QueryResult) {
+        let waiter = self
+            .lock()
+            .get_mut(site)
+            .and_then(|e| e.connection.as_mut())
+            .filter(|c| c.id == connection)
+            .and_then(|c| c.pending.remove(&result.query_id));
+        match waiter {
+            Some(w) => {
+                let _ = w.send(SiteReply::Result(result));
+            }
+            None => tracing::debug!(site, query_id = %result.query_id, "late result discarded"),
+        }
+    }
+
+    /// Sends a query to a connected site and returns where its answer will arrive.
+    pub fn dispatch(&self, site: &str, query: pb::NodeQuery) -> Result<oneshot::Receiver<SiteReply>, DispatchError> {
+        let mut sites = self.lock();
+        let connection = sites.get_mut(site).and_then(|e| e.connection.as_mut()).ok_or(DispatchError::NotConnected)?;
+        let (tx, rx) = oneshot::channel();
+        let query_id = query.query_id.clone();
+        let message = pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Query(query)) };
+        connection.tx.try_send(Ok(message)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => DispatchError::Busy,
+            mpsc::error::TrySendError::Closed(_) => DispatchError::NotConnected,
+        })?;
+        connection.pending.insert(query_id, tx);
+        Ok(rx)
+    }
+
+    /// Stops waiting for a site's answer and tells the site to stop working on it.
+    pub fn cancel(&self, site: &str, query_id: &str, reason: &str) {
+        let mut sites = self.lock();
+        let Some(connection) = sites.get_mut(site).and_then(|e| e.connection.as_mut()) else { return };
+        if connection.pending.remove(query_id).is_none() {
+            return;
+        }
+        let message = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Cancel(pb::CancelQuery {
+                query_id: query_id.to_string(),
+                reason: reason.to_string(),
+            })),
+        };
+        if connection.tx.try_send(Ok(message)).is_err() {
+            tracing::warn!(site, query_id, "could not send cancel; the site will stop at its own deadline");
+        }
+    }
+
+    /// Every site ever connected, sorted by name.
+    pub fn list(&self) -> Vec<pb::SiteInfo> {
+        let mut out: Vec<pb::SiteInfo> = self
+            .lock()
+            .iter()
+            .map(|(name, e)| pb::SiteInfo {
+                site: name.clone(),
+                connected: e.connection.is_some(),
+                last_seen_unix_ms: e.last_seen_ms,
+                connected_since_unix_ms: e.connected_since_ms,
+                catalogue: Some(e.catalogue.clone()),
+                min_cell_size: e.min_cell_size,
+                remote_addr: e.remote_addr.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.site.cmp(&b.site));
+        out
+    }
+
+    pub fn node_version(&self, site: &str) -> Option<String> {
+        self.lock().get(site).map(|e| e.node_version.clone())
+    }
+
+    pub fn is_connected(&self, site: &str) -> bool {
+        self.lock().get(site).is_some_and(|e| e.connection.is_some())
+    }
+
+    /// Waits until every named site is connected, or the timeout passes. Returns whether
+    /// they all are.
+    pub async fn wait_for(&self, sites: &[&str], timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if sites.iter().all(|s| self.is_connected(s)) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return sites.iter().all(|s| self.is_connected(s));
+            }
+        }
+    }
+
+    /// Waits until the named site is disconnected, or the timeout passes.
+    pub async fn wait_for_disconnect(&self, site: &str, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if !self.is_connected(site) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.is_connected(site);
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The node's side of the link: dial out to the coordinator (directly or through an HTTP
+//! proxy), announce the site and its catalogue, answer queries as they arrive, and redial
+//! with exponential backoff and jitter whenever the stream breaks.
+
+use crate::Node;
+use crate::proxy::connect_via_proxy;
+use http::Uri;
+use rand::RngExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+use verbund_proto::v1 as pb;
+use verbund_proto::v1::node_link_client::NodeLinkClient;
+
+/// The longest a node works on one query, whatever the coordinator asks for.
+pub const MAX_QUERY_TIME: Duration = Duration::from_secs(300);
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub coordinator: String,
+    pub proxy: Option<Uri>,
+    pub heartbeat: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl LinkOptions {
+    pub fn new(coordinator: impl Into<String>) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            proxy: None,
+            heartbeat: Duration::from_secs(15),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("invalid coordinator address: {0}")]
+    Address(#[source] tonic::transport::Error),
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("the coordinator refused the link: {0}")]
+    Refused(tonic::Status),
+    #[error("the link broke: {0}")]
+    Broken(tonic::Status),
+    #[error("the link's send queue is closed")]
+    SendClosed,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Keeps the link up until `shutdown` is cancelled.
+pub async fn run_link(node: Arc<Node>, options: LinkOptions, shutdown: CancellationToken) {
+    let mut backoff = options.backoff_min;
+    loop {
+        let mut connected = false;
+        let result = session(&node, &options, &shutdown, &mut connected).await;
+        if shutdown.is_cancelled() {
+            info!(site = %node.site(), "link stopped");
+            return;
+        }
+        match result {
+            Ok(()) => info!(site = %node.site(), "coordinator closed the link; redialling"),
+            Err(e) => warn!(site = %node.site(), error = %e, "link down; redialling"),
+        }
+        if connected {
+            backoff = options.backoff_min;
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        let wait = backoff + Duration::from_millis(jitter);
+        debug!(wait_ms = wait.as_millis() as u64, "waiting before redial");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(options.backoff_max);
+    }
+}
+
+async fn session(
+    node: &Arc<Node>,
+    options: &LinkOptions,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> Result<(), LinkError> {
+    let endpoint = Endpoint::from_shared(options.coordinator.clone())
+        .map_err(LinkError::Address)?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let channel = match &options.proxy {
+        Some(proxy) => {
+            let proxy = proxy.clone();
+            let connector = tower::service_fn(move |target: Uri| {
+                let proxy = proxy.clone();
+                async move { connect_via_proxy(&proxy, &target).await }
+            });
+            endpoint.connect_with_connector(connector).await.map_err(LinkError::Connect)?
+        }
+        None => endpoint.connect().await.map_err(LinkError::Connect)?,
+    };
+    let mut client = NodeLinkClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (tx, rx) = mpsc::channel::<pb::NodeMessage>(256);
+    tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(node.hello())) })
+        .await
+        .map_err(|_| LinkError::SendClosed)?;
+    let mut inbound = client.attach(ReceiverStream::new(rx)).await.map_err(LinkError::Refused)?.into_inner();
+
+    // Every query of this connection stops when the connection ends.
+    let connection = shutdown.child_token();
+    let _stop_queries = connection.clone().drop_guard();
+    let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    let mut heartbeat = tokio::time::interval(options.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = heartbeat.tick() => {
+                let beat = pb::NodeMessage { kind: Some(pb::node_message::Kind::Heartbeat(pb::Heartbeat { unix_ms: now_ms() })) };
+                tx.send(beat).await.map_err(|_| LinkError::SendClosed)?;
+            }
+            message = inbound.message() => {
+                let message = match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(LinkError::Broken(status)),
+                };
+                match message.kind {
+                    Some(pb::coordinator_message::Kind::Welcome(w)) => {
+                        *connected = true;
+                        info!(site = %node.site(), coordinator_version = %w.coordinator_version, "connected to coordinator");
+                    }
+                    Some(pb::coordinator_message::Kind::Query(q)) => {
+                        let token = connection.child_token();
+                        lock(&running).insert(q.query_id.clone(), token.clone());
+                        tokio::spawn(answer(node.clone(), q, token, tx.clone(), running.clone()));
+                    }
+                    Some(pb::coordinator_message::Kind::Cancel(c)) => {
+                        if let Some(token) = lock(&running).get(&c.query_id) {
+                            info!(query_id = %c.query_id, reason = %c.reason, "cancelling query");
+                            token.cancel();
+                        }
+                    }
+                    Some(pb::coordinator_message::Kind::Heartbeat(_)) | None => {}
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs one query until it finishes, times out or is cancelled; dropping the engine's
+/// future stops the DataFusion plan.
+async fn answer(
+    node: Arc<Node>,
+    q: pb::NodeQuery,
+    token: CancellationToken,
+    tx: mpsc::Sender<pb::NodeMessage>,
+    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+) {
+    let started = Instant::now();
+    let timeout = match q.timeout_ms {
+        0 => MAX_QUERY_TIME,
+        ms => Duration::from_millis(u64::from(ms)).min(MAX_QUERY_TIME),
+    };
+    let researcher = q.identity.as_ref().map(|i| i.researcher.as_str()).unwrap_or("");
+    info!(query_id = %q.query_id, researcher, "query received");
+    let refusal = |code: pb::RefusalCode, message: &str| {
+        pb::query_result::Outcome::Refusal(pb::Refusal { code: code as i32, message: message.to_string() })
+    };
+    let outcome = match &q.query {
+        None => refusal(pb::RefusalCode::InvalidRequest, "the request carries no query"),
+        Some(query) => tokio::select! {
+            result = node.engine().answer(query) => match result {
+                Ok(partial) => {
+                    info!(query_id = %q.query_id, groups = partial.groups.len(), withheld_groups = partial.withheld_groups, "answered");
+                    pb::query_result::Outcome::Answer(partial)
+                }
+                Err(refused) => {
+                    info!(query_id = %q.query_id, reason = %refused, "refused");
+                    pb::query_result::Outcome::Refusal(refused.to_proto())
+                }
+            },
+            _ = token.cancelled() => {
+                info!(query_id = %q.query_id, "cancelled; execution stopped");
+                refusal(pb::RefusalCode::Cancelled, "the query was cancelled")
+            }
+            _ = tokio::time::sleep(timeout) => {
+                info!(query_id = %q.query_id, timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
+                refusal(pb::RefusalCode::TimedOut, "the query ran past its deadline and was stopped")
+            }
+        },
+    };
+    lock(&running).remove(&q.query_id);
+    let result = pb::QueryResult {
+        query_id: q.query_id.clone(),
+        outcome: Some(outcome),
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    // The coordinator may be gone; then there is no one to tell.
+    let _ = tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Result(result)) }).await;
+}

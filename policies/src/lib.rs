@@ -1,0 +1,116 @@
+//! A site's own rules, and the one output checker every released number passes through.
+//!
+//! Pure: no I/O. The node reads the policy file and hands its text to [`Policy::from_toml`].
+
+mod output;
+
+pub use output::{CandidateAggregate, CandidateGroup, release};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("policy file is not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("policy is not valid: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub const DEFAULT_MIN_CELL_SIZE: u32 = 5;
+pub const DEFAULT_MAX_GROUPS: u32 = 10_000;
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: u32 = 8;
+
+/// The rules a site's own staff set. Every field has a safe default, so an empty file is
+/// a valid (strict enough) policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Minimum number of distinct patients in a released cell (group or histogram bin).
+    /// A cell with 1..k-1 patients is withheld entirely.
+    pub min_cell_size: u32,
+    /// Upper bound on the number of groups in one answer; more is refused.
+    pub max_groups: u32,
+    /// Queries this node runs at once; more are refused as overloaded.
+    pub max_concurrent_queries: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            min_cell_size: DEFAULT_MIN_CELL_SIZE,
+            max_groups: DEFAULT_MAX_GROUPS,
+            max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
+        }
+    }
+}
+
+impl Policy {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let policy: Policy = toml::from_str(text)?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// A policy with minimum cell size `k` and defaults otherwise.
+    pub fn with_min_cell_size(k: u32) -> Result<Self> {
+        let policy = Self { min_cell_size: k, ..Self::default() };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.min_cell_size == 0 {
+            return Err(Error::Invalid("min_cell_size must be at least 1".into()));
+        }
+        if self.max_groups == 0 {
+            return Err(Error::Invalid("max_groups must be at least 1".into()));
+        }
+        if self.max_concurrent_queries == 0 {
+            return Err(Error::Invalid("max_concurrent_queries must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether a cell of `patients` distinct patients may be released. An empty cell (0)
+    /// is released: it names no one, and in a grouped answer an empty group is visible by
+    /// its absence anyway.
+    pub fn releasable(&self, patients: u64) -> bool {
+        patients == 0 || patients >= u64::from(self.min_cell_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_policy_gets_safe_defaults() {
+        assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
+        assert_eq!(Policy::default().min_cell_size, 5);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_reason() {
+        assert!(Policy::from_toml("min_cell_size = 0").unwrap_err().to_string().contains("at least 1"));
+        assert!(Policy::from_toml("min_cel_size = 3").unwrap_err().to_string().contains("unknown field"));
+        assert!(Policy::from_toml("min_cell_size = \"five\"").is_err());
+    }
+
+    #[test]
+    fn example_policies_parse() {
+        for text in [include_str!("../examples/default.toml"), include_str!("../examples/registry-strict.toml")] {
+            Policy::from_toml(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn releasable_threshold() {
+        let p = Policy::with_min_cell_size(5).unwrap();
+        assert!(p.releasable(0));
+        assert!(!p.releasable(1));
+        assert!(!p.releasable(4));
+        assert!(p.releasable(5));
+    }
+}

@@ -1,0 +1,107 @@
+//! Count, mean and M2 (sum of squared deviations from the mean) of a set of numbers:
+//! Welford's update for single values and Chan et al.'s formula to merge two sets. Unlike
+//! raw sums of squares, this keeps full precision for large values with a small spread
+//! (e.g. 1e9 + N(0, 1)), where `sum(x²) - n·mean²` cancels catastrophically.
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Moments {
+    pub count: u64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Moments {
+    pub fn push(&mut self, x: f64) {
+        self.count += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    pub fn merge(&mut self, other: &Moments) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = other.mean - self.mean;
+        self.mean += delta * nb / n;
+        self.m2 += other.m2 + delta * delta * na * nb / n;
+        self.count += other.count;
+    }
+
+    /// Sample variance (n - 1 in the denominator); `None` below two values.
+    pub fn variance_sample(&self) -> Option<f64> {
+        (self.count >= 2).then(|| self.m2 / (self.count - 1) as f64)
+    }
+
+    /// Population variance; `None` without values.
+    pub fn variance_population(&self) -> Option<f64> {
+        (self.count >= 1).then(|| self.m2 / self.count as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(xs: &[f64]) -> Moments {
+        let mut m = Moments::default();
+        xs.iter().for_each(|x| m.push(*x));
+        m
+    }
+
+    #[test]
+    fn merge_equals_pooled() {
+        let a = [1.0, 2.0, 4.0, 8.0];
+        let b = [3.0, 5.0, 7.0];
+        let mut m = of(&a);
+        m.merge(&of(&b));
+        let pooled = of(&[a.as_slice(), b.as_slice()].concat());
+        assert_eq!(m.count, 7);
+        assert!((m.mean - pooled.mean).abs() < 1e-12);
+        assert!((m.m2 - pooled.m2).abs() < 1e-12);
+        // mean 30/7, sum of squares 159: M2 = 159 - 900/7
+        assert!((m.m2 - (159.0 - 900.0 / 7.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn merge_with_empty_is_identity() {
+        let mut m = of(&[1.0, 2.0]);
+        m.merge(&Moments::default());
+        assert_eq!(m, of(&[1.0, 2.0]));
+        let mut e = Moments::default();
+        e.merge(&m);
+        assert_eq!(e, m);
+        assert_eq!(Moments::default().variance_population(), None);
+        assert_eq!(of(&[1.0]).variance_sample(), None);
+    }
+
+    #[test]
+    fn large_values_with_small_spread_keep_their_variance() {
+        // 1e9 + a few small offsets with known variance; a sum-of-squares merge loses it.
+        let offsets = [-1.5, -0.5, 0.0, 0.25, 0.5, 1.25, -0.75, 0.75];
+        let xs: Vec<f64> = offsets.iter().map(|o| 1e9 + o).collect();
+        let exact = of(&offsets).variance_sample().unwrap();
+        let mut m = of(&xs[..3]);
+        m.merge(&of(&xs[3..6]));
+        m.merge(&of(&xs[6..]));
+        let merged = m.variance_sample().unwrap();
+        assert!(((merged - exact) / exact).abs() < 1e-9, "{merged} vs {exact}");
+
+        // The naive way: add up n, sum and sum of squares per part, then finish.
+        let (n, s, ss) = [&xs[..3], &xs[3..6], &xs[6..]].iter().fold((0.0, 0.0, 0.0), |acc, part| {
+            (
+                acc.0 + part.len() as f64,
+                acc.1 + part.iter().sum::<f64>(),
+                acc.2 + part.iter().map(|x| x * x).sum::<f64>(),
+            )
+        });
+        let naive = (ss - s * s / n) / (n - 1.0);
+        assert!(((naive - exact) / exact).abs() > 1e-3, "naive {naive} happened to be right");
+    }
+}

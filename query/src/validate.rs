@@ -1,0 +1,429 @@
+//! Checks a typed aggregate request completely against a dataset's catalogue entry: every
+//! column exposed and of the right type, every literal comparable, every bin well formed,
+//! every limit respected. Nodes run it before planning (they trust no one); the coordinator
+//! runs it too, to give the researcher an early, precise error.
+
+use crate::literal::{is_numeric, literal_for_column, type_name};
+use crate::{BinSpec, Error};
+use datafusion::scalar::ScalarValue;
+use std::collections::HashMap;
+use verbund_proto::v1 as pb;
+
+pub const MAX_FILTER_NODES: usize = 1000;
+pub const MAX_FILTER_DEPTH: usize = 32;
+pub const MAX_IN_LIST: usize = 1000;
+pub const MAX_GROUPINGS: usize = 8;
+pub const MAX_AGGREGATES: usize = 32;
+
+/// What is wrong with a request. The message names columns and types from the request and
+/// catalogue, never data values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRequest(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, InvalidRequest> {
+    Err(InvalidRequest(msg.into()))
+}
+
+impl From<Error> for InvalidRequest {
+    fn from(e: Error) -> Self {
+        InvalidRequest(e.to_string())
+    }
+}
+
+/// A filter with columns resolved and literals converted to the column's scalar type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckedFilter {
+    Compare { column: String, op: pb::CompareOp, value: ScalarValue },
+    InList { column: String, values: Vec<ScalarValue>, negated: bool },
+    Between { column: String, low: ScalarValue, high: ScalarValue, negated: bool },
+    IsNull { column: String, negated: bool },
+    And(Vec<CheckedFilter>),
+    Or(Vec<CheckedFilter>),
+    Not(Box<CheckedFilter>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckedGrouping {
+    Column { column: String, column_type: pb::ColumnType },
+    Bins { column: String, spec: BinSpec },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckedAggregate {
+    CountRows,
+    CountPatients,
+    Count {
+        column: String,
+    },
+    Sum {
+        column: String,
+        column_type: pb::ColumnType,
+    },
+    Mean {
+        column: String,
+        column_type: pb::ColumnType,
+    },
+    /// Variance and standard deviation, sample or population: all from the same moments.
+    Moments {
+        column: String,
+        kind: pb::AggregateKind,
+    },
+    Histogram {
+        column: String,
+        spec: BinSpec,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedQuery {
+    pub dataset: String,
+    pub patient_key: String,
+    pub filter: Option<CheckedFilter>,
+    pub groupings: Vec<CheckedGrouping>,
+    pub aggregates: Vec<CheckedAggregate>,
+}
+
+struct Columns<'a> {
+    dataset: &'a pb::DatasetInfo,
+    types: HashMap<&'a str, pb::ColumnType>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(dataset: &'a pb::DatasetInfo) -> Self {
+        let types = dataset.columns.iter().map(|c| (c.name.as_str(), c.r#type())).collect();
+        Self { dataset, types }
+    }
+
+    /// A column usable in filters, groupings and value aggregates: exposed, and not the
+    /// patient key (which would single out patients).
+    fn value_column(&self, name: &str, role: &str) -> Result<pb::ColumnType, InvalidRequest> {
+        if name == self.dataset.patient_key {
+            return invalid(format!(
+                "the patient key '{name}' cannot be used in {role}; it is only available as count(DISTINCT {name})"
+            ));
+        }
+        match self.types.get(name) {
+            Some(t) => Ok(*t),
+            None => {
+                let mut known: Vec<&str> =
+                    self.types.keys().copied().filter(|c| *c != self.dataset.patient_key).collect();
+                known.sort_unstable();
+                invalid(format!(
+                    "unknown column '{name}' in dataset '{}'; its columns are: {}",
+                    self.dataset.name,
+                    known.join(", ")
+                ))
+            }
+        }
+    }
+
+    fn numeric_column(&self, name: &str, role: &str) -> Result<pb::ColumnType, InvalidRequest> {
+        let t = self.value_column(name, role)?;
+        if !is_numeric(t) {
+            return invalid(format!("{role} needs a numeric column, but '{name}' is a {} column", type_name(t)));
+        }
+        Ok(t)
+    }
+}
+
+/// Checks `query` against the catalogue of the site that is to answer it.
+pub fn check(query: &pb::AggregateQuery, catalogue: &pb::Catalogue) -> Result<CheckedQuery, InvalidRequest> {
+    let Some(dataset) = catalogue.datasets.iter().find(|d| d.name == query.dataset) else {
+        let names: Vec<&str> = catalogue.datasets.iter().map(|d| d.name.as_str()).collect();
+        return invalid(format!("unknown dataset '{}'; available: {}", query.dataset, names.join(", ")));
+    };
+    let columns = Columns::new(dataset);
+
+    let filter = match &query.filter {
+        Some(f) => {
+            let mut budget = MAX_FILTER_NODES;
+            Some(check_filter(f, &columns, 0, &mut budget)?)
+        }
+        None => None,
+    };
+
+    if query.group_by.len() > MAX_GROUPINGS {
+        return invalid(format!("at most {MAX_GROUPINGS} groupings are allowed, got {}", query.group_by.len()));
+    }
+    let groupings = query
+        .group_by
+        .iter()
+        .map(|g| match &g.kind {
+            Some(pb::grouping::Kind::Column(c)) => {
+                Ok(CheckedGrouping::Column { column: c.clone(), column_type: columns.value_column(c, "GROUP BY")? })
+            }
+            Some(pb::grouping::Kind::Bins(b)) => {
+                columns.numeric_column(&b.column, "binning")?;
+                Ok(CheckedGrouping::Bins { column: b.column.clone(), spec: BinSpec::from_proto(b)? })
+            }
+            None => invalid("a grouping names neither a column nor bins"),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if query.aggregates.is_empty() {
+        return invalid("a query needs at least one aggregate, e.g. count(*)");
+    }
+    if query.aggregates.len() > MAX_AGGREGATES {
+        return invalid(format!("at most {MAX_AGGREGATES} aggregates are allowed, got {}", query.aggregates.len()));
+    }
+    let aggregates = query.aggregates.iter().map(|a| check_aggregate(a, &columns)).collect::<Result<Vec<_>, _>>()?;
+
+    Ok(CheckedQuery {
+        dataset: dataset.name.clone(),
+        patient_key: dataset.patient_key.clone(),
+        filter,
+        groupings,
+        aggregates,
+    })
+}
+
+fn check_aggregate(a: &pb::Aggregate, columns: &Columns) -> Result<CheckedAggregate, InvalidRequest> {
+    use pb::AggregateKind as K;
+    let kind = K::try_from(a.kind).map_err(|_| InvalidRequest(format!("unknown aggregate kind {}", a.kind)))?;
+    Ok(match kind {
+        K::CountRows => CheckedAggregate::CountRows,
+        K::CountPatients => {
+            // An empty column means "the patient key"; any other column cannot be counted
+            // distinctly across sites.
+            if !a.column.is_empty() && a.column != columns.dataset.patient_key {
+                columns.value_column(&a.column, "count(DISTINCT ...)")?;
+                return invalid(format!(
+                    "count(DISTINCT {}) is not supported: distinct values cannot be merged across sites; \
+                     only the patient key '{}' can be counted distinctly",
+                    a.column, columns.dataset.patient_key
+                ));
+            }
+            CheckedAggregate::CountPatients
+        }
+        K::Count => {
+            columns.value_column(&a.column, "count()")?;
+            CheckedAggregate::Count { column: a.column.clone() }
+        }
+        K::Sum => {
+            CheckedAggregate::Sum { column: a.column.clone(), column_type: columns.numeric_column(&a.column, "sum()")? }
+        }
+        K::Mean => CheckedAggregate::Mean {
+            column: a.column.clone(),
+            column_type: columns.numeric_column(&a.column, "avg()")?,
+        },
+        K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation => {
+            columns.numeric_column(&a.column, "a variance or standard deviation")?;
+            CheckedAggregate::Moments { column: a.column.clone(), kind }
+        }
+        K::Histogram => {
+            let Some(bins) = &a.bins else { return invalid("histogram() needs bins") };
+            if bins.column != a.column {
+                return invalid("histogram() bins must be over the histogram's own column");
+            }
+            columns.numeric_column(&a.column, "histogram()")?;
+            CheckedAggregate::Histogram { column: a.column.clone(), spec: BinSpec::from_proto(bins)? }
+        }
+        K::Unspecified => return invalid("an aggregate has no kind"),
+    })
+}
+
+fn check_filter(
+    f: &pb::Filter,
+    columns: &Columns,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<CheckedFilter, InvalidRequest> {
+    if depth > MAX_FILTER_DEPTH {
+        return invalid(format!("the filter is nested deeper than {MAX_FILTER_DEPTH} levels"));
+    }
+    if *budget == 0 {
+        return invalid(format!("the filter has more than {MAX_FILTER_NODES} conditions"));
+    }
+    *budget -= 1;
+    use pb::filter::Kind;
+    let lit = |l: &Option<pb::Literal>, column: &str, t: pb::ColumnType| -> Result<ScalarValue, InvalidRequest> {
+        let Some(l) = l else { return invalid(format!("a condition on '{column}' has no value")) };
+        literal_for_column(l, t).map_err(|e| InvalidRequest(format!("column '{column}': {e}")))
+    };
+    Ok(match &f.kind {
+        Some(Kind::Compare(c)) => {
+            let t = columns.value_column(&c.column, "a filter")?;
+            let op = pb::CompareOp::try_from(c.op)
+                .ok()
+                .filter(|op| *op != pb::CompareOp::Unspecified)
+                .ok_or_else(|| InvalidRequest(format!("comparison on '{}' has no valid operator", c.column)))?;
+            if t == pb::ColumnType::Bool && !matches!(op, pb::CompareOp::Eq | pb::CompareOp::Ne) {
+                return invalid(format!("boolean column '{}' can only be compared with = or !=", c.column));
+            }
+            CheckedFilter::Compare { column: c.column.clone(), op, value: lit(&c.value, &c.column, t)? }
+        }
+        Some(Kind::InList(l)) => {
+            let t = columns.value_column(&l.column, "a filter")?;
+            if l.values.is_empty() || l.values.len() > MAX_IN_LIST {
+                return invalid(format!("IN lists need between 1 and {MAX_IN_LIST} values, got {}", l.values.len()));
+            }
+            let values = l
+                .values
+                .iter()
+                .map(|v| literal_for_column(v, t).map_err(|e| InvalidRequest(format!("column '{}': {e}", l.column))))
+                .collect::<Result<Vec<_>, _>>()?;
+            CheckedFilter::InList { column: l.column.clone(), values, negated: l.negated }
+        }
+        Some(Kind::Between(b)) => {
+            let t = columns.value_column(&b.column, "a filter")?;
+            CheckedFilter::Between {
+                column: b.column.clone(),
+                low: lit(&b.low, &b.column, t)?,
+                high: lit(&b.high, &b.column, t)?,
+                negated: b.negated,
+            }
+        }
+        Some(Kind::IsNull(n)) => {
+            columns.value_column(&n.column, "a filter")?;
+            CheckedFilter::IsNull { column: n.column.clone(), negated: n.negated }
+        }
+        Some(Kind::And(c)) | Some(Kind::Or(c)) => {
+            if c.operands.is_empty() {
+                return invalid("AND / OR need at least one operand");
+            }
+            let ops = c
+                .operands
+                .iter()
+                .map(|o| check_filter(o, columns, depth + 1, budget))
+                .collect::<Result<Vec<_>, _>>()?;
+            if matches!(f.kind, Some(Kind::And(_))) { CheckedFilter::And(ops) } else { CheckedFilter::Or(ops) }
+        }
+        Some(Kind::Not(inner)) => CheckedFilter::Not(Box::new(check_filter(inner, columns, depth + 1, budget)?)),
+        None => return invalid("a filter condition is empty"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::filter::Kind;
+    use pb::literal::Value;
+
+    fn catalogue() -> pb::Catalogue {
+        let col = |name: &str, t: pb::ColumnType| pb::ColumnInfo { name: name.into(), r#type: t as i32 };
+        pb::Catalogue {
+            datasets: vec![pb::DatasetInfo {
+                name: "patients".into(),
+                patient_key: "patient_id".into(),
+                columns: vec![
+                    col("patient_id", pb::ColumnType::String),
+                    col("sex", pb::ColumnType::String),
+                    col("age", pb::ColumnType::Int64),
+                    col("bmi", pb::ColumnType::Float64),
+                    col("smoker", pb::ColumnType::Bool),
+                    col("birth_date", pb::ColumnType::Date),
+                ],
+            }],
+        }
+    }
+
+    fn count_query(filter: Option<pb::Filter>) -> pb::AggregateQuery {
+        pb::AggregateQuery {
+            dataset: "patients".into(),
+            filter,
+            group_by: vec![],
+            aggregates: vec![pb::Aggregate { kind: pb::AggregateKind::CountRows as i32, ..Default::default() }],
+        }
+    }
+
+    fn cmp(column: &str, op: pb::CompareOp, v: Value) -> pb::Filter {
+        pb::Filter {
+            kind: Some(Kind::Compare(pb::Comparison {
+                column: column.into(),
+                op: op as i32,
+                value: Some(pb::Literal { value: Some(v) }),
+            })),
+        }
+    }
+
+    fn err(q: &pb::AggregateQuery) -> String {
+        check(q, &catalogue()).unwrap_err().0
+    }
+
+    #[test]
+    fn a_valid_query_is_resolved() {
+        let mut q = count_query(Some(cmp("age", pb::CompareOp::Gt, Value::Int64(65))));
+        q.group_by.push(pb::Grouping { kind: Some(pb::grouping::Kind::Column("sex".into())) });
+        q.aggregates.push(pb::Aggregate { kind: pb::AggregateKind::Mean as i32, column: "bmi".into(), bins: None });
+        let c = check(&q, &catalogue()).unwrap();
+        assert_eq!(c.patient_key, "patient_id");
+        assert_eq!(
+            c.filter,
+            Some(CheckedFilter::Compare {
+                column: "age".into(),
+                op: pb::CompareOp::Gt,
+                value: ScalarValue::Int64(Some(65))
+            })
+        );
+        assert_eq!(c.aggregates.len(), 2);
+    }
+
+    #[test]
+    fn unknown_dataset_and_column_name_the_alternatives() {
+        let mut q = count_query(None);
+        q.dataset = "patient".into();
+        assert!(err(&q).contains("unknown dataset 'patient'; available: patients"));
+        let q = count_query(Some(cmp("agee", pb::CompareOp::Gt, Value::Int64(1))));
+        let e = err(&q);
+        assert!(e.contains("unknown column 'agee'") && e.contains("age, birth_date, bmi"), "{e}");
+        assert!(!e.contains("patient_id"), "the key is not offered as a filter column");
+    }
+
+    #[test]
+    fn type_mismatches_are_refused() {
+        assert!(
+            err(&count_query(Some(cmp("age", pb::CompareOp::Eq, Value::String("old".into())))))
+                .contains("string literal")
+        );
+        assert!(err(&count_query(Some(cmp("smoker", pb::CompareOp::Lt, Value::Bool(true))))).contains("boolean"));
+        assert!(
+            err(&count_query(Some(cmp("birth_date", pb::CompareOp::Lt, Value::String("soon".into())))))
+                .contains("YYYY-MM-DD")
+        );
+        let mut q = count_query(None);
+        q.aggregates.push(pb::Aggregate { kind: pb::AggregateKind::Sum as i32, column: "sex".into(), bins: None });
+        assert!(err(&q).contains("numeric column"));
+    }
+
+    #[test]
+    fn the_patient_key_is_only_for_distinct_counts() {
+        let q = count_query(Some(cmp("patient_id", pb::CompareOp::Eq, Value::String("UKN-000001".into()))));
+        assert!(err(&q).contains("patient key"));
+        let mut q = count_query(None);
+        q.group_by.push(pb::Grouping { kind: Some(pb::grouping::Kind::Column("patient_id".into())) });
+        assert!(err(&q).contains("patient key"));
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let mut q = count_query(None);
+        q.aggregates.clear();
+        assert!(err(&q).contains("at least one aggregate"));
+        let q = count_query(Some(pb::Filter { kind: None }));
+        assert!(err(&q).contains("empty"));
+        let q = count_query(Some(pb::Filter { kind: Some(Kind::And(pb::Conjunction { operands: vec![] })) }));
+        assert!(err(&q).contains("at least one operand"));
+        let q = count_query(Some(pb::Filter {
+            kind: Some(Kind::InList(pb::InList { column: "sex".into(), values: vec![], negated: false })),
+        }));
+        assert!(err(&q).contains("IN lists"));
+        let mut q = count_query(None);
+        q.aggregates[0].kind = 99;
+        assert!(err(&q).contains("unknown aggregate kind"));
+        let mut q = count_query(None);
+        q.group_by.push(pb::Grouping {
+            kind: Some(pb::grouping::Kind::Bins(BinSpec::Edges(vec![3.0, 1.0]).to_proto("age"))),
+        });
+        assert!(err(&q).contains("strictly increasing"));
+    }
+
+    #[test]
+    fn deep_filters_are_refused() {
+        let mut f = cmp("age", pb::CompareOp::Gt, Value::Int64(1));
+        for _ in 0..40 {
+            f = pb::Filter { kind: Some(Kind::Not(Box::new(f))) };
+        }
+        assert!(err(&count_query(Some(f))).contains("nested deeper"));
+    }
+}

@@ -1,0 +1,179 @@
+//! Sites that die, come back, run slow, are cancelled, or sit behind a proxy.
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::datasource::MemTable;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use verbund_node::{Catalog, Node};
+use verbund_policies::Policy;
+use verbund_proto::v1 as pb;
+use verbund_tests::compare::ints;
+use verbund_tests::proxy::Proxy;
+use verbund_tests::slow::{Progress, slow_table, vitals_schema};
+use verbund_tests::{Network, status};
+
+fn fast_node(site: &str, rows: i64) -> Node {
+    let ids: Vec<String> = (0..rows).map(|i| format!("{site}-{i}")).collect();
+    let batch = RecordBatch::try_new(
+        vitals_schema(),
+        vec![Arc::new(StringArray::from(ids)), Arc::new(Int64Array::from_iter_values(0..rows))],
+    )
+    .unwrap();
+    let mut catalog = Catalog::new();
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+    catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
+    Node::new(site, catalog, Policy::with_min_cell_size(1).unwrap())
+}
+
+/// A site whose scan takes `batches × delay`.
+fn slow_node(site: &str, batches: usize, delay: Duration) -> (Node, Arc<Progress>) {
+    let (table, progress) = slow_table(batches, delay);
+    let mut catalog = Catalog::new();
+    catalog.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
+    (Node::new(site, catalog, Policy::with_min_cell_size(1).unwrap()), progress)
+}
+
+const COUNT: &str = "SELECT count(*) AS n FROM vitals";
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_when_back() {
+    let mut network = Network::start().await;
+    network.add_node(fast_node("a", 100)).await;
+    network.add_node(fast_node("c", 50)).await;
+    let (slow, progress) = slow_node("b", 10_000, Duration::from_millis(20));
+    network.add_node(slow).await;
+
+    let request = pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 5_000, ..Default::default() };
+    let started = Instant::now();
+    let pending = tokio::spawn({
+        let api = network.api.clone();
+        async move {
+            let mut client = pb::researcher_client::ResearcherClient::connect(api).await.unwrap();
+            client.query(request).await
+        }
+    });
+    wait_until("the slow site is scanning", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2)
+        .await;
+    network.kill("b");
+    let response = pending.await.unwrap().unwrap().into_inner();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "the answer took {elapsed:?}, longer than the deadline");
+    assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::Disconnected);
+    assert_eq!(status(&response, "a").outcome(), pb::SiteOutcome::Answered);
+    let table = verbund_tests::decode(&response.arrow_ipc).unwrap();
+    assert_eq!(ints(&table, 0), vec![Some(150)], "a partial answer from the sites that answered");
+    assert!(response.notes.iter().any(|n| n.contains("2 of 3 sites")), "{:?}", response.notes);
+
+    // The coordinator knows b is gone, and says so without waiting for a deadline.
+    assert!(network.coordinator.registry().wait_for_disconnect("b", Duration::from_secs(5)).await);
+    let started = Instant::now();
+    let (_, response) = network.query(COUNT).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::NotConnected);
+    let listed = network.client().await.list_sites(pb::ListSitesRequest {}).await.unwrap().into_inner();
+    let b = listed.sites.iter().find(|s| s.site == "b").unwrap();
+    assert!(!b.connected);
+    assert!(b.last_seen_unix_ms > 0);
+
+    // b comes back (with new data) and is asked again.
+    network.add_node(fast_node("b", 7)).await;
+    let (table, response) = network.query(COUNT).await.unwrap();
+    assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::Answered);
+    assert_eq!(ints(&table, 0), vec![Some(157)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_deadline_stops_running_at_the_node() {
+    let mut network = Network::start().await;
+    network.add_node(fast_node("a", 10)).await;
+    let (slow, progress) = slow_node("b", 10_000, Duration::from_millis(10));
+    network.add_node(slow).await;
+
+    let started = Instant::now();
+    let request = pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 700, ..Default::default() };
+    let (table, response) = network.query_with(request).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1500), "answer after {elapsed:?}");
+    assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::TimedOut);
+    assert_eq!(ints(&table, 0), vec![Some(10)]);
+
+    // The scan at the node was dropped, and produces nothing more.
+    wait_until("the node stopped the scan", Duration::from_secs(2), || progress.running() == 0).await;
+    let produced = progress.batches.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(progress.batches.load(Ordering::SeqCst), produced, "the scan kept running");
+    assert!(produced < 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_query_stops_at_the_node_and_says_cancelled() {
+    let mut network = Network::start().await;
+    let (slow, progress) = slow_node("b", 10_000, Duration::from_millis(10));
+    network.add_node(slow).await;
+    let request = pb::ResearchQuery {
+        sql: COUNT.into(),
+        query_id: "q-cancel-1".into(),
+        timeout_ms: 20_000,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let pending = tokio::spawn({
+        let api = network.api.clone();
+        async move {
+            let mut client = pb::researcher_client::ResearcherClient::connect(api).await.unwrap();
+            client.query(request).await
+        }
+    });
+    wait_until("the scan runs", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2).await;
+    let found = network
+        .client()
+        .await
+        .cancel(pb::CancelRequest { query_id: "q-cancel-1".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .found;
+    assert!(found);
+    let response = pending.await.unwrap().unwrap().into_inner();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::Cancelled);
+    wait_until("the node stopped the scan", Duration::from_secs(2), || progress.running() == 0).await;
+    let unknown = network.client().await.cancel(pb::CancelRequest { query_id: "nope".into() }).await.unwrap();
+    assert!(!unknown.into_inner().found);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_the_coordinator_through_an_http_proxy() {
+    let mut network = Network::start().await;
+    let proxy = Proxy::start(false).await;
+    let mut options = network.link_options();
+    options.proxy = Some(proxy.address.parse().unwrap());
+    network.add_node_with(fast_node("behind-proxy", 12), options).await;
+    let (table, response) = network.query(COUNT).await.unwrap();
+    assert_eq!(status(&response, "behind-proxy").outcome(), pb::SiteOutcome::Answered);
+    assert_eq!(ints(&table, 0), vec![Some(12)]);
+    assert!(proxy.tunnel_count() >= 1);
+    let link_addr = network.link.trim_start_matches("http://").to_string();
+    assert!(proxy.targets.lock().unwrap().contains(&link_addr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_refuses_keeps_the_node_out() {
+    let network = Network::start().await;
+    let proxy = Proxy::start(true).await;
+    let mut options = network.link_options();
+    options.proxy = Some(proxy.address.parse().unwrap());
+    let _node = verbund_tests::NodeProcess::start(fast_node("refused", 3), options);
+    let connected = network.coordinator.registry().wait_for(&["refused"], Duration::from_millis(800)).await;
+    assert!(!connected);
+    assert_eq!(proxy.tunnel_count(), 0);
+}
