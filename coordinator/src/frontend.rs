@@ -86,7 +86,7 @@ pub async fn plan_sql(sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedP
         .state()
         .create_logical_plan(sql)
         .await
-        .map_err(|e| Unsupported(format!("cannot plan the query: {}", e.find_root())))?;
+        .map_err(|e| Unsupported(format!("cannot plan the query: {}", planning_error(&e))))?;
     let federated = convert(&plan)?;
     // The same complete check every node makes, so that mistakes surface before fan-out.
     check(&federated.request, catalogue).map_err(|e| Unsupported(e.0))?;
@@ -123,19 +123,17 @@ fn convert(plan: &LogicalPlan) -> Result<FederatedPlan, Unsupported> {
     let ngroups = aggregate.group_expr.len();
     let mut outputs = Vec::with_capacity(projection.expr.len());
     for e in &projection.expr {
-        let inner = match e {
-            Expr::Alias(a) => a.expr.as_ref(),
-            other => other,
+        let inner = unalias(e);
+        // The planner refers to aggregate outputs by column, or repeats the expression.
+        let index = match inner {
+            Expr::Column(c) => aggregate.schema.index_of_column(c).ok(),
+            other => aggregate.group_expr.iter().chain(&aggregate.aggr_expr).position(|a| unalias(a) == other),
         };
-        let Expr::Column(c) = inner else {
+        let Some(index) = index else {
             return refuse(format!(
                 "'{inner}' computes on aggregates; select the aggregates themselves and compute from the merged result"
             ));
         };
-        let index = aggregate
-            .schema
-            .index_of_column(c)
-            .map_err(|_| Unsupported(format!("'{c}' is neither a grouping column nor an aggregate")))?;
         outputs.push(if index < ngroups { Source::Group(index) } else { Source::Aggregate(index - ngroups) });
     }
     let fields: Vec<Field> =
@@ -145,6 +143,27 @@ fn convert(plan: &LogicalPlan) -> Result<FederatedPlan, Unsupported> {
         outputs,
         schema: Arc::new(Schema::new(fields)),
     })
+}
+
+/// DataFusion's planning error, shortened to what a researcher can act on.
+fn planning_error(e: &datafusion::error::DataFusionError) -> String {
+    let root = e.find_root().to_string();
+    const NO_MATCH: &str = "No function matches the given name and argument types '";
+    if let Some(start) = root.find(NO_MATCH) {
+        let call = root[start + NO_MATCH.len()..].split('\'').next().unwrap_or_default();
+        return format!(
+            "{call} does not take arguments of these types (sum, avg, variances and histograms need numeric columns)"
+        );
+    }
+    let first = root.split("\nThis issue was likely caused by a bug").next().unwrap_or(&root);
+    first.replace("Error during planning: ", "").trim().to_string()
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
 }
 
 /// Explains why a plan is not of a supported shape.
@@ -222,6 +241,7 @@ fn column_name(e: &Expr, role: &str) -> Result<String, Unsupported> {
 /// A constant in a condition or a bin specification.
 fn literal(e: &Expr) -> Result<ScalarValue, Unsupported> {
     match e {
+        Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => refuse("subqueries are not supported"),
         Expr::Literal(v, _) => Ok(v.clone()),
         Expr::Negative(inner) => {
             let v = literal(inner)?;
@@ -271,7 +291,17 @@ fn filter(e: &Expr) -> Result<pb::Filter, Unsupported> {
             let (column, value, op) = match (left.as_ref(), right.as_ref()) {
                 (Expr::Column(c), v) => (c.name.clone(), wire_literal(v)?, compare),
                 (v, Expr::Column(c)) => (c.name.clone(), wire_literal(v)?, flip(compare)),
-                _ => return refuse(format!("'{e}' does not compare a column with a constant")),
+                (l, r) => {
+                    for side in [l, r] {
+                        if let Expr::ScalarFunction(f) = side {
+                            return refuse(format!(
+                                "functions are not supported in WHERE ({}()); compare columns with constants",
+                                f.func.name()
+                            ));
+                        }
+                    }
+                    return refuse(format!("'{e}' does not compare a column with a constant"));
+                }
             };
             Kind::Compare(pb::Comparison { column, op: op as i32, value: Some(value) })
         }

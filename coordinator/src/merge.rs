@@ -95,7 +95,7 @@ impl<'a> Merger<'a> {
                     (
                         Some(State::Moments(m)),
                         K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation,
-                    ) => m.mean.is_finite() && m.m2.is_finite() && m.m2 >= 0.0,
+                    ) => m.mean.is_finite() && m.shift.is_finite() && m.m2.is_finite() && m.m2 >= 0.0,
                     (Some(State::Histogram(h)), K::Histogram) => h.counts.len() == bins,
                     _ => false,
                 };
@@ -137,7 +137,7 @@ impl<'a> Merger<'a> {
                         }
                     }
                     (Acc::Moments(m), Some(State::Moments(s))) => {
-                        m.merge(&Moments { count: s.count, mean: s.mean, m2: s.m2 })
+                        m.merge(&Moments { count: s.count, shift: s.shift, mean: s.mean, m2: s.m2 })
                     }
                     (Acc::Histogram(counts), Some(State::Histogram(h))) => {
                         for (c, v) in counts.iter_mut().zip(&h.counts) {
@@ -274,8 +274,8 @@ mod tests {
                 st(State::Count(pb::CountState { count: xs.len() as u64 })),
                 st(State::Sum(sum.clone())),
                 st(State::Sum(sum)),
-                st(State::Moments(pb::MomentsState { count: m.count, mean: m.mean, m2: m.m2 })),
-                st(State::Moments(pb::MomentsState { count: m.count, mean: m.mean, m2: m.m2 })),
+                st(State::Moments(pb::MomentsState { count: m.count, shift: m.shift, mean: m.mean, m2: m.m2 })),
+                st(State::Moments(pb::MomentsState { count: m.count, shift: m.shift, mean: m.mean, m2: m.m2 })),
                 st(State::Histogram(pb::HistogramState { counts: h, withheld_bins: vec![] })),
             ],
         }
@@ -336,7 +336,7 @@ mod tests {
         assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
         let mut g = partial("a", &[1, 2]);
         g.aggregates[3] = pb::PartialAggregate {
-            state: Some(State::Moments(pb::MomentsState { count: 2, mean: f64::NAN, m2: 1.0 })),
+            state: Some(State::Moments(pb::MomentsState { count: 2, shift: 0.0, mean: f64::NAN, m2: 1.0 })),
         };
         assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
     }

@@ -182,7 +182,12 @@ impl Engine {
                         }
                         CheckedAggregate::Moments { .. } => {
                             let m: Moments = moments_cols.get(&j).and_then(|v| v.get(row).copied()).unwrap_or_default();
-                            plain(State::Moments(pb::MomentsState { count: m.count, mean: m.mean, m2: m.m2 }))
+                            plain(State::Moments(pb::MomentsState {
+                                count: m.count,
+                                shift: m.shift,
+                                mean: m.mean,
+                                m2: m.m2,
+                            }))
                         }
                         CheckedAggregate::Histogram { spec, .. } => {
                             let (counts, patients) = histograms

@@ -5,7 +5,7 @@
 //!   NULL outside the bins; used in GROUP BY.
 //! * `histogram(x, start, width, count)`, `histogram_edges(x, e0, e1, ...)`: row counts per
 //!   bin as a list; values outside the bins are not counted.
-//! * `moments(x)`: {count, mean, m2} of the non-null values, merged with Chan's formula.
+//! * `moments(x)`: {count, shift, mean, m2} of the non-null values (see [`Moments`]).
 
 use crate::{BinSpec, Moments};
 use datafusion::arrow::array::{
@@ -268,6 +268,7 @@ pub fn moments_udaf() -> AggregateUDF {
 fn moments_fields() -> Fields {
     Fields::from(vec![
         Field::new("count", DataType::UInt64, false),
+        Field::new("shift", DataType::Float64, false),
         Field::new("mean", DataType::Float64, false),
         Field::new("m2", DataType::Float64, false),
     ])
@@ -282,13 +283,19 @@ pub fn moments_type() -> DataType {
 pub fn moments_from_array(array: &ArrayRef) -> Result<Vec<Moments>> {
     let s =
         array.as_struct_opt().ok_or_else(|| DataFusionError::Internal("moments() result is not a struct".into()))?;
+    if s.num_columns() != 4 {
+        return Err(DataFusionError::Internal("moments() result has unexpected fields".into()));
+    }
     let count = s.column(0).as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>();
-    let mean = s.column(1).as_primitive_opt::<Float64Type>();
-    let m2 = s.column(2).as_primitive_opt::<Float64Type>();
-    let (Some(count), Some(mean), Some(m2)) = (count, mean, m2) else {
+    let shift = s.column(1).as_primitive_opt::<Float64Type>();
+    let mean = s.column(2).as_primitive_opt::<Float64Type>();
+    let m2 = s.column(3).as_primitive_opt::<Float64Type>();
+    let (Some(count), Some(shift), Some(mean), Some(m2)) = (count, shift, mean, m2) else {
         return Err(DataFusionError::Internal("moments() result has unexpected fields".into()));
     };
-    Ok((0..s.len()).map(|i| Moments { count: count.value(i), mean: mean.value(i), m2: m2.value(i) }).collect())
+    Ok((0..s.len())
+        .map(|i| Moments { count: count.value(i), shift: shift.value(i), mean: mean.value(i), m2: m2.value(i) })
+        .collect())
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -347,6 +354,7 @@ impl Accumulator for MomentsAccumulator {
             moments_fields(),
             vec![
                 Arc::new(UInt64Array::from(vec![m.count])),
+                Arc::new(Float64Array::from(vec![m.shift])),
                 Arc::new(Float64Array::from(vec![m.mean])),
                 Arc::new(Float64Array::from(vec![m.m2])),
             ],
@@ -363,19 +371,26 @@ impl Accumulator for MomentsAccumulator {
         let m = self.0;
         Ok(vec![
             ScalarValue::UInt64(Some(m.count)),
+            ScalarValue::Float64(Some(m.shift)),
             ScalarValue::Float64(Some(m.mean)),
             ScalarValue::Float64(Some(m.m2)),
         ])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let [count, mean, m2] = states else {
-            return exec_err!("moments() state has {} fields, expected 3", states.len());
+        let [count, shift, mean, m2] = states else {
+            return exec_err!("moments() state has {} fields, expected 4", states.len());
         };
         let count = count.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+        let shift = shift.as_primitive::<Float64Type>();
         let (mean, m2) = (mean.as_primitive::<Float64Type>(), m2.as_primitive::<Float64Type>());
         for i in 0..count.len() {
-            self.0.merge(&Moments { count: count.value(i), mean: mean.value(i), m2: m2.value(i) });
+            self.0.merge(&Moments {
+                count: count.value(i),
+                shift: shift.value(i),
+                mean: mean.value(i),
+                m2: m2.value(i),
+            });
         }
         Ok(())
     }

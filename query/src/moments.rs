@@ -2,20 +2,31 @@
 //! Welford's update for single values and Chan et al.'s formula to merge two sets. Unlike
 //! raw sums of squares, this keeps full precision for large values with a small spread
 //! (e.g. 1e9 + N(0, 1)), where `sum(x²) - n·mean²` cancels catastrophically.
+//!
+//! The mean is kept relative to a `shift` (the first value seen): near 1e9 an f64 resolves
+//! only ~1e-7, and rounding the running mean there would cost the variance about that much
+//! relative precision. Differences of nearby values are exact, so shifted sums stay exact.
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Moments {
     pub count: u64,
+    /// Reference value the mean is relative to.
+    pub shift: f64,
+    /// Mean of `x - shift`.
     pub mean: f64,
     pub m2: f64,
 }
 
 impl Moments {
     pub fn push(&mut self, x: f64) {
+        if self.count == 0 {
+            self.shift = x;
+        }
+        let y = x - self.shift;
         self.count += 1;
-        let delta = x - self.mean;
+        let delta = y - self.mean;
         self.mean += delta / self.count as f64;
-        self.m2 += delta * (x - self.mean);
+        self.m2 += delta * (y - self.mean);
     }
 
     pub fn merge(&mut self, other: &Moments) {
@@ -28,10 +39,16 @@ impl Moments {
         }
         let (na, nb) = (self.count as f64, other.count as f64);
         let n = na + nb;
-        let delta = other.mean - self.mean;
+        // The other mean relative to this shift; the shift difference is exact for nearby shifts.
+        let delta = (other.shift - self.shift) + other.mean - self.mean;
         self.mean += delta * nb / n;
         self.m2 += other.m2 + delta * delta * na * nb / n;
         self.count += other.count;
+    }
+
+    /// The mean; `None` without values.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count >= 1).then(|| self.shift + self.mean)
     }
 
     /// Sample variance (n - 1 in the denominator); `None` below two values.
@@ -63,10 +80,11 @@ mod tests {
         m.merge(&of(&b));
         let pooled = of(&[a.as_slice(), b.as_slice()].concat());
         assert_eq!(m.count, 7);
-        assert!((m.mean - pooled.mean).abs() < 1e-12);
+        assert!((m.mean().unwrap() - pooled.mean().unwrap()).abs() < 1e-12);
         assert!((m.m2 - pooled.m2).abs() < 1e-12);
-        // mean 30/7, sum of squares 159: M2 = 159 - 900/7
-        assert!((m.m2 - (159.0 - 900.0 / 7.0)).abs() < 1e-9);
+        // mean 30/7, sum of squares 168: M2 = 168 - 900/7
+        assert!((m.m2 - (168.0 - 900.0 / 7.0)).abs() < 1e-9);
+        assert!((m.mean().unwrap() - 30.0 / 7.0).abs() < 1e-12);
     }
 
     #[test]

@@ -17,7 +17,7 @@ const BAD: &[(&str, &[&str])] = &[
     ("SELECT count(*) FROM patients WHERE agee > 3", &["agee"]),
     ("SELECT count(*) FROM patient", &["patient"]),
     ("SELECT count(*) FROM patients WHERE age = 'old'", &["string", "integer"]),
-    ("SELECT sum(sex) FROM patients", &["numeric", "sex"]),
+    ("SELECT sum(sex) FROM patients", &["numeric", "sum(Utf8)"]),
     ("SELECT count(DISTINCT region) FROM patients", &["distinct", "patient key"]),
     ("SELECT sex, count(*) FROM patients GROUP BY patient_id, sex", &["patient key"]),
     ("SELECT sex, count(*) FROM patients GROUP BY sex ORDER BY sex", &["ORDER BY"]),

@@ -74,22 +74,24 @@ async fn federated_answers_equal_pooled_answers() {
 }
 
 /// Large values with a small spread: a merge of sums of squares loses the variance to
-/// cancellation; the (count, mean, M2) merge keeps it.
+/// cancellation; the (count, shift, mean, M2) merge keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variance_of_large_values_with_small_spread_is_exact() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let noise = Normal::new(0.0, 1.0).unwrap();
     let mut network = Network::start().await;
     let mut all = Vec::new();
+    let mut per_site = Vec::new();
     for (site, n) in [("a", 4000), ("b", 2500), ("c", 3100)] {
         let values: Vec<f64> = (0..n).map(|_| 1e9 + noise.sample(&mut rng)).collect();
         let ids: Vec<String> = (0..n).map(|i| format!("{site}-{i}")).collect();
         let batch = RecordBatch::try_from_iter([
             ("patient_id", Arc::new(StringArray::from(ids)) as _),
-            ("value", Arc::new(Float64Array::from(values)) as _),
+            ("value", Arc::new(Float64Array::from(values.clone())) as _),
         ])
         .unwrap();
         all.push(batch.clone());
+        per_site.push(values);
         let mut catalog = Catalog::new();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
         catalog.add_table("devices", Arc::new(table), "patient_id", &["value".into()]).unwrap();
@@ -97,13 +99,30 @@ async fn variance_of_large_values_with_small_spread_is_exact() {
     }
     let sql = "SELECT var_samp(value) AS v, stddev_pop(value) AS s, avg(value) AS m FROM devices";
     let (federated, _) = network.query(sql).await.unwrap();
+    let get = |b: &RecordBatch, c: usize| b.column(c).as_any().downcast_ref::<Float64Array>().unwrap().value(0);
 
+    // Exact reference: two passes over differences from the first value (exact in f64).
+    let xs: Vec<f64> = per_site.concat();
+    let n = xs.len() as f64;
+    let ys: Vec<f64> = xs.iter().map(|x| x - xs[0]).collect();
+    let mean_y = ys.iter().sum::<f64>() / n;
+    let exact = ys.iter().map(|y| (y - mean_y).powi(2)).sum::<f64>() / (n - 1.0);
+    let v = get(&federated, 0);
+    assert!(((v - exact) / exact).abs() < 1e-9, "federated {v} vs exact {exact}");
+    assert!((get(&federated, 2) - (xs[0] + mean_y)).abs() / 1e9 < 1e-12);
+
+    // DataFusion on the pooled data agrees (its single-pass variance carries its own
+    // rounding near 1e9, so to a looser tolerance here).
     let pooled_ctx = datafusion::prelude::SessionContext::new();
     let table = MemTable::try_new(all[0].schema(), vec![all]).unwrap();
     pooled_ctx.register_table("devices", Arc::new(table)).unwrap();
     let pooled = run_sql(&pooled_ctx, sql).await.unwrap();
-    assert_same(sql, &federated, &pooled, 0);
+    assert!(((get(&pooled, 0) - exact) / exact).abs() < 1e-6);
 
-    let v = federated.column(0).as_any().downcast_ref::<Float64Array>().unwrap().value(0);
-    assert!((v - 1.0).abs() < 0.1, "variance of N(0,1) noise should be near 1, got {v}");
+    // A merge of per-site (n, Σx, Σx²) gets it badly wrong.
+    let (sn, s1, s2) = per_site.iter().fold((0.0, 0.0, 0.0), |(a, b, c), site| {
+        (a + site.len() as f64, b + site.iter().sum::<f64>(), c + site.iter().map(|x| x * x).sum::<f64>())
+    });
+    let naive = (s2 - s1 * s1 / sn) / (sn - 1.0);
+    assert!(((naive - exact) / exact).abs() > 1e-2, "sum of squares gave {naive}, exact {exact}");
 }

@@ -20,8 +20,8 @@ async fn small_groups_are_withheld_at_each_site() {
     let data = Synthetic::new(SEED, SCALE).await.unwrap();
     let network = data.network(Policy::with_min_cell_size(5).unwrap()).await.unwrap();
     let generated = verbund_synth::generate(SEED, SCALE).unwrap();
-    let sql = "SELECT region, icd10, count(DISTINCT patient_id) AS patients, count(*) AS n, avg(age) AS a \
-               FROM conditions GROUP BY region, icd10";
+    let sql = "SELECT sex, icd10, count(DISTINCT patient_id) AS patients, count(*) AS n, avg(age) AS a \
+               FROM conditions GROUP BY sex, icd10";
     let mut total_small = 0;
     for site in &generated {
         let request = pb::ResearchQuery { sql: sql.into(), sites: vec![site.site.clone()], ..Default::default() };
