@@ -272,7 +272,7 @@ mod tests {
             keys: vec![key(g)],
             aggregates: vec![
                 st(State::Count(pb::CountState { count: xs.len() as u64 })),
-                st(State::Sum(sum.clone())),
+                st(State::Sum(sum)),
                 st(State::Sum(sum)),
                 st(State::Moments(pb::MomentsState { count: m.count, shift: m.shift, mean: m.mean, m2: m.m2 })),
                 st(State::Moments(pb::MomentsState { count: m.count, shift: m.shift, mean: m.mean, m2: m.m2 })),
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn keys_sort_with_nulls_last() {
-        let mut keys = vec![
+        let mut keys = [
             KeyValue(pb::Literal { value: None }),
             KeyValue(pb::Literal { value: Some(Value::Float64(2.0)) }),
             KeyValue(pb::Literal { value: Some(Value::Float64(-1.0)) }),

@@ -48,7 +48,7 @@ impl Moments {
 
     /// The mean; `None` without values.
     pub fn mean(&self) -> Option<f64> {
-        (self.count >= 1).then(|| self.shift + self.mean)
+        (self.count >= 1).then_some(self.shift + self.mean)
     }
 
     /// Sample variance (n - 1 in the denominator); `None` below two values.
