@@ -40,8 +40,8 @@ pub const QUERIES: &[(&str, &str)] = &[
          FROM observations WHERE name = 'systolic_bp' GROUP BY age_band",
     ),
     (
-        "A fine grouping: lung cancer under 50 by region (small cells are withheld at each site)",
-        "SELECT region, count(DISTINCT patient_id) AS patients FROM conditions WHERE icd10 = 'C34.9' AND age < 50 GROUP BY region",
+        "A fine grouping: the very old by region, sex and smoking (cells under 5 patients are withheld at each site)",
+        "SELECT region, sex, smoker, count(DISTINCT patient_id) AS patients FROM patients WHERE age >= 90 GROUP BY region, sex, smoker",
     ),
     ("A row-level query is refused", "SELECT patient_id, age FROM patients WHERE age > 90"),
 ];

@@ -108,11 +108,11 @@ pub enum DataFormat {
 
 pub fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    // The demo prints results; its logs stay quiet unless asked for.
-    let default = if matches!(cli.command, Command::Demo { .. } | Command::Query { .. } | Command::Sites { .. }) {
-        "warn"
-    } else {
-        "info"
+    // Commands that print results keep their logs quiet unless asked for (RUST_LOG).
+    let default = match cli.command {
+        Command::Demo { .. } => "error",
+        Command::Query { .. } | Command::Sites { .. } | Command::Generate { .. } => "warn",
+        Command::Node { .. } | Command::Coordinator { .. } => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

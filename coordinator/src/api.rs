@@ -146,10 +146,16 @@ fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec
     }
     let withheld: u32 = outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| p.withheld_groups).sum();
     let bins: u32 = outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| p.withheld_bins).sum();
-    if withheld > 0 || bins > 0 {
+    let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let withheld_parts: Vec<String> = [(withheld, "group", "groups"), (bins, "histogram bin", "histogram bins")]
+        .into_iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, one, many)| plural(n, one, many))
+        .collect();
+    if !withheld_parts.is_empty() {
         notes.push(format!(
-            "{withheld} groups and {bins} histogram bins were withheld by sites under their minimum cell size; \
-             merged numbers include only what the sites released"
+            "{} withheld by sites under their minimum cell size; merged numbers include only what the sites released",
+            withheld_parts.join(" and ")
         ));
     }
     notes

@@ -169,7 +169,7 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
             hi - ((1.0 - u) * (hi - lo) * (hi - mode)).sqrt()
         };
         let age = (age_f.floor() as i64).clamp(profile.min_age as i64, profile.max_age as i64);
-        let birth_day = REFERENCE_DAY - (age as i32 * 365) - rng.random_range(0..365);
+        let birth_day = REFERENCE_DAY - (age as i32 * 365) - rng.random_range(1..365);
         let region = weighted(&mut rng, profile.regions);
         let bmi = if rng.random_bool(0.9) {
             let base = if age < 18 { 14.0 + age as f64 * 0.35 } else { 26.5 };
@@ -214,8 +214,8 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
         for &ci in &pat.conditions {
             let cond = &CONDITIONS[ci];
             // Onset somewhere between birth (or 2010) and the reference day.
-            let earliest = pat.birth_day.max(14610);
-            let onset = rng.random_range(earliest..=REFERENCE_DAY - 1);
+            let earliest = pat.birth_day.max(14610).min(REFERENCE_DAY - 1);
+            let onset = rng.random_range(earliest..REFERENCE_DAY);
             c.patient_id.append_value(&pat.id);
             c.sex.append_value(pat.sex);
             c.age.append_value(((onset - pat.birth_day) / 365) as i64);
@@ -227,7 +227,9 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
         }
         let visits = rng.random_range(1..=4);
         for _ in 0..visits {
-            let day = rng.random_range(17532..REFERENCE_DAY); // 2018-01-01 ..
+            // From 2018-01-01 (or birth) until the reference day.
+            let first = pat.birth_day.max(17532).min(REFERENCE_DAY - 1);
+            let day = rng.random_range(first..REFERENCE_DAY);
             for obs in &OBSERVATIONS {
                 let adult_only = obs.name != "body_weight";
                 if (adult_only && pat.age < 12 && obs.name != "glucose") || !rng.random_bool(0.7) {
@@ -390,6 +392,18 @@ mod tests {
         let ages = sites[2].tables[0].1.column(3).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().clone();
         assert!(ages.values().iter().all(|a| *a < 18), "the children's hospital has only children");
         assert!(sites.iter().all(|s| s.tables[1].1.num_rows() > 0 && s.tables[2].1.num_rows() > 0));
+    }
+
+    #[test]
+    fn events_happen_after_birth_at_every_scale() {
+        for seed in 0..3 {
+            for site in generate(seed, 0.3).unwrap() {
+                for (name, batch) in &site.tables[1..] {
+                    let ages = batch.column(2).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+                    assert!(ages.values().iter().all(|a| *a >= 0), "{name} has an event before birth");
+                }
+            }
+        }
     }
 
     #[test]
