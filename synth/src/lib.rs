@@ -214,7 +214,7 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
         for &ci in &pat.conditions {
             let cond = &CONDITIONS[ci];
             // Onset somewhere between birth (or 2010) and the reference day.
-            let earliest = pat.birth_day.max(14610).min(REFERENCE_DAY - 1);
+            let earliest = pat.birth_day.clamp(14610, REFERENCE_DAY - 1);
             let onset = rng.random_range(earliest..REFERENCE_DAY);
             c.patient_id.append_value(&pat.id);
             c.sex.append_value(pat.sex);
@@ -228,7 +228,7 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
         let visits = rng.random_range(1..=4);
         for _ in 0..visits {
             // From 2018-01-01 (or birth) until the reference day.
-            let first = pat.birth_day.max(17532).min(REFERENCE_DAY - 1);
+            let first = pat.birth_day.clamp(17532, REFERENCE_DAY - 1);
             let day = rng.random_range(first..REFERENCE_DAY);
             for obs in &OBSERVATIONS {
                 let adult_only = obs.name != "body_weight";
