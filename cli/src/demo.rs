@@ -1,18 +1,17 @@
 //! `verbund demo`: three hospitals with generated data, their nodes and a coordinator, all
-//! on loopback in this process; then a handful of federated queries through the real
+//! on loopback in this process, with a generated network CA, site certificates (mutual TLS)
+//! and a development token; then a handful of federated queries through the real
 //! researcher API.
 
-use crate::{OutputFormat, connect, render, status_error};
+use crate::{OutputFormat, ResearcherConnection, authorized, connect, render, setup, status_error};
 use anyhow::{Context, bail};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verbund_coordinator::{Coordinator, CoordinatorConfig};
-use verbund_node::config::{DatasetConfig, NodeConfig};
-use verbund_node::{LinkOptions, Node};
+use verbund_node::{Node, NodeConfig};
 use verbund_proto::v1 as pb;
-use verbund_synth::WrittenSite;
 
 /// The questions the demo asks, with what each shows.
 pub const QUERIES: &[(&str, &str)] = &[
@@ -46,86 +45,68 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("A row-level query is refused", "SELECT patient_id, age FROM patients WHERE age > 90"),
 ];
 
-/// A node configuration for a generated site.
-pub fn node_config_toml(site: &WrittenSite, coordinator: &str) -> String {
-    let mut out = format!(
-        "# verbund node configuration for {site}\nsite = \"{site}\"\ncoordinator = \"{coordinator}\"\n\
-         # policy = \"policy.toml\"   # the built-in defaults apply when absent (min_cell_size = 5)\n",
-        site = site.site
-    );
-    for t in &site.tables {
-        let file = t.path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        let columns: Vec<String> = t.columns.iter().map(|c| format!("\"{c}\"")).collect();
-        out.push_str(&format!(
-            "\n[[dataset]]\nname = \"{}\"\npath = \"{}\"\npatient_key = \"{}\"\ncolumns = [{}]\n",
-            t.name,
-            file,
-            t.patient_key,
-            columns.join(", ")
-        ));
-    }
-    out
-}
-
-fn node_config(site: &WrittenSite, coordinator: &str) -> NodeConfig {
-    NodeConfig {
-        site: site.site.clone(),
-        coordinator: coordinator.to_string(),
-        proxy: None,
-        policy: None,
-        heartbeat_seconds: 15,
-        datasets: site
-            .tables
-            .iter()
-            .map(|t| DatasetConfig {
-                name: t.name.clone(),
-                path: t.path.clone(),
-                format: None,
-                patient_key: t.patient_key.clone(),
-                columns: t.columns.clone(),
-            })
-            .collect(),
-    }
-}
-
 pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("cannot create a temporary directory for the demo data")?;
-    println!("Generating synthetic data for three hospitals (seed {seed}, scale {scale}) ...");
-    let sites = verbund_synth::write_all(dir.path(), seed, scale, verbund_synth::Format::Parquet)?;
+    let dir = tempfile::tempdir().context("cannot create a temporary directory for the demo network")?;
+    println!("Generating synthetic data for three hospitals (seed {seed}, scale {scale}),");
+    println!("a network CA with certificates for the coordinator and each site, and a researcher token ...");
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let layout = setup::write_network(dir.path(), seed, scale, verbund_synth::Format::Parquet, &names)?;
 
     let node_listener = TcpListener::bind("127.0.0.1:0").await?;
     let api_listener = TcpListener::bind("127.0.0.1:0").await?;
     let node_addr = node_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let coordinator = Coordinator::new(CoordinatorConfig::default());
+    let config = CoordinatorConfig::from_toml(
+        &setup::coordinator_config_toml(&layout, "127.0.0.1:0", "127.0.0.1:0"),
+        dir.path(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let coordinator = Coordinator::new(config)?;
     let server = tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
 
-    let link = format!("http://{node_addr}");
-    for site in &sites {
-        let config = node_config(site, &link);
+    let link = format!("https://127.0.0.1:{}", node_addr.port());
+    for (i, site) in layout.sites.iter().enumerate() {
+        let path = dir.path().join(format!("{}.toml", site.site));
+        std::fs::write(&path, setup::node_config_toml(&layout, i, &link))?;
+        let config = NodeConfig::load(&path)?;
         let node = Arc::new(Node::from_config(&config).await?);
-        let rows: usize = site.tables.len();
-        println!("  node {:<18} {rows} datasets, minimum cell size 5, dialling {link}", site.site);
-        tokio::spawn(node.run(LinkOptions::new(link.clone()), shutdown.child_token()));
+        println!("  node {:<18} {} datasets, min cell size 5, mutual TLS to {link}", site.site, config.datasets.len());
+        tokio::spawn(node.run(verbund_node::link_options(&config)?, shutdown.child_token()));
     }
-    let names: Vec<&str> = sites.iter().map(|s| s.site.as_str()).collect();
-    if !coordinator.registry().wait_for(&names, Duration::from_secs(20)).await {
+    let site_names: Vec<&str> = layout.sites.iter().map(|s| s.site.as_str()).collect();
+    if !coordinator.registry().wait_for(&site_names, Duration::from_secs(20)).await {
         bail!("the demo nodes did not connect to the coordinator within 20 s");
     }
-    println!("Coordinator: sites link to {node_addr}, researchers ask at http://{api_addr}\n");
+    println!("Coordinator: sites link to {node_addr}, researchers ask at https://{api_addr}\n");
 
-    let mut client = connect(&format!("http://{api_addr}")).await?;
-    let listed = client.list_sites(pb::ListSitesRequest {}).await.map_err(status_error)?.into_inner();
+    let connection = ResearcherConnection {
+        coordinator: format!("https://127.0.0.1:{}", api_addr.port()),
+        ca: layout.ca.clone(),
+        token_file: layout.token_file.clone(),
+    };
+    let (mut client, token) = connect(&connection).await?;
+    let listed =
+        client.list_sites(authorized(pb::ListSitesRequest {}, &token)?).await.map_err(status_error)?.into_inner();
     println!("{}\n", render::sites(&listed, OutputFormat::Table)?);
 
     for (title, sql) in QUERIES {
         println!("== {title}\n   {sql}\n");
-        let request = pb::ResearchQuery { sql: sql.to_string(), ..Default::default() };
-        match client.query(request).await {
+        let request =
+            pb::ResearchQuery { sql: sql.to_string(), project: setup::DEMO_PROJECT.into(), ..Default::default() };
+        match client.query(authorized(request, &token)?).await {
             Ok(response) => println!("{}\n", render::response(&response.into_inner(), OutputFormat::Table)?),
             Err(status) => println!("refused: {}\n", status.message()),
         }
+    }
+    let other = pb::ResearchQuery {
+        sql: "SELECT count(*) FROM patients".into(),
+        project: "another-project".into(),
+        ..Default::default()
+    };
+    println!("== A project the token does not grant is refused\n");
+    if let Err(status) = client.query(authorized(other, &token)?).await {
+        println!("refused ({:?}): {}\n", status.code(), status.message());
     }
 
     shutdown.cancel();

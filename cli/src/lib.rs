@@ -2,10 +2,10 @@
 
 pub mod demo;
 pub mod render;
+pub mod setup;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use verbund_coordinator::{Coordinator, CoordinatorConfig};
 use verbund_node::{Node, NodeConfig};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::researcher_client::ResearcherClient;
+use verbund_security::pki::{NetworkCa, Validity};
 
 #[derive(Debug, Parser)]
 #[command(name = "verbund", version, about = "A federated health-data network: questions travel, data stays.")]
@@ -34,23 +35,19 @@ pub enum Command {
         #[arg(long, env = "VERBUND_NODE_CONFIG")]
         config: PathBuf,
     },
-    /// Run the coordinator: sites connect to one address, researchers to another.
+    /// Run the coordinator: sites connect to one address (mutual TLS), researchers to another.
     Coordinator {
-        /// Where sites connect (their outbound link).
-        #[arg(long, env = "VERBUND_NODE_LISTEN", default_value = "0.0.0.0:7070")]
-        node_listen: SocketAddr,
-        /// Where researchers connect.
-        #[arg(long, env = "VERBUND_API_LISTEN", default_value = "127.0.0.1:7071")]
-        api_listen: SocketAddr,
-        /// Deadline of a query that names none, in seconds.
-        #[arg(long, env = "VERBUND_DEFAULT_TIMEOUT", default_value_t = 30)]
-        default_timeout: u64,
+        /// The coordinator's TOML configuration (listen addresses, sites, TLS, token keys).
+        #[arg(long, env = "VERBUND_COORDINATOR_CONFIG")]
+        config: PathBuf,
     },
     /// Send an aggregate SQL query to the network and print the merged answer.
     Query {
-        /// The coordinator's researcher address.
-        #[arg(long, env = "VERBUND_COORDINATOR", default_value = "http://127.0.0.1:7071")]
-        coordinator: String,
+        #[command(flatten)]
+        connection: ResearcherConnection,
+        /// The research project the query belongs to (one your token grants).
+        #[arg(long, env = "VERBUND_PROJECT")]
+        project: String,
         /// Ask only these sites (repeatable); all connected sites by default.
         #[arg(long = "site")]
         sites: Vec<String>,
@@ -62,14 +59,20 @@ pub enum Command {
         /// e.g. "SELECT sex, count(DISTINCT patient_id) FROM patients GROUP BY sex"
         sql: String,
     },
-    /// List the sites, their connection state, last-seen time and catalogues.
+    /// List the sites, their connection state, last-seen time, certificates and catalogues.
     Sites {
-        #[arg(long, env = "VERBUND_COORDINATOR", default_value = "http://127.0.0.1:7071")]
-        coordinator: String,
+        #[command(flatten)]
+        connection: ResearcherConnection,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
-    /// Write deterministic synthetic data (and node configs) for the three demo hospitals.
+    /// Manage the network's own PKI (for networks without one).
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Development tokens (a stand-in for the network's identity provider).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write a ready-to-run demo network: data, PKI, token keys, policies and configs.
     Generate {
         #[arg(long)]
         out: PathBuf,
@@ -80,17 +83,86 @@ pub enum Command {
         scale: f64,
         #[arg(long, value_enum, default_value_t = DataFormat::Parquet)]
         format: DataFormat,
-        /// The coordinator address written into the generated node configs.
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        coordinator: String,
     },
-    /// Start a demo network on this machine (three hospitals, generated data) and run a few
-    /// federated queries.
+    /// Start a demo network on this machine (three hospitals, generated data, mutual TLS,
+    /// tokens) and run a few federated queries.
     Demo {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+    },
+}
+
+/// How a researcher's tool reaches the coordinator.
+#[derive(Debug, clap::Args)]
+pub struct ResearcherConnection {
+    /// The coordinator's researcher address.
+    #[arg(long, env = "VERBUND_COORDINATOR", default_value = "https://127.0.0.1:7071")]
+    pub coordinator: String,
+    /// CA bundle the coordinator's certificate chains to.
+    #[arg(long, env = "VERBUND_CA")]
+    pub ca: PathBuf,
+    /// File holding the researcher's token (JWT).
+    #[arg(long, env = "VERBUND_TOKEN_FILE")]
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the network CA and the coordinator's certificate in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "verbund")]
+        network: String,
+        /// DNS names / IP addresses of the coordinator (repeatable).
+        #[arg(long = "coordinator-name", required = true)]
+        coordinator_names: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Issue a site certificate with the CA in DIR.
+    Site {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        site: String,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a development signing key and its JWKS document in DIR.
+    Keygen {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "dev-1")]
+        kid: String,
+    },
+    /// Issue a development token and print it.
+    Issue {
+        /// The development signing key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "dev-1")]
+        kid: String,
+        #[arg(long, default_value = setup::DEV_ISSUER)]
+        issuer: String,
+        #[arg(long, default_value = setup::AUDIENCE)]
+        audience: String,
+        #[arg(long)]
+        sub: String,
+        /// Projects granted (repeatable).
+        #[arg(long = "project", required = true)]
+        projects: Vec<String>,
+        /// Roles (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: u64,
     },
 }
 
@@ -111,7 +183,11 @@ pub fn init_tracing(cli: &Cli) {
     // Commands that print results keep their logs quiet unless asked for (RUST_LOG).
     let default = match cli.command {
         Command::Demo { .. } => "error",
-        Command::Query { .. } | Command::Sites { .. } | Command::Generate { .. } => "warn",
+        Command::Query { .. }
+        | Command::Sites { .. }
+        | Command::Generate { .. }
+        | Command::Pki(_)
+        | Command::Token(_) => "warn",
         Command::Node { .. } | Command::Coordinator { .. } => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -124,36 +200,81 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    verbund_security::install_crypto();
     match cli.command {
         Command::Node { config } => run_node(config).await,
-        Command::Coordinator { node_listen, api_listen, default_timeout } => {
-            run_coordinator(node_listen, api_listen, default_timeout).await
-        }
-        Command::Query { coordinator, sites, timeout_ms, format, sql } => {
-            let mut client = connect(&coordinator).await?;
-            let request = pb::ResearchQuery { query_id: String::new(), sql, sites, timeout_ms };
-            let response = client.query(request).await.map_err(status_error)?.into_inner();
+        Command::Coordinator { config } => run_coordinator(config).await,
+        Command::Query { connection, project, sites, timeout_ms, format, sql } => {
+            let (mut client, token) = connect(&connection).await?;
+            let request = pb::ResearchQuery { query_id: String::new(), sql, sites, timeout_ms, project };
+            let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
             println!("{}", render::response(&response, format)?);
             Ok(())
         }
-        Command::Sites { coordinator, format } => {
-            let mut client = connect(&coordinator).await?;
-            let sites = client.list_sites(pb::ListSitesRequest {}).await.map_err(status_error)?.into_inner();
+        Command::Sites { connection, format } => {
+            let (mut client, token) = connect(&connection).await?;
+            let request = authorized(pb::ListSitesRequest {}, &token)?;
+            let sites = client.list_sites(request).await.map_err(status_error)?.into_inner();
             println!("{}", render::sites(&sites, format)?);
             Ok(())
         }
-        Command::Generate { out, seed, scale, format, coordinator } => {
+        Command::Pki(PkiCommand::Init { dir, network, coordinator_names, days }) => {
+            let ca_cert = dir.join("ca.pem");
+            if ca_cert.exists() {
+                bail!(
+                    "{} exists already; a network keeps its CA (use `verbund pki site` to issue more)",
+                    ca_cert.display()
+                );
+            }
+            let ca = NetworkCa::create(&network, Validity::days(days * 5))?;
+            let (cert, key) = ca.write(&dir)?;
+            let (ccert, ckey) =
+                ca.issue_coordinator(&coordinator_names, Validity::days(days))?.write(&dir, "coordinator")?;
+            println!("CA: {} (key {} — keep it offline)", cert.display(), key.display());
+            println!("coordinator: {} {}", ccert.display(), ckey.display());
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Site { dir, site, days }) => {
+            let ca = NetworkCa::load(&dir.join("ca.pem"), &dir.join("ca.key"))?;
+            let (cert, key) = ca.issue_site(&site, Validity::days(days))?.write(&dir, &site)?;
+            println!("site {site}: {} {} (give both, and ca.pem, to the site)", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Keygen { dir, kid }) => {
+            std::fs::create_dir_all(&dir)?;
+            let issuer = verbund_security::token::DevIssuer::generate(&kid, setup::DEV_ISSUER, setup::AUDIENCE)?;
+            let key = dir.join("dev-signing.key");
+            std::fs::write(&key, &issuer.key_pem)?;
+            issuer.write_jwks(&dir.join("jwks.json"))?;
+            println!("signing key {} and {}/jwks.json", key.display(), dir.display());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Issue { key, kid, issuer, audience, sub, projects, roles, ttl_minutes }) => {
+            let pem = std::fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let dev = verbund_security::token::DevIssuer::from_key_pem(&pem, &kid, &issuer, &audience)?;
+            let projects: Vec<&str> = projects.iter().map(String::as_str).collect();
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            println!("{}", dev.issue(&sub, &projects, &roles, Duration::from_secs(ttl_minutes * 60)));
+            Ok(())
+        }
+        Command::Generate { out, seed, scale, format } => {
             let format = match format {
                 DataFormat::Parquet => verbund_synth::Format::Parquet,
                 DataFormat::Csv => verbund_synth::Format::Csv,
             };
-            let sites = verbund_synth::write_all(&out, seed, scale, format)?;
-            for site in &sites {
-                let path = out.join(&site.site).join("node.toml");
-                std::fs::write(&path, demo::node_config_toml(site, &coordinator))
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let layout = setup::write_network(&out, seed, scale, format, &names)?;
+            let coordinator = out.join("coordinator.toml");
+            std::fs::write(&coordinator, setup::coordinator_config_toml(&layout, "127.0.0.1:7070", "127.0.0.1:7071"))?;
+            println!("coordinator config: {}", coordinator.display());
+            for (i, site) in layout.sites.iter().enumerate() {
+                let path = out.join(format!("{}.toml", site.site));
+                std::fs::write(&path, setup::node_config_toml(&layout, i, "https://localhost:7070"))
                     .with_context(|| format!("cannot write {}", path.display()))?;
-                println!("{}: {} tables, config {}", site.site, site.tables.len(), path.display());
+                println!("node config for {}: {}", site.site, path.display());
             }
+            println!("researcher token: {} (project {})", layout.token_file.display(), setup::DEMO_PROJECT);
+            println!("CA for researchers: {}", layout.ca.display());
             Ok(())
         }
         Command::Demo { seed, scale } => demo::run(seed, scale).await,
@@ -193,17 +314,15 @@ async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_coordinator(node_listen: SocketAddr, api_listen: SocketAddr, default_timeout: u64) -> anyhow::Result<()> {
-    if default_timeout == 0 {
-        bail!("--default-timeout must be at least 1 second");
-    }
+async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::load(&config_path).map_err(anyhow::Error::msg)?;
+    let (node_listen, api_listen) = (config.node_listen, config.api_listen);
     let node_listener =
         TcpListener::bind(node_listen).await.with_context(|| format!("cannot listen for sites on {node_listen}"))?;
     let api_listener = TcpListener::bind(api_listen)
         .await
         .with_context(|| format!("cannot listen for researchers on {api_listen}"))?;
-    let config = CoordinatorConfig { default_timeout: Duration::from_secs(default_timeout), ..Default::default() };
-    let coordinator = Coordinator::new(config);
+    let coordinator = Coordinator::new(config)?;
     tracing::info!(%node_listen, %api_listen, "coordinator started");
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
@@ -211,11 +330,39 @@ async fn run_coordinator(node_listen: SocketAddr, api_listen: SocketAddr, defaul
     Ok(())
 }
 
-pub async fn connect(address: &str) -> anyhow::Result<ResearcherClient<tonic::transport::Channel>> {
-    let client = ResearcherClient::connect(address.to_string())
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {address}; is it running?"))?;
-    Ok(client.max_decoding_message_size(64 * 1024 * 1024))
+/// Connects to the coordinator's researcher API over TLS and reads the token file.
+pub async fn connect(
+    c: &ResearcherConnection,
+) -> anyhow::Result<(ResearcherClient<tonic::transport::Channel>, String)> {
+    let token = std::fs::read_to_string(&c.token_file)
+        .with_context(|| format!("cannot read the token file {}", c.token_file.display()))?
+        .trim()
+        .to_string();
+    let client = connect_with(&c.coordinator, &c.ca).await?;
+    Ok((client, token))
+}
+
+pub async fn connect_with(
+    address: &str,
+    ca: &std::path::Path,
+) -> anyhow::Result<ResearcherClient<tonic::transport::Channel>> {
+    if !address.starts_with("https://") {
+        bail!("the coordinator address must start with https:// (verbund never speaks in clear text)");
+    }
+    let tls = verbund_security::tls::researcher_client_tls(ca, None)?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(address.to_string())?.tls_config(tls)?.connect().await.with_context(
+            || format!("cannot reach the coordinator at {address}; is it running, and is {} its CA?", ca.display()),
+        )?;
+    Ok(ResearcherClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// A request carrying the researcher's token.
+pub fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().context("the token contains characters not allowed in a header")?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
 }
 
 /// A gRPC error as the researcher should read it.

@@ -25,6 +25,21 @@ pub fn outcome_name(o: pb::SiteOutcome) -> &'static str {
     }
 }
 
+/// "in 89 days", "EXPIRED 3 days ago", with a warning mark below two weeks.
+pub fn expiry(not_after_unix: i64) -> String {
+    if not_after_unix == 0 {
+        return "-".into();
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let days = (not_after_unix - now) / 86400;
+    match not_after_unix - now {
+        left if left <= 0 => format!("EXPIRED {} days ago", -days),
+        left if left < 14 * 86400 => format!("in {days} days (renew soon!)"),
+        _ => format!("in {days} days"),
+    }
+}
+
 fn format_ms(unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "-".into();
@@ -128,11 +143,16 @@ pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<
                         if s.connected { "connected".into() } else { "disconnected".into() },
                         format_ms(s.last_seen_unix_ms),
                         s.min_cell_size.to_string(),
+                        expiry(s.certificate_not_after_unix),
                         datasets,
                     ]
                 })
                 .collect();
-            let mut out = text_table(&["site", "state", "last seen", "k", "datasets"], &rows);
+            let mut out = text_table(&["site", "state", "last seen", "k", "certificate expires", "datasets"], &rows);
+            out.push_str(&format!(
+                "\ncoordinator certificate expires {}",
+                expiry(r.coordinator_certificate_not_after_unix)
+            ));
             let mut seen = std::collections::BTreeMap::new();
             for s in &r.sites {
                 for d in s.catalogue.iter().flat_map(|c| &c.datasets) {
@@ -172,11 +192,15 @@ pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<
                         "connected_since_unix_ms": s.connected_since_unix_ms,
                         "min_cell_size": s.min_cell_size,
                         "remote_addr": s.remote_addr,
+                        "certificate_not_after_unix": s.certificate_not_after_unix,
                         "datasets": datasets,
                     })
                 })
                 .collect();
-            Ok(serde_json::to_string_pretty(&json!({ "sites": sites }))?)
+            Ok(serde_json::to_string_pretty(&json!({
+                "sites": sites,
+                "coordinator_certificate_not_after_unix": r.coordinator_certificate_not_after_unix,
+            }))?)
         }
     }
 }

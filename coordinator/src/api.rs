@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::researcher_server::Researcher;
+use verbund_security::token::{Claims, TokenError};
 
 pub struct ResearcherService {
     coordinator: Arc<Coordinator>,
@@ -40,9 +41,39 @@ fn valid_query_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// The researcher's verified claims, from `authorization: Bearer <token>`.
+fn authenticate<T>(coordinator: &Coordinator, request: &Request<T>) -> Result<(Claims, String), Error> {
+    let header = request.metadata().get("authorization").ok_or(TokenError::Missing)?;
+    let value = header.to_str().map_err(|_| TokenError::Malformed("the authorization header is not text".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| TokenError::Malformed("the authorization header must be 'Bearer <token>'".into()))?;
+    let claims = coordinator.tokens().verify(token)?;
+    Ok((claims, token.trim().to_string()))
+}
+
 impl Coordinator {
-    /// Runs one researcher query end to end.
-    pub async fn query(&self, request: pb::ResearchQuery) -> Result<pb::QueryResponse, Error> {
+    /// Runs one researcher query end to end, for a researcher whose token was verified.
+    pub async fn query(
+        &self,
+        request: pb::ResearchQuery,
+        claims: &Claims,
+        token: &str,
+    ) -> Result<pb::QueryResponse, Error> {
+        if request.project.is_empty() {
+            return Err(Error::PermissionDenied(format!(
+                "name the project this query belongs to; your token grants: {}",
+                claims.projects.join(", ")
+            )));
+        }
+        if !claims.projects.contains(&request.project) {
+            return Err(Error::PermissionDenied(format!(
+                "your token does not grant project '{}'; it grants: {}",
+                request.project,
+                claims.projects.join(", ")
+            )));
+        }
         let query_id =
             if request.query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.query_id.clone() };
         if !valid_query_id(&query_id) {
@@ -74,15 +105,19 @@ impl Coordinator {
             ms => Duration::from_millis(u64::from(ms)).min(self.config().max_timeout),
         };
         let cancel = CancellationToken::new();
-        if self.running().insert(query_id.clone(), cancel.clone()).is_some() {
+        if self.running().insert(query_id.clone(), claims.sub.clone(), cancel.clone()).is_some() {
             return Err(Error::DuplicateQueryId(query_id));
         }
         let _running = Running { coordinator: self, query_id: query_id.clone() };
 
-        info!(query_id = %query_id, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
+        info!(query_id = %query_id, researcher = %claims.sub, project = %request.project, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
         let node_query = pb::NodeQuery {
             query_id: query_id.clone(),
-            identity: Some(pb::Identity { researcher_token: String::new(), researcher: String::new() }),
+            identity: Some(pb::Identity {
+                researcher_token: token.to_string(),
+                researcher: claims.sub.clone(),
+                project: request.project.clone(),
+            }),
             timeout_ms: timeout.as_millis() as u32,
             query: Some(plan.request.clone()),
         };
@@ -173,25 +208,32 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
 #[tonic::async_trait]
 impl Researcher for ResearcherService {
     async fn query(&self, request: Request<pb::ResearchQuery>) -> Result<Response<pb::QueryResponse>, Status> {
-        Ok(Response::new(self.coordinator.query(request.into_inner()).await?))
+        let (claims, token) = authenticate(&self.coordinator, &request)?;
+        Ok(Response::new(self.coordinator.query(request.into_inner(), &claims, &token).await?))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let (claims, _) = authenticate(&self.coordinator, &request)?;
         let id = request.into_inner().query_id;
+        // Only the researcher who started a query may cancel it.
         let found = match self.coordinator.running().get(&id) {
-            Some(token) => {
+            Some((owner, token)) if owner == claims.sub => {
                 token.cancel();
                 true
             }
-            None => false,
+            _ => false,
         };
         Ok(Response::new(pb::CancelResponse { found }))
     }
 
     async fn list_sites(
         &self,
-        _request: Request<pb::ListSitesRequest>,
+        request: Request<pb::ListSitesRequest>,
     ) -> Result<Response<pb::ListSitesResponse>, Status> {
-        Ok(Response::new(pb::ListSitesResponse { sites: self.coordinator.registry().list() }))
+        authenticate(&self.coordinator, &request)?;
+        Ok(Response::new(pb::ListSitesResponse {
+            sites: self.coordinator.registry().list(),
+            coordinator_certificate_not_after_unix: self.coordinator.certificate_not_after(),
+        }))
     }
 }

@@ -10,15 +10,16 @@ pub mod merge;
 pub mod registry;
 
 use registry::Registry;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use verbund_proto::v1::node_link_server::NodeLinkServer;
 use verbund_proto::v1::researcher_server::ResearcherServer;
+use verbund_security::tls::{ClientAuth, ReloadingServerConfig, TlsFiles};
+use verbund_security::token::{TokenError, Verifier};
 
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -38,6 +39,12 @@ pub enum Error {
     Merge(String),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Security(#[from] verbund_security::Error),
+    #[error("{0}")]
+    Unauthenticated(#[from] TokenError),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<Error> for Status {
@@ -47,40 +54,32 @@ impl From<Error> for Status {
             Error::Query(_) | Error::UnknownSite { .. } | Error::InvalidQueryId => Status::invalid_argument(message),
             Error::NoSites => Status::unavailable(message),
             Error::DuplicateQueryId(_) => Status::already_exists(message),
-            Error::Merge(_) | Error::Serve(_) => Status::internal(message),
+            Error::Merge(_) | Error::Serve(_) | Error::Security(_) => Status::internal(message),
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct CoordinatorConfig {
-    /// Deadline of a query whose researcher named none.
-    pub default_timeout: Duration,
-    /// Longest deadline a researcher may ask for.
-    pub max_timeout: Duration,
-}
+pub mod config;
+pub use config::CoordinatorConfig;
 
-impl Default for CoordinatorConfig {
-    fn default() -> Self {
-        Self { default_timeout: Duration::from_secs(30), max_timeout: Duration::from_secs(300) }
-    }
-}
-
-/// Cancel handles of the queries running now, by query id.
+/// The queries running now, by query id: who started each, and its cancel handle.
 #[derive(Default)]
-pub struct RunningQueries(Mutex<HashMap<String, CancellationToken>>);
+pub struct RunningQueries(Mutex<HashMap<String, (String, CancellationToken)>>);
 
 impl RunningQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn insert(&self, id: String, token: CancellationToken) -> Option<CancellationToken> {
+    /// Registers a query; returns the existing entry if the id is taken.
+    pub fn insert(&self, id: String, owner: String, token: CancellationToken) -> Option<(String, CancellationToken)> {
         let mut map = self.lock();
         if let Some(existing) = map.get(&id) {
             return Some(existing.clone());
         }
-        map.insert(id, token);
+        map.insert(id, (owner, token));
         None
     }
 
@@ -88,7 +87,7 @@ impl RunningQueries {
         self.lock().remove(id);
     }
 
-    pub fn get(&self, id: &str) -> Option<CancellationToken> {
+    pub fn get(&self, id: &str) -> Option<(String, CancellationToken)> {
         self.lock().get(id).cloned()
     }
 }
@@ -97,11 +96,45 @@ pub struct Coordinator {
     registry: Arc<Registry>,
     running: RunningQueries,
     config: CoordinatorConfig,
+    tokens: Verifier,
+    /// Sites allowed to connect, by the identity in their certificate.
+    known_sites: BTreeSet<String>,
+    link_tls: Arc<ReloadingServerConfig>,
+    api_tls: Arc<ReloadingServerConfig>,
 }
 
 impl Coordinator {
-    pub fn new(config: CoordinatorConfig) -> Arc<Self> {
-        Arc::new(Self { registry: Arc::default(), running: RunningQueries::default(), config })
+    /// Loads the TLS files and token keys the configuration names.
+    pub fn new(config: CoordinatorConfig) -> Result<Arc<Self>, Error> {
+        let tokens = Verifier::load(&config.auth)?;
+        let link_tls = ReloadingServerConfig::load(config.tls.clone(), ClientAuth::Required)?;
+        let api_tls = ReloadingServerConfig::load(
+            TlsFiles { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() },
+            ClientAuth::None,
+        )?;
+        let known_sites = config.sites.iter().cloned().collect();
+        Ok(Arc::new(Self {
+            registry: Arc::default(),
+            running: RunningQueries::default(),
+            config,
+            tokens,
+            known_sites,
+            link_tls,
+            api_tls,
+        }))
+    }
+
+    pub fn tokens(&self) -> &Verifier {
+        &self.tokens
+    }
+
+    pub fn knows_site(&self, site: &str) -> bool {
+        self.known_sites.contains(site)
+    }
+
+    /// Expiry of the coordinator's certificate now in service.
+    pub fn certificate_not_after(&self) -> i64 {
+        self.api_tls.cert_info().not_after_unix
     }
 
     pub fn registry(&self) -> &Registry {
@@ -128,7 +161,9 @@ impl Coordinator {
         api_listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let link = NodeLinkServer::new(link::LinkService::new(self.registry.clone()))
+        self.link_tls.watch(self.config.tls_reload, shutdown.clone());
+        self.api_tls.watch(self.config.tls_reload, shutdown.clone());
+        let link = NodeLinkServer::new(link::LinkService::new(self.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let api = ResearcherServer::new(api::ResearcherService::new(self.clone()))
@@ -138,10 +173,14 @@ impl Coordinator {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(link)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(node_listener), shutdown.clone().cancelled_owned());
-        let api_server = tonic::transport::Server::builder()
-            .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), shutdown.cancelled_owned());
+            .serve_with_incoming_shutdown(
+                verbund_security::tls::incoming(node_listener, self.link_tls.clone(), shutdown.clone()),
+                shutdown.clone().cancelled_owned(),
+            );
+        let api_server = tonic::transport::Server::builder().add_service(api).serve_with_incoming_shutdown(
+            verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone()),
+            shutdown.cancelled_owned(),
+        );
         tokio::try_join!(link_server, api_server)?;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The coordinator's end of the node link: accepts a node's outbound stream, registers the
 //! site with its catalogue, and routes results and heartbeats until the stream ends.
 
-use crate::registry::Registry;
+use crate::Coordinator;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +17,25 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_QUEUE: usize = 1024;
 
 pub struct LinkService {
-    registry: Arc<Registry>,
+    coordinator: Arc<Coordinator>,
 }
 
 impl LinkService {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+/// The site a connection's client certificate names. The TLS layer has already checked that
+/// the certificate chains to the network CA and is valid now.
+fn certified_site(certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>) -> Result<(String, i64), Status> {
+    let certs = certs.ok_or_else(|| Status::unauthenticated("the link requires a site certificate (mutual TLS)"))?;
+    let first = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
+    let info = verbund_security::certs::CertInfo::parse(first)
+        .map_err(|e| Status::unauthenticated(format!("the client certificate cannot be read: {e}")))?;
+    match info.identity {
+        Some(site) if info.is_site_certificate || !site.is_empty() => Ok((site, info.not_after_unix)),
+        _ => Err(Status::unauthenticated("the client certificate names no site")),
     }
 }
 
@@ -37,6 +50,13 @@ impl NodeLink for LinkService {
         request: Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (site, cert_not_after) = certified_site(request.peer_certs())?;
+        if !self.coordinator.knows_site(&site) {
+            warn!(site = %site, remote = %remote, "refused a certificate for a site this network does not know");
+            return Err(Status::permission_denied(format!(
+                "site '{site}' is not a member of this network; ask the coordinator's operator to add it"
+            )));
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -45,8 +65,11 @@ impl NodeLink for LinkService {
             Some(pb::node_message::Kind::Hello(h)) => h,
             _ => return Err(Status::invalid_argument("the first message on the link must be a Hello")),
         };
-        if hello.site.trim().is_empty() || hello.site.len() > 128 {
-            return Err(Status::invalid_argument("the Hello must name the site (1 to 128 characters)"));
+        if hello.site != site {
+            return Err(Status::permission_denied(format!(
+                "the certificate identifies site '{site}', but the Hello claims '{}'",
+                hello.site
+            )));
         }
         if hello.catalogue.is_none() {
             return Err(Status::invalid_argument("the Hello must carry the site's catalogue"));
@@ -59,12 +82,11 @@ impl NodeLink for LinkService {
             })),
         };
         tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("link closed"))?;
-        let site = hello.site.clone();
-        let connection = self.registry.attach(&hello, remote.clone(), tx);
+        let registry = self.coordinator.registry_arc();
+        let connection = registry.attach(&hello, remote.clone(), cert_not_after, tx);
         let datasets = hello.catalogue.as_ref().map(|c| c.datasets.len()).unwrap_or(0);
         info!(site = %site, remote = %remote, datasets, min_cell_size = hello.min_cell_size, "site connected");
 
-        let registry = self.registry.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {

@@ -40,6 +40,7 @@ struct SiteEntry {
     remote_addr: String,
     connected_since_ms: u64,
     last_seen_ms: u64,
+    certificate_not_after_unix: i64,
     connection: Option<Connection>,
 }
 
@@ -60,7 +61,7 @@ impl Registry {
     }
 
     /// Records a new connection of `hello.site`, replacing (and closing) an older one.
-    pub fn attach(&self, hello: &pb::Hello, remote_addr: String, tx: Outbound) -> u64 {
+    pub fn attach(&self, hello: &pb::Hello, remote_addr: String, certificate_not_after_unix: i64, tx: Outbound) -> u64 {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_ms();
         let entry = SiteEntry {
@@ -70,6 +71,7 @@ impl Registry {
             remote_addr,
             connected_since_ms: now,
             last_seen_ms: now,
+            certificate_not_after_unix,
             connection: Some(Connection { id, tx, pending: HashMap::new() }),
         };
         let old = self.lock().insert(hello.site.clone(), entry);
@@ -171,6 +173,7 @@ impl Registry {
                 catalogue: Some(e.catalogue.clone()),
                 min_cell_size: e.min_cell_size,
                 remote_addr: e.remote_addr.clone(),
+                certificate_not_after_unix: e.certificate_not_after_unix,
             })
             .collect();
         out.sort_by(|a, b| a.site.cmp(&b.site));

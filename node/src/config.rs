@@ -5,13 +5,15 @@ use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use verbund_security::tls::TlsFiles;
+use verbund_security::token::TokenConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This site's name, as researchers see it in results.
     pub site: String,
-    /// The coordinator's node-link address, e.g. `http://coordinator.example.org:7070`.
+    /// The coordinator's node-link address, e.g. `https://coordinator.example.org:7070`.
     pub coordinator: String,
     /// Outbound HTTP proxy (HTTP CONNECT), e.g. `http://proxy.hospital.local:3128`.
     #[serde(default)]
@@ -22,8 +24,40 @@ pub struct NodeConfig {
     /// Seconds between heartbeats on the link.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_seconds: u64,
+    /// Seconds between checks whether the TLS files changed (a renewed certificate is then
+    /// used at once).
+    #[serde(default = "default_reload")]
+    pub tls_reload_seconds: u64,
+    /// Mutual TLS with the coordinator.
+    pub tls: NodeTls,
+    /// How researchers' tokens are verified here.
+    pub auth: TokenConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+}
+
+fn default_reload() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTls {
+    /// The network CA that the coordinator's certificate must chain to.
+    pub ca: PathBuf,
+    /// This site's certificate (it names the site).
+    pub cert: PathBuf,
+    /// This site's private key.
+    pub key: PathBuf,
+    /// The name the coordinator's certificate must carry; the host of `coordinator` by default.
+    #[serde(default)]
+    pub coordinator_name: Option<String>,
+}
+
+impl NodeTls {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
 }
 
 fn default_heartbeat() -> u64 {
@@ -90,6 +124,10 @@ impl NodeConfig {
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
         self.policy = self.policy.as_ref().map(resolve);
+        self.tls.ca = resolve(&self.tls.ca);
+        self.tls.cert = resolve(&self.tls.cert);
+        self.tls.key = resolve(&self.tls.key);
+        self.auth.resolve(base);
         for d in &mut self.datasets {
             d.path = resolve(&d.path);
         }
@@ -99,9 +137,9 @@ impl NodeConfig {
         if self.site.trim().is_empty() {
             return Err(Error::Config("site must not be empty".into()));
         }
-        if !self.coordinator.starts_with("http://") && !self.coordinator.starts_with("https://") {
+        if !self.coordinator.starts_with("https://") {
             return Err(Error::Config(format!(
-                "coordinator must be an http:// or https:// address, got '{}'",
+                "coordinator must be an https:// address (the link is always mutual TLS), got '{}'",
                 self.coordinator
             )));
         }
@@ -118,14 +156,26 @@ impl NodeConfig {
             }
             d.format()?;
         }
-        if self.heartbeat_seconds == 0 {
-            return Err(Error::Config("heartbeat_seconds must be at least 1".into()));
+        if self.heartbeat_seconds == 0 || self.tls_reload_seconds == 0 {
+            return Err(Error::Config("heartbeat_seconds and tls_reload_seconds must be at least 1".into()));
         }
         Ok(())
     }
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_seconds)
+    }
+
+    /// The name the coordinator's certificate must carry.
+    pub fn coordinator_name(&self) -> Result<String> {
+        if let Some(name) = &self.tls.coordinator_name {
+            return Ok(name.clone());
+        }
+        let uri: http::Uri =
+            self.coordinator.parse().map_err(|e| Error::Config(format!("coordinator address: {e}")))?;
+        uri.host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .ok_or_else(|| Error::Config("the coordinator address has no host".into()))
     }
 }
 
@@ -135,8 +185,18 @@ mod tests {
 
     const GOOD: &str = r#"
 site = "uniklinik-nord"
-coordinator = "http://127.0.0.1:7070"
+coordinator = "https://127.0.0.1:7070"
 policy = "policy.toml"
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/uniklinik-nord.pem"
+key = "pki/uniklinik-nord.key"
+
+[auth]
+issuer = "https://idp.example.org"
+audience = "verbund"
+jwks_file = "jwks.json"
 
 [[dataset]]
 name = "patients"
@@ -151,13 +211,18 @@ columns = ["patient_id", "sex", "age"]
         c.resolve_paths(Path::new("/etc/verbund"));
         assert_eq!(c.datasets[0].path, PathBuf::from("/etc/verbund/data/patients.parquet"));
         assert_eq!(c.policy, Some(PathBuf::from("/etc/verbund/policy.toml")));
+        assert_eq!(c.tls.key, PathBuf::from("/etc/verbund/pki/uniklinik-nord.key"));
+        assert_eq!(c.auth.jwks_file, PathBuf::from("/etc/verbund/jwks.json"));
+        assert_eq!(c.coordinator_name().unwrap(), "127.0.0.1");
         assert_eq!(c.datasets[0].format().unwrap(), FileFormat::Parquet);
     }
 
     #[test]
     fn mistakes_are_explained() {
-        let e = NodeConfig::from_toml(&GOOD.replace("http://127", "127")).unwrap_err().to_string();
-        assert!(e.contains("http://"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("https://127", "http://127")).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("[auth]", "[authx]")).unwrap_err().to_string();
+        assert!(e.contains("auth"), "{e}");
         let e = NodeConfig::from_toml(&GOOD.replace("patients.parquet", "patients.xlsx")).unwrap_err().to_string();
         assert!(e.contains("format"), "{e}");
         let e = NodeConfig::from_toml(&GOOD.replace("patient_key", "patientkey")).unwrap_err().to_string();

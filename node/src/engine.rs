@@ -13,7 +13,7 @@ use futures::StreamExt;
 use prost::Message;
 use std::collections::HashMap;
 use tokio::sync::Semaphore;
-use verbund_policies::{CandidateAggregate, CandidateGroup, Policy};
+use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::partial_aggregate::State;
 use verbund_query::functions::{BinKind, bin_udf, moments_from_array, moments_udaf};
@@ -27,6 +27,9 @@ use verbund_query::{BinSpec, Moments};
 pub enum Refusal {
     #[error("{0}")]
     InvalidRequest(String),
+    /// The site's policy does not allow this project / role / dataset / column.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
@@ -37,6 +40,7 @@ impl Refusal {
     pub fn to_proto(&self) -> pb::Refusal {
         let code = match self {
             Refusal::InvalidRequest(_) => pb::RefusalCode::InvalidRequest,
+            Refusal::PermissionDenied(_) => pb::RefusalCode::Policy,
             Refusal::ResourceExhausted(_) => pb::RefusalCode::ResourceExhausted,
             Refusal::Internal(_) => pb::RefusalCode::Internal,
         };
@@ -85,9 +89,11 @@ impl Engine {
         &self.policy
     }
 
-    /// Answers one request. Dropping the returned future stops the execution.
-    pub async fn answer(&self, query: &pb::AggregateQuery) -> Result<pb::PartialResult, Refusal> {
+    /// Answers one request for a researcher whose token was verified. Dropping the returned
+    /// future stops the execution.
+    pub async fn answer(&self, query: &pb::AggregateQuery, access: &Access<'_>) -> Result<pb::PartialResult, Refusal> {
         let checked = check(query, self.catalogue()).map_err(|e| Refusal::InvalidRequest(e.0))?;
+        self.policy.authorize(access, &checked.dataset, &checked.columns()).map_err(Refusal::PermissionDenied)?;
         let _permit = self.running.try_acquire().map_err(|_| {
             Refusal::ResourceExhausted(format!(
                 "the site is already running {} queries; try again shortly",

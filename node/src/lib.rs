@@ -14,8 +14,9 @@ pub use link::LinkOptions;
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use verbund_policies::Policy;
+use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
+use verbund_security::token::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +26,8 @@ pub enum Error {
     Dataset { dataset: String, message: String },
     #[error("policy {path}: {source}")]
     Policy { path: String, source: verbund_policies::Error },
+    #[error(transparent)]
+    Security(#[from] verbund_security::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,15 +35,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Node {
     site: String,
     engine: Engine,
+    tokens: Verifier,
 }
 
 impl Node {
-    pub fn new(site: impl Into<String>, catalog: Catalog, policy: Policy) -> Self {
-        Self { site: site.into(), engine: Engine::new(catalog, policy) }
+    pub fn new(site: impl Into<String>, catalog: Catalog, policy: Policy, tokens: Verifier) -> Self {
+        Self { site: site.into(), engine: Engine::new(catalog, policy), tokens }
     }
 
-    /// Loads the policy file and opens every dataset of a configuration.
+    /// Loads the policy file, the token keys and every dataset of a configuration, and
+    /// checks that the site certificate names this site.
     pub async fn from_config(config: &NodeConfig) -> Result<Self> {
+        let cert = verbund_security::certs::CertInfo::load(&config.tls.cert)?;
+        if cert.identity.as_deref() != Some(config.site.as_str()) {
+            return Err(Error::Config(format!(
+                "the site certificate {} names '{}', but this node is configured as '{}'",
+                config.tls.cert.display(),
+                cert.identity.unwrap_or_default(),
+                config.site
+            )));
+        }
+        cert.report("site", &config.tls.cert);
+        let tokens = Verifier::load(&config.auth)?;
         let policy = match &config.policy {
             Some(path) => {
                 let shown = path.display().to_string();
@@ -51,7 +67,44 @@ impl Node {
             None => Policy::default(),
         };
         let catalog = Catalog::open(&config.datasets).await?;
-        Ok(Self::new(config.site.clone(), catalog, policy))
+        Ok(Self::new(config.site.clone(), catalog, policy, tokens))
+    }
+
+    /// Decides and answers one request on the site's own authority: the researcher's token
+    /// is verified here, the project checked against this site's policy, and only then is
+    /// the query run. Dropping the future stops the execution.
+    pub async fn handle(&self, q: &pb::NodeQuery) -> pb::query_result::Outcome {
+        let refuse = |code: pb::RefusalCode, message: String| {
+            pb::query_result::Outcome::Refusal(pb::Refusal { code: code as i32, message })
+        };
+        let Some(query) = &q.query else {
+            return refuse(pb::RefusalCode::InvalidRequest, "the request carries no query".into());
+        };
+        let identity = q.identity.clone().unwrap_or_default();
+        let claims = match self.tokens.verify(&identity.researcher_token) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(query_id = %q.query_id, reason = %e, "token refused");
+                return refuse(pb::RefusalCode::Unauthenticated, format!("site {}: {e}", self.site));
+            }
+        };
+        let access = Access {
+            site: &self.site,
+            project: &identity.project,
+            token_projects: &claims.projects,
+            roles: &claims.roles,
+        };
+        tracing::info!(query_id = %q.query_id, researcher = %claims.sub, project = %identity.project, dataset = %query.dataset, "query received");
+        match self.engine.answer(query, &access).await {
+            Ok(partial) => {
+                tracing::info!(query_id = %q.query_id, groups = partial.groups.len(), withheld_groups = partial.withheld_groups, "answered");
+                pb::query_result::Outcome::Answer(partial)
+            }
+            Err(refused) => {
+                tracing::info!(query_id = %q.query_id, reason = %refused, "refused");
+                pb::query_result::Outcome::Refusal(refused.to_proto())
+            }
+        }
     }
 
     pub fn site(&self) -> &str {
@@ -79,8 +132,9 @@ impl Node {
 
 /// Builds link options from a configuration.
 pub fn link_options(config: &NodeConfig) -> Result<LinkOptions> {
-    let mut options = LinkOptions::new(config.coordinator.clone());
+    let mut options = LinkOptions::new(config.coordinator.clone(), config.tls.files(), config.coordinator_name()?);
     options.heartbeat = config.heartbeat();
+    options.tls_reload = std::time::Duration::from_secs(config.tls_reload_seconds);
     if let Some(proxy) = &config.proxy {
         let uri: http::Uri =
             proxy.parse().map_err(|e| Error::Config(format!("proxy '{proxy}' is not an address: {e}")))?;

@@ -16,6 +16,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::node_link_client::NodeLinkClient;
+use verbund_security::tls::{TlsFiles, node_client_tls};
 
 /// The longest a node works on one query, whatever the coordinator asks for.
 pub const MAX_QUERY_TIME: Duration = Duration::from_secs(300);
@@ -23,19 +24,29 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
+    /// `https://host:port` of the coordinator's node link.
     pub coordinator: String,
+    /// The site's TLS files, read again at every connection.
+    pub tls: TlsFiles,
+    /// The name the coordinator's certificate must carry.
+    pub coordinator_name: String,
     pub proxy: Option<Uri>,
     pub heartbeat: Duration,
+    /// How often to look for renewed TLS files; a change reconnects with them.
+    pub tls_reload: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
 
 impl LinkOptions {
-    pub fn new(coordinator: impl Into<String>) -> Self {
+    pub fn new(coordinator: impl Into<String>, tls: TlsFiles, coordinator_name: impl Into<String>) -> Self {
         Self {
             coordinator: coordinator.into(),
+            tls,
+            coordinator_name: coordinator_name.into(),
             proxy: None,
             heartbeat: Duration::from_secs(15),
+            tls_reload: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
         }
@@ -54,6 +65,10 @@ enum LinkError {
     Broken(tonic::Status),
     #[error("the link's send queue is closed")]
     SendClosed,
+    #[error("TLS: {0}")]
+    Tls(#[from] verbund_security::Error),
+    #[error("the TLS files changed; reconnecting with them")]
+    Renewed,
 }
 
 fn now_ms() -> u64 {
@@ -94,8 +109,13 @@ async fn session(
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), LinkError> {
+    let stamp = options.tls.stamp();
+    let (tls, cert) = node_client_tls(&options.tls, &options.coordinator_name)?;
+    cert.report("site", &options.tls.cert);
     let endpoint = Endpoint::from_shared(options.coordinator.clone())
         .map_err(LinkError::Address)?
+        .tls_config(tls)
+        .map_err(LinkError::Connect)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -127,10 +147,18 @@ async fn session(
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tls_check = tokio::time::interval(options.tls_reload);
+    tls_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = tls_check.tick() => {
+                if options.tls.stamp() != stamp {
+                    info!(site = %node.site(), "site certificate files changed; reconnecting with them");
+                    return Err(LinkError::Renewed);
+                }
+            }
             _ = heartbeat.tick() => {
                 let beat = pb::NodeMessage { kind: Some(pb::node_message::Kind::Heartbeat(pb::Heartbeat { unix_ms: now_ms() })) };
                 tx.send(beat).await.map_err(|_| LinkError::SendClosed)?;
@@ -182,33 +210,19 @@ async fn answer(
         0 => MAX_QUERY_TIME,
         ms => Duration::from_millis(u64::from(ms)).min(MAX_QUERY_TIME),
     };
-    let researcher = q.identity.as_ref().map(|i| i.researcher.as_str()).unwrap_or("");
-    info!(query_id = %q.query_id, researcher, "query received");
     let refusal = |code: pb::RefusalCode, message: &str| {
         pb::query_result::Outcome::Refusal(pb::Refusal { code: code as i32, message: message.to_string() })
     };
-    let outcome = match &q.query {
-        None => refusal(pb::RefusalCode::InvalidRequest, "the request carries no query"),
-        Some(query) => tokio::select! {
-            result = node.engine().answer(query) => match result {
-                Ok(partial) => {
-                    info!(query_id = %q.query_id, groups = partial.groups.len(), withheld_groups = partial.withheld_groups, "answered");
-                    pb::query_result::Outcome::Answer(partial)
-                }
-                Err(refused) => {
-                    info!(query_id = %q.query_id, reason = %refused, "refused");
-                    pb::query_result::Outcome::Refusal(refused.to_proto())
-                }
-            },
-            _ = token.cancelled() => {
-                info!(query_id = %q.query_id, "cancelled; execution stopped");
-                refusal(pb::RefusalCode::Cancelled, "the query was cancelled")
-            }
-            _ = tokio::time::sleep(timeout) => {
-                info!(query_id = %q.query_id, timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
-                refusal(pb::RefusalCode::TimedOut, "the query ran past its deadline and was stopped")
-            }
-        },
+    let outcome = tokio::select! {
+        outcome = node.handle(&q) => outcome,
+        _ = token.cancelled() => {
+            info!(query_id = %q.query_id, "cancelled; execution stopped");
+            refusal(pb::RefusalCode::Cancelled, "the query was cancelled")
+        }
+        _ = tokio::time::sleep(timeout) => {
+            info!(query_id = %q.query_id, timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
+            refusal(pb::RefusalCode::TimedOut, "the query ran past its deadline and was stopped")
+        }
     };
     lock(&running).remove(&q.query_id);
     let result = pb::QueryResult {

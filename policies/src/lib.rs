@@ -2,8 +2,10 @@
 //!
 //! Pure: no I/O. The node reads the policy file and hands its text to [`Policy::from_toml`].
 
+mod access;
 mod output;
 
+pub use access::{Access, ProjectRule};
 pub use output::{CandidateAggregate, CandidateGroup, release};
 
 use serde::Deserialize;
@@ -34,6 +36,9 @@ pub struct Policy {
     pub max_groups: u32,
     /// Queries this node runs at once; more are refused as overloaded.
     pub max_concurrent_queries: u32,
+    /// Which projects may ask what. No rule: nobody may ask anything.
+    #[serde(rename = "project")]
+    pub projects: Vec<ProjectRule>,
 }
 
 impl Default for Policy {
@@ -42,6 +47,7 @@ impl Default for Policy {
             min_cell_size: DEFAULT_MIN_CELL_SIZE,
             max_groups: DEFAULT_MAX_GROUPS,
             max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
+            projects: Vec::new(),
         }
     }
 }
@@ -53,11 +59,17 @@ impl Policy {
         Ok(policy)
     }
 
-    /// A policy with minimum cell size `k` and defaults otherwise.
+    /// A policy with minimum cell size `k` and defaults otherwise (no project allowed yet).
     pub fn with_min_cell_size(k: u32) -> Result<Self> {
         let policy = Self { min_cell_size: k, ..Self::default() };
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// Adds a rule letting `project` query every dataset and column, with any role.
+    pub fn allowing(mut self, project: &str) -> Self {
+        self.projects.push(ProjectRule::everything(project));
+        self
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -69,6 +81,18 @@ impl Policy {
         }
         if self.max_concurrent_queries == 0 {
             return Err(Error::Invalid("max_concurrent_queries must be at least 1".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.projects {
+            if p.name.trim().is_empty() {
+                return Err(Error::Invalid("a [[project]] needs a name".into()));
+            }
+            if !names.insert(&p.name) {
+                return Err(Error::Invalid(format!("project '{}' has two rules; merge them", p.name)));
+            }
+            if p.datasets.is_empty() {
+                return Err(Error::Invalid(format!("project '{}' names no dataset", p.name)));
+            }
         }
         Ok(())
     }

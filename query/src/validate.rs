@@ -84,6 +84,50 @@ pub struct CheckedQuery {
     pub aggregates: Vec<CheckedAggregate>,
 }
 
+impl CheckedFilter {
+    fn collect<'a>(&'a self, out: &mut std::collections::BTreeSet<&'a str>) {
+        match self {
+            CheckedFilter::Compare { column, .. }
+            | CheckedFilter::InList { column, .. }
+            | CheckedFilter::Between { column, .. }
+            | CheckedFilter::IsNull { column, .. } => {
+                out.insert(column);
+            }
+            CheckedFilter::And(ops) | CheckedFilter::Or(ops) => ops.iter().for_each(|o| o.collect(out)),
+            CheckedFilter::Not(inner) => inner.collect(out),
+        }
+    }
+}
+
+impl CheckedQuery {
+    /// Every column the query reads, besides the patient key (which every query reads to
+    /// count patients for the minimum cell size, and which is never released).
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out = std::collections::BTreeSet::new();
+        if let Some(f) = &self.filter {
+            f.collect(&mut out);
+        }
+        for g in &self.groupings {
+            match g {
+                CheckedGrouping::Column { column, .. } | CheckedGrouping::Bins { column, .. } => out.insert(column),
+            };
+        }
+        for a in &self.aggregates {
+            match a {
+                CheckedAggregate::CountRows | CheckedAggregate::CountPatients => {}
+                CheckedAggregate::Count { column }
+                | CheckedAggregate::Sum { column, .. }
+                | CheckedAggregate::Mean { column, .. }
+                | CheckedAggregate::Moments { column, .. }
+                | CheckedAggregate::Histogram { column, .. } => {
+                    out.insert(column);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
 struct Columns<'a> {
     dataset: &'a pb::DatasetInfo,
     types: HashMap<&'a str, pb::ColumnType>,
@@ -357,6 +401,7 @@ mod tests {
             })
         );
         assert_eq!(c.aggregates.len(), 2);
+        assert_eq!(c.columns(), vec!["age", "bmi", "sex"]);
     }
 
     #[test]

@@ -21,6 +21,67 @@ use verbund_node::{Catalog, LinkOptions, Node};
 use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::researcher_client::ResearcherClient;
+use verbund_security::pki::{NetworkCa, Validity};
+use verbund_security::tls::TlsFiles;
+use verbund_security::token::{DevIssuer, TokenConfig, Verifier};
+
+/// The project every test researcher works in, and every test policy allows.
+pub const PROJECT: &str = "study";
+
+/// A policy with minimum cell size `k` that lets [`PROJECT`] ask anything.
+pub fn open_policy(k: u32) -> Policy {
+    Policy::with_min_cell_size(k).unwrap().allowing(PROJECT)
+}
+
+/// A network's PKI and identity provider, generated at test time.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: NetworkCa,
+    pub ca_path: std::path::PathBuf,
+    pub coordinator: TlsFiles,
+    pub issuer: DevIssuer,
+    pub auth: TokenConfig,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        verbund_security::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = NetworkCa::create("test", Validity::days(30)).unwrap();
+        let (ca_path, _) = ca.write(dir.path()).unwrap();
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let (cert, key) =
+            ca.issue_coordinator(&names, Validity::days(10)).unwrap().write(dir.path(), "coordinator").unwrap();
+        let issuer = DevIssuer::generate("test-key", "https://idp.test", "verbund").unwrap();
+        let auth = issuer.write_jwks(&dir.path().join("jwks.json")).unwrap();
+        Self { coordinator: TlsFiles { ca: ca_path.clone(), cert, key }, dir, ca, ca_path, issuer, auth }
+    }
+
+    /// Issues (or re-issues) a site certificate.
+    pub fn site(&self, site: &str) -> TlsFiles {
+        self.site_with(site, Validity::days(10))
+    }
+
+    pub fn site_with(&self, site: &str, validity: Validity) -> TlsFiles {
+        let (cert, key) = self.ca.issue_site(site, validity).unwrap().write(self.dir.path(), site).unwrap();
+        TlsFiles { ca: self.ca_path.clone(), cert, key }
+    }
+
+    pub fn verifier(&self) -> Verifier {
+        Verifier::load(&self.auth).unwrap()
+    }
+
+    /// A valid token for the test researcher in [`PROJECT`].
+    pub fn token(&self) -> String {
+        self.issuer.issue("alice", &[PROJECT], &["researcher"], Duration::from_secs(3600))
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A node running on a runtime of its own, so that killing it closes its sockets the way a
 /// crashed process would.
@@ -66,8 +127,9 @@ impl Drop for NodeProcess {
 }
 
 pub struct Network {
+    pub pki: Pki,
     pub coordinator: Arc<Coordinator>,
-    /// The node-link address, e.g. http://127.0.0.1:40000
+    /// The node-link address, e.g. https://127.0.0.1:40000
     pub link: String,
     /// The researcher API address.
     pub api: String,
@@ -76,21 +138,39 @@ pub struct Network {
 }
 
 impl Network {
-    pub async fn start() -> Self {
+    /// A coordinator (mutual TLS, tokens) that accepts the named sites.
+    pub async fn start(sites: &[&str]) -> Self {
+        let pki = Pki::new();
         let node_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let link = format!("http://{}", node_listener.local_addr().unwrap());
-        let api = format!("http://{}", api_listener.local_addr().unwrap());
-        let coordinator = Coordinator::new(CoordinatorConfig::default());
+        let link = format!("https://{}", node_listener.local_addr().unwrap());
+        let api = format!("https://{}", api_listener.local_addr().unwrap());
+        let config = CoordinatorConfig {
+            node_listen: node_listener.local_addr().unwrap(),
+            api_listen: api_listener.local_addr().unwrap(),
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            tls_reload: Duration::from_millis(200),
+            tls: pki.coordinator.clone(),
+            auth: pki.auth.clone(),
+        };
+        let coordinator = Coordinator::new(config).unwrap();
         let shutdown = CancellationToken::new();
         tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
-        Self { coordinator, link, api, nodes: HashMap::new(), shutdown }
+        Self { pki, coordinator, link, api, nodes: HashMap::new(), shutdown }
     }
 
-    /// Link options for tests: quick heartbeats and redials.
-    pub fn link_options(&self) -> LinkOptions {
-        let mut o = LinkOptions::new(self.link.clone());
+    /// A node of this network (its verifier trusts this network's identity provider).
+    pub fn node(&self, site: &str, catalog: Catalog, policy: Policy) -> Node {
+        Node::new(site, catalog, policy, self.pki.verifier())
+    }
+
+    /// Link options for a site: its certificate, quick heartbeats, redials and TLS checks.
+    pub fn link_options(&self, site: &str) -> LinkOptions {
+        let mut o = LinkOptions::new(self.link.clone(), self.pki.site(site), "127.0.0.1");
         o.heartbeat = Duration::from_millis(500);
+        o.tls_reload = Duration::from_millis(200);
         o.backoff_min = Duration::from_millis(50);
         o.backoff_max = Duration::from_millis(500);
         o
@@ -98,7 +178,7 @@ impl Network {
 
     /// Starts a node and waits until the coordinator sees it connected.
     pub async fn add_node(&mut self, node: Node) {
-        let options = self.link_options();
+        let options = self.link_options(node.site());
         self.add_node_with(node, options).await;
     }
 
@@ -118,22 +198,46 @@ impl Network {
         }
     }
 
+    /// A researcher's client over TLS (the token goes with each request; see [`with_token`]).
     pub async fn client(&self) -> ResearcherClient<tonic::transport::Channel> {
-        ResearcherClient::connect(self.api.clone()).await.unwrap()
+        researcher_client(&self.api, &self.pki.ca_path).await
     }
 
-    /// Runs a query; returns the merged table and the full response.
+    /// Runs a query in [`PROJECT`] with a valid token; returns the merged table and the response.
     pub async fn query(&self, sql: &str) -> Result<(RecordBatch, pb::QueryResponse), tonic::Status> {
         self.query_with(pb::ResearchQuery { sql: sql.into(), ..Default::default() }).await
     }
 
+    /// Runs a query with a valid token (in [`PROJECT`] unless the request names a project).
     pub async fn query_with(
         &self,
-        request: pb::ResearchQuery,
+        mut request: pb::ResearchQuery,
     ) -> Result<(RecordBatch, pb::QueryResponse), tonic::Status> {
-        let response = self.client().await.query(request).await?.into_inner();
+        if request.project.is_empty() {
+            request.project = PROJECT.into();
+        }
+        let response = self.client().await.query(with_token(request, &self.pki.token())).await?.into_inner();
         Ok((decode(&response.arrow_ipc).unwrap(), response))
     }
+}
+
+pub async fn researcher_client(api: &str, ca: &std::path::Path) -> ResearcherClient<tonic::transport::Channel> {
+    let tls = verbund_security::tls::researcher_client_tls(ca, Some("127.0.0.1")).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(api.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ResearcherClient::new(channel)
+}
+
+/// A request with `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
 }
 
 impl Drop for Network {
@@ -189,7 +293,7 @@ impl Synthetic {
         Ok(Self { dir, sites, pooled })
     }
 
-    pub async fn node(&self, index: usize, policy: Policy) -> anyhow::Result<Node> {
+    pub async fn node(&self, network: &Network, index: usize, policy: Policy) -> anyhow::Result<Node> {
         let site = &self.sites[index];
         let datasets: Vec<verbund_node::config::DatasetConfig> = site
             .tables
@@ -203,14 +307,18 @@ impl Synthetic {
             })
             .collect();
         let catalog = Catalog::open(&datasets).await.context("open site data")?;
-        Ok(Node::new(site.site.clone(), catalog, policy))
+        Ok(network.node(&site.site, catalog, policy))
     }
 
-    /// A network with every synthetic site under the same policy.
-    pub async fn network(&self, policy: Policy) -> anyhow::Result<Network> {
-        let mut network = Network::start().await;
+    /// A network with every synthetic site under the same policy; `extra` names more sites
+    /// the coordinator will accept.
+    pub async fn network(&self, policy: Policy, extra: &[&str]) -> anyhow::Result<Network> {
+        let mut names: Vec<&str> = self.sites.iter().map(|s| s.site.as_str()).collect();
+        names.extend_from_slice(extra);
+        let mut network = Network::start(&names).await;
         for i in 0..self.sites.len() {
-            network.add_node(self.node(i, policy.clone()).await?).await;
+            let node = self.node(&network, i, policy.clone()).await?;
+            network.add_node(node).await;
         }
         Ok(network)
     }

@@ -1,8 +1,7 @@
 //! Each kind of bad query gets a clear error that says what was wrong.
 
-use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
-use verbund_tests::{Synthetic, status};
+use verbund_tests::{Synthetic, open_policy, status};
 
 /// (SQL, words the error must contain)
 const BAD: &[(&str, &[&str])] = &[
@@ -39,7 +38,7 @@ const BAD: &[(&str, &[&str])] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_get_clear_errors() {
     let data = Synthetic::new(5, 0.02).await.unwrap();
-    let network = data.network(Policy::default()).await.unwrap();
+    let network = data.network(open_policy(5), &[]).await.unwrap();
     for (sql, words) in BAD {
         let status = network.query(sql).await.expect_err(sql);
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{sql}: {}", status.message());
@@ -73,7 +72,7 @@ async fn a_site_missing_a_column_refuses_and_the_rest_answer() {
     use datafusion::datasource::MemTable;
     use std::sync::Arc;
     let data = Synthetic::new(5, 0.02).await.unwrap();
-    let mut network = data.network(Policy::with_min_cell_size(1).unwrap()).await.unwrap();
+    let mut network = data.network(open_policy(1), &["practice"]).await.unwrap();
     // A fourth site whose patients table has no bmi column.
     let batch = RecordBatch::try_from_iter([
         ("patient_id", Arc::new(StringArray::from(vec!["x1", "x2"])) as _),
@@ -83,7 +82,8 @@ async fn a_site_missing_a_column_refuses_and_the_rest_answer() {
     let mut catalog = verbund_node::Catalog::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("patients", Arc::new(table), "patient_id", &["sex".into()]).unwrap();
-    network.add_node(verbund_node::Node::new("practice", catalog, Policy::with_min_cell_size(1).unwrap())).await;
+    let node = network.node("practice", catalog, open_policy(1));
+    network.add_node(node).await;
 
     let (_, response) = network.query("SELECT avg(bmi) AS b FROM patients").await.unwrap();
     let practice = status(&response, "practice");

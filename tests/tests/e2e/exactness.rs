@@ -6,10 +6,9 @@ use datafusion::datasource::MemTable;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use std::sync::Arc;
-use verbund_node::{Catalog, Node};
-use verbund_policies::Policy;
+use verbund_node::Catalog;
 use verbund_tests::compare::assert_same;
-use verbund_tests::{Network, Synthetic, run_sql};
+use verbund_tests::{Network, Synthetic, open_policy, run_sql};
 
 /// (number of leading group columns, SQL)
 const QUERIES: &[(usize, &str)] = &[
@@ -61,7 +60,7 @@ const QUERIES: &[(usize, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federated_answers_equal_pooled_answers() {
     let data = Synthetic::new(20261123, 0.12).await.unwrap();
-    let network = data.network(Policy::with_min_cell_size(1).unwrap()).await.unwrap();
+    let network = data.network(open_policy(1), &[]).await.unwrap();
     for (keys, sql) in QUERIES {
         let (federated, response) = network.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         for s in &response.sites {
@@ -79,7 +78,7 @@ async fn federated_answers_equal_pooled_answers() {
 async fn variance_of_large_values_with_small_spread_is_exact() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let noise = Normal::new(0.0, 1.0).unwrap();
-    let mut network = Network::start().await;
+    let mut network = Network::start(&["a", "b", "c"]).await;
     let mut all = Vec::new();
     let mut per_site = Vec::new();
     for (site, n) in [("a", 4000), ("b", 2500), ("c", 3100)] {
@@ -95,7 +94,8 @@ async fn variance_of_large_values_with_small_spread_is_exact() {
         let mut catalog = Catalog::new();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
         catalog.add_table("devices", Arc::new(table), "patient_id", &["value".into()]).unwrap();
-        network.add_node(Node::new(site, catalog, Policy::with_min_cell_size(1).unwrap())).await;
+        let node = network.node(site, catalog, open_policy(1));
+        network.add_node(node).await;
     }
     let sql = "SELECT var_samp(value) AS v, stddev_pop(value) AS s, avg(value) AS m FROM devices";
     let (federated, _) = network.query(sql).await.unwrap();

@@ -4,4 +4,5 @@
 mod bad_queries;
 mod exactness;
 mod resilience;
+mod security;
 mod suppression;

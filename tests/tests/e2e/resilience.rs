@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use verbund_node::{Catalog, Node};
-use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
 use verbund_tests::proxy::Proxy;
 use verbund_tests::slow::{Progress, slow_table, vitals_schema};
-use verbund_tests::{Network, status};
+use verbund_tests::{Network, PROJECT, open_policy, status, with_token};
 
-fn fast_node(site: &str, rows: i64) -> Node {
+fn fast_node(network: &Network, site: &str, rows: i64) -> Node {
     let ids: Vec<String> = (0..rows).map(|i| format!("{site}-{i}")).collect();
     let batch = RecordBatch::try_new(
         vitals_schema(),
@@ -23,18 +22,28 @@ fn fast_node(site: &str, rows: i64) -> Node {
     let mut catalog = Catalog::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
-    Node::new(site, catalog, Policy::with_min_cell_size(1).unwrap())
+    network.node(site, catalog, open_policy(1))
 }
 
 /// A site whose scan takes `batches × delay`.
-fn slow_node(site: &str, batches: usize, delay: Duration) -> (Node, Arc<Progress>) {
+fn slow_node(network: &Network, site: &str, batches: usize, delay: Duration) -> (Node, Arc<Progress>) {
     let (table, progress) = slow_table(batches, delay);
     let mut catalog = Catalog::new();
     catalog.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
-    (Node::new(site, catalog, Policy::with_min_cell_size(1).unwrap()), progress)
+    (network.node(site, catalog, open_policy(1)), progress)
 }
 
 const COUNT: &str = "SELECT count(*) AS n FROM vitals";
+
+/// Starts a researcher's query in the background, as the CLI would.
+async fn spawn_query(
+    network: &Network,
+    request: pb::ResearchQuery,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::QueryResponse>, tonic::Status>> {
+    let mut client = network.client().await;
+    let request = with_token(request, &network.pki.token());
+    tokio::spawn(async move { client.query(request).await })
+}
 
 async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -46,21 +55,16 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_when_back() {
-    let mut network = Network::start().await;
-    network.add_node(fast_node("a", 100)).await;
-    network.add_node(fast_node("c", 50)).await;
-    let (slow, progress) = slow_node("b", 10_000, Duration::from_millis(20));
+    let mut network = Network::start(&["a", "b", "c"]).await;
+    network.add_node(fast_node(&network, "a", 100)).await;
+    network.add_node(fast_node(&network, "c", 50)).await;
+    let (slow, progress) = slow_node(&network, "b", 10_000, Duration::from_millis(20));
     network.add_node(slow).await;
 
-    let request = pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 5_000, ..Default::default() };
+    let request =
+        pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 5_000, project: PROJECT.into(), ..Default::default() };
     let started = Instant::now();
-    let pending = tokio::spawn({
-        let api = network.api.clone();
-        async move {
-            let mut client = pb::researcher_client::ResearcherClient::connect(api).await.unwrap();
-            client.query(request).await
-        }
-    });
+    let pending = spawn_query(&network, request).await;
     wait_until("the slow site is scanning", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2)
         .await;
     network.kill("b");
@@ -79,13 +83,15 @@ async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_wh
     let (_, response) = network.query(COUNT).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::NotConnected);
-    let listed = network.client().await.list_sites(pb::ListSitesRequest {}).await.unwrap().into_inner();
+    let token = network.pki.token();
+    let listed =
+        network.client().await.list_sites(with_token(pb::ListSitesRequest {}, &token)).await.unwrap().into_inner();
     let b = listed.sites.iter().find(|s| s.site == "b").unwrap();
     assert!(!b.connected);
     assert!(b.last_seen_unix_ms > 0);
 
     // b comes back (with new data) and is asked again.
-    network.add_node(fast_node("b", 7)).await;
+    network.add_node(fast_node(&network, "b", 7)).await;
     let (table, response) = network.query(COUNT).await.unwrap();
     assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::Answered);
     assert_eq!(ints(&table, 0), vec![Some(157)]);
@@ -93,9 +99,9 @@ async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_its_deadline_stops_running_at_the_node() {
-    let mut network = Network::start().await;
-    network.add_node(fast_node("a", 10)).await;
-    let (slow, progress) = slow_node("b", 10_000, Duration::from_millis(10));
+    let mut network = Network::start(&["a", "b"]).await;
+    network.add_node(fast_node(&network, "a", 10)).await;
+    let (slow, progress) = slow_node(&network, "b", 10_000, Duration::from_millis(10));
     network.add_node(slow).await;
 
     let started = Instant::now();
@@ -116,28 +122,24 @@ async fn a_query_past_its_deadline_stops_running_at_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_query_stops_at_the_node_and_says_cancelled() {
-    let mut network = Network::start().await;
-    let (slow, progress) = slow_node("b", 10_000, Duration::from_millis(10));
+    let mut network = Network::start(&["b"]).await;
+    let (slow, progress) = slow_node(&network, "b", 10_000, Duration::from_millis(10));
     network.add_node(slow).await;
     let request = pb::ResearchQuery {
         sql: COUNT.into(),
         query_id: "q-cancel-1".into(),
         timeout_ms: 20_000,
+        project: PROJECT.into(),
         ..Default::default()
     };
     let started = Instant::now();
-    let pending = tokio::spawn({
-        let api = network.api.clone();
-        async move {
-            let mut client = pb::researcher_client::ResearcherClient::connect(api).await.unwrap();
-            client.query(request).await
-        }
-    });
+    let pending = spawn_query(&network, request).await;
     wait_until("the scan runs", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2).await;
+    let token = network.pki.token();
     let found = network
         .client()
         .await
-        .cancel(pb::CancelRequest { query_id: "q-cancel-1".into() })
+        .cancel(with_token(pb::CancelRequest { query_id: "q-cancel-1".into() }, &token))
         .await
         .unwrap()
         .into_inner()
@@ -147,33 +149,49 @@ async fn a_cancelled_query_stops_at_the_node_and_says_cancelled() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::Cancelled);
     wait_until("the node stopped the scan", Duration::from_secs(2), || progress.running() == 0).await;
-    let unknown = network.client().await.cancel(pb::CancelRequest { query_id: "nope".into() }).await.unwrap();
+    let unknown =
+        network.client().await.cancel(with_token(pb::CancelRequest { query_id: "nope".into() }, &token)).await.unwrap();
     assert!(!unknown.into_inner().found);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaches_the_coordinator_through_an_http_proxy() {
-    let mut network = Network::start().await;
+    let mut network = Network::start(&["behind-proxy"]).await;
     let proxy = Proxy::start(false).await;
-    let mut options = network.link_options();
+    let mut options = network.link_options("behind-proxy");
     options.proxy = Some(proxy.address.parse().unwrap());
-    network.add_node_with(fast_node("behind-proxy", 12), options).await;
+    let node = fast_node(&network, "behind-proxy", 12);
+    network.add_node_with(node, options).await;
     let (table, response) = network.query(COUNT).await.unwrap();
     assert_eq!(status(&response, "behind-proxy").outcome(), pb::SiteOutcome::Answered);
     assert_eq!(ints(&table, 0), vec![Some(12)]);
     assert!(proxy.tunnel_count() >= 1);
-    let link_addr = network.link.trim_start_matches("http://").to_string();
+    let link_addr = network.link.trim_start_matches("https://").to_string();
     assert!(proxy.targets.lock().unwrap().contains(&link_addr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_that_refuses_keeps_the_node_out() {
-    let network = Network::start().await;
+    let network = Network::start(&["refused"]).await;
     let proxy = Proxy::start(true).await;
-    let mut options = network.link_options();
+    let mut options = network.link_options("refused");
     options.proxy = Some(proxy.address.parse().unwrap());
-    let _node = verbund_tests::NodeProcess::start(fast_node("refused", 3), options);
+    let _node = verbund_tests::NodeProcess::start(fast_node(&network, "refused", 3), options);
     let connected = network.coordinator.registry().wait_for(&["refused"], Duration::from_millis(800)).await;
     assert!(!connected);
     assert_eq!(proxy.tunnel_count(), 0);
+}
+
+/// A researcher who goes away (Ctrl-C in the CLI drops the call) stops the work at the sites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_researcher_who_hangs_up_stops_the_work_at_the_node() {
+    let mut network = Network::start(&["b"]).await;
+    let (slow, progress) = slow_node(&network, "b", 10_000, Duration::from_millis(10));
+    network.add_node(slow).await;
+    let request =
+        pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 20_000, project: PROJECT.into(), ..Default::default() };
+    let pending = spawn_query(&network, request).await;
+    wait_until("the scan runs", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2).await;
+    pending.abort();
+    wait_until("the node stopped the scan", Duration::from_secs(3), || progress.running() == 0).await;
 }

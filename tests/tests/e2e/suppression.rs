@@ -6,11 +6,10 @@ use datafusion::datasource::MemTable;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
-use verbund_node::{Catalog, Node};
-use verbund_policies::Policy;
+use verbund_node::Catalog;
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::{Cell, rows};
-use verbund_tests::{Network, Synthetic, run_sql, site_context, status};
+use verbund_tests::{Network, Synthetic, open_policy, run_sql, site_context, status};
 
 const SEED: u64 = 99;
 const SCALE: f64 = 0.1;
@@ -18,7 +17,7 @@ const SCALE: f64 = 0.1;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_groups_are_withheld_at_each_site() {
     let data = Synthetic::new(SEED, SCALE).await.unwrap();
-    let network = data.network(Policy::with_min_cell_size(5).unwrap()).await.unwrap();
+    let network = data.network(open_policy(5), &[]).await.unwrap();
     let generated = verbund_synth::generate(SEED, SCALE).unwrap();
     let sql = "SELECT sex, icd10, count(DISTINCT patient_id) AS patients, count(*) AS n, avg(age) AS a \
                FROM conditions GROUP BY sex, icd10";
@@ -50,7 +49,7 @@ async fn small_groups_are_withheld_at_each_site() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histogram_bins_below_k_are_withheld() {
     let data = Synthetic::new(SEED, SCALE).await.unwrap();
-    let network = data.network(Policy::with_min_cell_size(5).unwrap()).await.unwrap();
+    let network = data.network(open_policy(5), &[]).await.unwrap();
     let generated = verbund_synth::generate(SEED, SCALE).unwrap();
     let site = &generated[1];
     let sql = "SELECT sex, histogram(age, 0, 5, 20) AS h FROM patients WHERE sex != 'diverse' GROUP BY sex";
@@ -83,7 +82,7 @@ async fn histogram_bins_below_k_are_withheld() {
 /// A whole answer below k: nothing of it in the response, not even the group's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_group_leaves_no_trace_in_the_response() {
-    let mut network = Network::start().await;
+    let mut network = Network::start(&["registry"]).await;
     let diagnoses =
         ["common", "common", "common", "common", "common", "common", "rare-diagnosis-xq", "rare-diagnosis-xq"];
     let ids: Vec<String> = (0..diagnoses.len()).map(|i| format!("patient-{i}")).collect();
@@ -96,7 +95,8 @@ async fn a_refused_group_leaves_no_trace_in_the_response() {
     let mut catalog = Catalog::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("cases", Arc::new(table), "patient_id", &["diagnosis".into(), "age".into()]).unwrap();
-    network.add_node(Node::new("registry", catalog, Policy::with_min_cell_size(5).unwrap())).await;
+    let node = network.node("registry", catalog, open_policy(5));
+    network.add_node(node).await;
 
     let (table, response) =
         network.query("SELECT diagnosis, count(*) AS n, sum(age) AS s FROM cases GROUP BY diagnosis").await.unwrap();

@@ -1,0 +1,132 @@
+//! Who may ask what: per project, the datasets and columns it may use and the roles a
+//! researcher needs. Checked at the node against the researcher's verified token, never on
+//! the coordinator's word.
+
+use crate::Policy;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// One `[[project]]` of a site policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRule {
+    pub name: String,
+    /// The researcher needs one of these roles; empty: any role.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Datasets the project may query; "*" for all.
+    pub datasets: Vec<String>,
+    /// Per dataset, the only columns the project may use (all columns when absent).
+    #[serde(default)]
+    pub columns: BTreeMap<String, Vec<String>>,
+}
+
+impl ProjectRule {
+    pub fn everything(project: &str) -> Self {
+        Self { name: project.into(), roles: vec![], datasets: vec!["*".into()], columns: BTreeMap::new() }
+    }
+}
+
+/// A researcher's verified request for access: from the token, and the project they ask in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access<'a> {
+    pub site: &'a str,
+    pub project: &'a str,
+    pub token_projects: &'a [String],
+    pub roles: &'a [String],
+}
+
+impl Policy {
+    /// Whether `access` may read `columns` of `dataset`. The refusal names the project,
+    /// dataset, column or role: what an honest researcher needs to ask the site for.
+    pub fn authorize(&self, access: &Access<'_>, dataset: &str, columns: &[&str]) -> Result<(), String> {
+        let project = access.project;
+        if project.is_empty() {
+            return Err("the query names no project; ask within one of your token's projects".into());
+        }
+        if !access.token_projects.iter().any(|p| p == project) {
+            return Err(format!("your token does not grant project '{project}'"));
+        }
+        let site = access.site;
+        let Some(rule) = self.projects.iter().find(|r| r.name == project) else {
+            return Err(format!("project '{project}' is not allowed at site {site}"));
+        };
+        if !rule.roles.is_empty() && !rule.roles.iter().any(|r| access.roles.contains(r)) {
+            return Err(format!(
+                "project '{project}' at site {site} needs one of the roles: {}",
+                rule.roles.join(", ")
+            ));
+        }
+        if !rule.datasets.iter().any(|d| d == "*" || d == dataset) {
+            return Err(format!("project '{project}' may not query dataset '{dataset}' at site {site}"));
+        }
+        if let Some(allowed) = rule.columns.get(dataset) {
+            for c in columns {
+                if !allowed.iter().any(|a| a == c) {
+                    return Err(format!(
+                        "project '{project}' may not use column '{c}' of dataset '{dataset}' at site {site}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+min_cell_size = 5
+
+[[project]]
+name = "diabetes"
+roles = ["researcher"]
+datasets = ["patients", "conditions"]
+columns = { patients = ["sex", "age"] }
+"#;
+
+    fn access<'a>(project: &'a str, token: &'a [String], roles: &'a [String]) -> Access<'a> {
+        Access { site: "uniklinik-nord", project, token_projects: token, roles }
+    }
+
+    #[test]
+    fn projects_roles_datasets_and_columns_are_enforced() {
+        let p = Policy::from_toml(POLICY).unwrap();
+        let token = vec!["diabetes".to_string()];
+        let roles = vec!["researcher".to_string()];
+        let ok = access("diabetes", &token, &roles);
+        assert!(p.authorize(&ok, "patients", &["sex", "age"]).is_ok());
+        assert!(p.authorize(&ok, "conditions", &["icd10"]).is_ok(), "no column list: all columns");
+        let e = p.authorize(&ok, "patients", &["region"]).unwrap_err();
+        assert!(e.contains("column 'region'"), "{e}");
+        assert!(p.authorize(&ok, "observations", &[]).unwrap_err().contains("dataset 'observations'"));
+        let no_role: Vec<String> = vec![];
+        assert!(p.authorize(&access("diabetes", &token, &no_role), "patients", &[]).unwrap_err().contains("roles"));
+        let other = vec!["oncology".to_string()];
+        assert!(
+            p.authorize(&access("oncology", &other, &roles), "patients", &[])
+                .unwrap_err()
+                .contains("not allowed at site")
+        );
+        assert!(
+            p.authorize(&access("oncology", &token, &roles), "patients", &[]).unwrap_err().contains("does not grant")
+        );
+    }
+
+    #[test]
+    fn no_rule_means_no_access() {
+        let p = Policy::default();
+        let token = vec!["any".to_string()];
+        assert!(p.authorize(&access("any", &token, &[]), "patients", &[]).is_err());
+        assert!(p.clone().allowing("any").authorize(&access("any", &token, &[]), "patients", &["x"]).is_ok());
+    }
+
+    #[test]
+    fn duplicate_or_empty_rules_are_refused() {
+        let twice = format!("{POLICY}\n[[project]]\nname = \"diabetes\"\ndatasets = [\"*\"]\n");
+        assert!(Policy::from_toml(&twice).unwrap_err().to_string().contains("two rules"));
+        assert!(Policy::from_toml("[[project]]\nname = \"x\"\ndatasets = []\n").is_err());
+    }
+}

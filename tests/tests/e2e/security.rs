@@ -1,0 +1,363 @@
+//! Mutual TLS on the node link, and researcher tokens checked at the coordinator and, on
+//! their own authority, at every node.
+
+use base64::Engine;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::datasource::MemTable;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use verbund_node::Catalog;
+use verbund_proto::v1 as pb;
+use verbund_proto::v1::node_link_client::NodeLinkClient;
+use verbund_security::pki::{NetworkCa, Validity};
+use verbund_security::tls::TlsFiles;
+use verbund_security::token::{DevIssuer, now_unix};
+use verbund_tests::compare::ints;
+use verbund_tests::{Network, PROJECT, open_policy, status, with_token};
+
+fn catalog(rows: i64) -> Catalog {
+    let ids: Vec<String> = (0..rows).map(|i| format!("p{i}")).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("patient_id", Arc::new(StringArray::from(ids)) as _),
+        ("value", Arc::new(Int64Array::from_iter_values(0..rows)) as _),
+    ])
+    .unwrap();
+    let mut catalog = Catalog::new();
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+    catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
+    catalog
+}
+
+const COUNT: &str = "SELECT count(*) AS n FROM vitals";
+
+/// Opens the node link with the given TLS files and claims `site` in the Hello. Ok when the
+/// coordinator welcomes it.
+async fn try_link(
+    network: &Network,
+    scheme_and_host: Option<&str>,
+    files: Option<&TlsFiles>,
+    site: &str,
+) -> Result<(), String> {
+    let address = match scheme_and_host {
+        Some(a) => a.to_string(),
+        None => network.link.clone(),
+    };
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(address).unwrap().connect_timeout(Duration::from_secs(3));
+    if let Some(files) = files {
+        let (tls, _) = verbund_security::tls::node_client_tls(files, "127.0.0.1").map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).unwrap();
+    }
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = pb::Hello { site: site.into(), catalogue: Some(pb::Catalogue::default()), ..Default::default() };
+    tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }).await.unwrap();
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), NodeLinkClient::new(channel).attach(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    let mut inbound = response.into_inner();
+    match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+        Ok(Ok(Some(pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Welcome(_)) }))) => Ok(()),
+        Ok(Ok(other)) => Err(format!("unexpected {other:?}")),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_link_admits_only_known_sites_with_valid_certificates() {
+    let network = Network::start(&["good", "expired"]).await;
+    assert_eq!(try_link(&network, None, Some(&network.pki.site("good")), "good").await, Ok(()), "the normal path");
+
+    // A certificate from another CA.
+    let dir = tempfile::tempdir().unwrap();
+    let rogue_ca = NetworkCa::create("rogue", Validity::days(10)).unwrap();
+    let (rogue_ca_path, _) = rogue_ca.write(dir.path()).unwrap();
+    let (cert, key) = rogue_ca.issue_site("good", Validity::days(1)).unwrap().write(dir.path(), "good").unwrap();
+    // The rogue client trusts the real coordinator (real CA) but presents the rogue cert.
+    let rogue = TlsFiles { ca: network.pki.ca_path.clone(), cert, key };
+    assert!(try_link(&network, None, Some(&rogue), "good").await.is_err(), "a certificate from another CA");
+    let _ = rogue_ca_path;
+
+    // An expired certificate (issued by the right CA).
+    let expired = network
+        .pki
+        .site_with("expired", Validity { starts_in: time::Duration::days(-10), lasts: time::Duration::days(1) });
+    let pem = std::fs::read(&expired.cert).unwrap();
+    let key = std::fs::read(&expired.key).unwrap();
+    let ca = std::fs::read(&expired.ca).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(pem, key))
+        .domain_name("127.0.0.1");
+    let result = async {
+        let channel = tonic::transport::Endpoint::from_shared(network.link.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello =
+            pb::Hello { site: "expired".into(), catalogue: Some(pb::Catalogue::default()), ..Default::default() };
+        tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }).await.unwrap();
+        let mut inbound =
+            NodeLinkClient::new(channel).attach(ReceiverStream::new(rx)).await.map_err(|s| s.to_string())?.into_inner();
+        inbound.message().await.map_err(|s| s.to_string()).map(|_| ())
+    }
+    .await;
+    assert!(result.is_err(), "an expired certificate");
+    assert!(!network.coordinator.registry().is_connected("expired"));
+
+    // A valid certificate for a site the network does not know.
+    let err = try_link(&network, None, Some(&network.pki.site("intruder")), "intruder").await.unwrap_err();
+    assert!(err.contains("PermissionDenied") && err.contains("not a member"), "{err}");
+
+    // A Hello that claims another site than the certificate names.
+    let err = try_link(&network, None, Some(&network.pki.site("good")), "expired").await.unwrap_err();
+    assert!(err.contains("PermissionDenied") && err.contains("claims"), "{err}");
+
+    // Plain TCP.
+    let plain = network.link.replace("https://", "http://");
+    assert!(try_link(&network, Some(&plain), None, "good").await.is_err(), "a plaintext client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_coordinator_with_the_wrong_name() {
+    let network = Network::start(&["careful"]).await;
+    let mut options = network.link_options("careful");
+    options.coordinator_name = "coordinator.other-network.example".into();
+    let _node = verbund_tests::NodeProcess::start(network.node("careful", catalog(5), open_policy(1)), options);
+    assert!(!network.coordinator.registry().wait_for(&["careful"], Duration::from_millis(1500)).await);
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn claims(issuer: &DevIssuer) -> serde_json::Value {
+    let now = now_unix();
+    serde_json::json!({
+        "sub": "mallory", "projects": [PROJECT], "roles": ["researcher"],
+        "iss": issuer.issuer, "aud": issuer.audience, "iat": now, "nbf": now, "exp": now + 600,
+    })
+}
+
+/// (name, token, the refusal must mention)
+fn attacks(issuer: &DevIssuer) -> Vec<(&'static str, String, &'static str)> {
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims(issuer);
+        edit(&mut c);
+        issuer.sign(&c, Some(&issuer.kid))
+    };
+    let valid = issuer.sign(&claims(issuer), Some(&issuer.kid));
+    let parts: Vec<&str> = valid.split('.').collect();
+
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT","kid":"test-key"}"#),
+        b64(claims(issuer).to_string().as_bytes())
+    );
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some(issuer.kid.clone());
+    let confused = jsonwebtoken::encode(
+        &hs_header,
+        &claims(issuer),
+        &jsonwebtoken::EncodingKey::from_secret(issuer.jwks.as_bytes()),
+    )
+    .unwrap();
+    let mut tampered_claims = claims(issuer);
+    tampered_claims["projects"] = serde_json::json!([PROJECT, "everything"]);
+    tampered_claims["sub"] = serde_json::json!("admin");
+    let tampered = format!("{}.{}.{}", parts[0], b64(tampered_claims.to_string().as_bytes()), parts[2]);
+    let rogue = DevIssuer::generate("rogue-key", &issuer.issuer, &issuer.audience).unwrap();
+    let unknown_kid = rogue.sign(&claims(issuer), Some("rogue-key"));
+    let impostor = rogue.sign(&claims(issuer), Some(&issuer.kid));
+    let now = now_unix();
+
+    vec![
+        ("alg none", none, "not accepted"),
+        ("HS256 with the public key as secret", confused, "not accepted"),
+        (
+            "expired",
+            with(&|c| {
+                c["exp"] = serde_json::json!(now - 3600);
+                c["nbf"] = serde_json::json!(now - 7200);
+            }),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            with(&|c| {
+                c["nbf"] = serde_json::json!(now + 3600);
+                c["exp"] = serde_json::json!(now + 7200);
+            }),
+            "not valid yet",
+        ),
+        ("wrong issuer", with(&|c| c["iss"] = serde_json::json!("https://evil.example")), "issuer"),
+        ("wrong audience", with(&|c| c["aud"] = serde_json::json!("another-network")), "audience"),
+        ("tampered payload", tampered, "signature"),
+        ("unknown kid", unknown_kid, "does not know"),
+        ("another key under a known kid", impostor, "signature"),
+        (
+            "missing sub",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+            "sub",
+        ),
+        (
+            "missing projects",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("projects");
+            }),
+            "projects",
+        ),
+        (
+            "missing exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "exp",
+        ),
+        ("garbage", "not.a.token".to_string(), "malformed"),
+        ("no token", String::new(), "no token"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_attacks_are_refused_at_the_coordinator_and_at_the_node() {
+    let mut network = Network::start(&["site-a"]).await;
+    let node = network.node("site-a", catalog(20), open_policy(1));
+    network.add_node(node).await;
+    // A second instance of the same node, to ask directly as a hostile coordinator would.
+    let direct = network.node("site-a", catalog(20), open_policy(1));
+    let query = pb::AggregateQuery {
+        dataset: "vitals".into(),
+        aggregates: vec![pb::Aggregate { kind: pb::AggregateKind::CountRows as i32, ..Default::default() }],
+        ..Default::default()
+    };
+
+    for (name, token, says) in attacks(&network.pki.issuer) {
+        let request = pb::ResearchQuery { sql: COUNT.into(), project: PROJECT.into(), ..Default::default() };
+        let status = network.client().await.query(with_token(request, &token)).await.expect_err(name);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{name}: {}", status.message());
+        assert!(status.message().contains(says), "{name}: '{}' should say '{says}'", status.message());
+
+        let forwarded = pb::NodeQuery {
+            query_id: "direct".into(),
+            identity: Some(pb::Identity {
+                researcher_token: token.clone(),
+                researcher: "mallory".into(),
+                project: PROJECT.into(),
+            }),
+            timeout_ms: 5000,
+            query: Some(query.clone()),
+        };
+        match direct.handle(&forwarded).await {
+            pb::query_result::Outcome::Refusal(r) => {
+                assert_eq!(r.code(), pb::RefusalCode::Unauthenticated, "{name} at the node: {}", r.message);
+                assert!(r.message.contains(says), "{name} at the node: '{}'", r.message);
+            }
+            pb::query_result::Outcome::Answer(_) => panic!("{name}: the node answered"),
+        }
+    }
+
+    // The honest path still works, at the coordinator and directly.
+    let (table, _) = network.query(COUNT).await.unwrap();
+    assert_eq!(ints(&table, 0), vec![Some(20)]);
+    let forwarded = pb::NodeQuery {
+        query_id: "direct-ok".into(),
+        identity: Some(pb::Identity {
+            researcher_token: network.pki.token(),
+            researcher: "alice".into(),
+            project: PROJECT.into(),
+        }),
+        timeout_ms: 5000,
+        query: Some(query),
+    };
+    assert!(matches!(direct.handle(&forwarded).await, pb::query_result::Outcome::Answer(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_are_decided_by_each_site() {
+    let mut network = Network::start(&["open", "closed"]).await;
+    let node = network.node("open", catalog(7), open_policy(1).allowing("oncology"));
+    network.add_node(node).await;
+    let node = network.node("closed", catalog(9), open_policy(1));
+    network.add_node(node).await;
+    let issuer = &network.pki.issuer;
+
+    // A valid token for a project that one site allows and the other does not.
+    let token = issuer.issue("bob", &["oncology"], &["researcher"], Duration::from_secs(600));
+    let request = pb::ResearchQuery { sql: COUNT.into(), project: "oncology".into(), ..Default::default() };
+    let response = network.client().await.query(with_token(request, &token)).await.unwrap().into_inner();
+    assert_eq!(status(&response, "open").outcome(), pb::SiteOutcome::Answered);
+    let closed = status(&response, "closed");
+    assert_eq!(closed.outcome(), pb::SiteOutcome::Refused);
+    assert!(closed.message.contains("'oncology' is not allowed at site closed"), "{}", closed.message);
+    assert_eq!(ints(&verbund_tests::decode(&response.arrow_ipc).unwrap(), 0), vec![Some(7)]);
+
+    // Asking in a project the token does not grant: refused at the coordinator.
+    let request = pb::ResearchQuery { sql: COUNT.into(), project: PROJECT.into(), ..Default::default() };
+    let status = network.client().await.query(with_token(request, &token)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("does not grant project"), "{}", status.message());
+
+    // Listing sites needs a valid token too.
+    let status = network.client().await.list_sites(pb::ListSitesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_while_the_network_runs() {
+    let mut network = Network::start(&["rotating"]).await;
+    let node = network.node("rotating", catalog(11), open_policy(1));
+    network.add_node(node).await;
+    let token = network.pki.token();
+    let list = || async {
+        network.client().await.list_sites(with_token(pb::ListSitesRequest {}, &token)).await.unwrap().into_inner()
+    };
+    let before = list().await;
+    let site_expiry = before.sites[0].certificate_not_after_unix;
+
+    // The site gets a renewed certificate (longer validity): the node notices and reconnects.
+    network.pki.site_with("rotating", Validity::days(40));
+    let started = std::time::Instant::now();
+    loop {
+        let now = list().await;
+        if now.sites[0].connected && now.sites[0].certificate_not_after_unix > site_expiry + 86400 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the renewed site certificate was not taken up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (table, _) = network.query(COUNT).await.unwrap();
+    assert_eq!(ints(&table, 0), vec![Some(11)]);
+
+    // The coordinator gets a new certificate: new connections see it, queries keep working.
+    let coordinator_expiry = before.coordinator_certificate_not_after_unix;
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    network
+        .pki
+        .ca
+        .issue_coordinator(&names, Validity::days(3))
+        .unwrap()
+        .write(network.pki.dir.path(), "coordinator")
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if list().await.coordinator_certificate_not_after_unix < coordinator_expiry - 86400 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the coordinator did not reload its certificate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (table, response) = network.query(COUNT).await.unwrap();
+    assert_eq!(status(&response, "rotating").outcome(), pb::SiteOutcome::Answered);
+    assert_eq!(ints(&table, 0), vec![Some(11)]);
+}
