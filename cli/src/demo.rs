@@ -62,7 +62,7 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         dir.path(),
     )
     .map_err(anyhow::Error::msg)?;
-    let coordinator = Coordinator::new(config)?;
+    let coordinator = Coordinator::new(config).await?;
     let server = tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
 
     let link = format!("https://127.0.0.1:{}", node_addr.port());

@@ -322,7 +322,7 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(api_listen)
         .await
         .with_context(|| format!("cannot listen for researchers on {api_listen}"))?;
-    let coordinator = Coordinator::new(config)?;
+    let coordinator = Coordinator::new(config).await?;
     tracing::info!(%node_listen, %api_listen, "coordinator started");
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));

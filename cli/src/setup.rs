@@ -106,7 +106,7 @@ pub fn node_config_toml(layout: &NetworkLayout, index: usize, coordinator: &str)
         key = quote(&tls.key),
         iss = layout.auth.issuer,
         aud = layout.auth.audience,
-        jwks = quote(&layout.auth.jwks_file),
+        jwks = quote(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
     );
     for t in &site.tables {
         let columns: Vec<String> = t.columns.iter().map(|c| format!("\"{c}\"")).collect();
@@ -133,7 +133,7 @@ pub fn coordinator_config_toml(layout: &NetworkLayout, node_listen: &str, api_li
         key = quote(&layout.coordinator_tls.key),
         iss = layout.auth.issuer,
         aud = layout.auth.audience,
-        jwks = quote(&layout.auth.jwks_file),
+        jwks = quote(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
     )
 }
 
@@ -154,7 +154,7 @@ mod tests {
             let config = NodeConfig::load(&path).unwrap();
             assert_eq!(config.site, layout.sites[i].site);
             assert!(config.datasets.iter().all(|d| d.path.exists()));
-            assert!(config.tls.cert.exists() && config.auth.jwks_file.exists());
+            assert!(config.tls.cert.exists() && config.auth.jwks_file.as_ref().is_some_and(|p| p.exists()));
         }
         let path = dir.path().join("coordinator.toml");
         std::fs::write(&path, coordinator_config_toml(&layout, "127.0.0.1:7070", "127.0.0.1:7071")).unwrap();

@@ -96,7 +96,7 @@ pub struct Coordinator {
     registry: Arc<Registry>,
     running: RunningQueries,
     config: CoordinatorConfig,
-    tokens: Verifier,
+    tokens: Arc<Verifier>,
     /// Sites allowed to connect, by the identity in their certificate.
     known_sites: BTreeSet<String>,
     link_tls: Arc<ReloadingServerConfig>,
@@ -105,8 +105,8 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Loads the TLS files and token keys the configuration names.
-    pub fn new(config: CoordinatorConfig) -> Result<Arc<Self>, Error> {
-        let tokens = Verifier::load(&config.auth)?;
+    pub async fn new(config: CoordinatorConfig) -> Result<Arc<Self>, Error> {
+        let tokens = Verifier::from_config(&config.auth).await?;
         let link_tls = ReloadingServerConfig::load(config.tls.clone(), ClientAuth::Required)?;
         let api_tls = ReloadingServerConfig::load(
             TlsFiles { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() },

@@ -212,7 +212,7 @@ columns = ["patient_id", "sex", "age"]
         assert_eq!(c.datasets[0].path, PathBuf::from("/etc/verbund/data/patients.parquet"));
         assert_eq!(c.policy, Some(PathBuf::from("/etc/verbund/policy.toml")));
         assert_eq!(c.tls.key, PathBuf::from("/etc/verbund/pki/uniklinik-nord.key"));
-        assert_eq!(c.auth.jwks_file, PathBuf::from("/etc/verbund/jwks.json"));
+        assert_eq!(c.auth.jwks_file, Some(PathBuf::from("/etc/verbund/jwks.json")));
         assert_eq!(c.coordinator_name().unwrap(), "127.0.0.1");
         assert_eq!(c.datasets[0].format().unwrap(), FileFormat::Parquet);
     }

@@ -35,11 +35,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Node {
     site: String,
     engine: Engine,
-    tokens: Verifier,
+    tokens: Arc<Verifier>,
 }
 
 impl Node {
-    pub fn new(site: impl Into<String>, catalog: Catalog, policy: Policy, tokens: Verifier) -> Self {
+    pub fn new(site: impl Into<String>, catalog: Catalog, policy: Policy, tokens: Arc<Verifier>) -> Self {
         Self { site: site.into(), engine: Engine::new(catalog, policy), tokens }
     }
 
@@ -56,7 +56,7 @@ impl Node {
             )));
         }
         cert.report("site", &config.tls.cert);
-        let tokens = Verifier::load(&config.auth)?;
+        let tokens = Verifier::from_config(&config.auth).await?;
         let policy = match &config.policy {
             Some(path) => {
                 let shown = path.display().to_string();

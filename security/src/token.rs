@@ -17,6 +17,10 @@ fn default_leeway() -> u64 {
     30
 }
 
+fn default_refresh() -> u64 {
+    300
+}
+
 fn default_algorithms() -> Vec<String> {
     ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"].iter().map(|s| s.to_string()).collect()
 }
@@ -29,8 +33,18 @@ pub struct TokenConfig {
     pub issuer: String,
     /// The `aud` every token must carry.
     pub audience: String,
-    /// The identity provider's JWKS document (public keys), as a file.
-    pub jwks_file: PathBuf,
+    /// The identity provider's JWKS document (public keys), as a file ...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ... or fetched from the provider (e.g. Keycloak's `.../protocol/openid-connect/certs`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// CA bundle for the provider's HTTPS certificate; the system's roots when absent.
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
+    /// How often keys fetched from `jwks_url` are fetched again, in seconds.
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_seconds: u64,
     /// Seconds of clock skew tolerated for `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -41,8 +55,10 @@ pub struct TokenConfig {
 
 impl TokenConfig {
     pub fn resolve(&mut self, base: &Path) {
-        if self.jwks_file.is_relative() {
-            self.jwks_file = base.join(&self.jwks_file);
+        for p in [&mut self.jwks_file, &mut self.jwks_ca].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
     }
 }
@@ -107,7 +123,7 @@ fn parse_algorithm(name: &str) -> Result<Algorithm> {
 }
 
 pub struct Verifier {
-    keys: HashMap<String, DecodingKey>,
+    keys: std::sync::RwLock<HashMap<String, DecodingKey>>,
     issuer: String,
     audience: String,
     leeway: u64,
@@ -116,7 +132,8 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut kids: Vec<&String> = self.keys.keys().collect();
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let mut kids: Vec<&String> = keys.keys().collect();
         kids.sort();
         f.debug_struct("Verifier")
             .field("issuer", &self.issuer)
@@ -127,39 +144,100 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// Reads the keys of a JWKS document; only asymmetric keys, each with a kid.
+fn parse_jwks(jwks: &str) -> Result<HashMap<String, DecodingKey>> {
+    let set: JwkSet =
+        serde_json::from_str(jwks).map_err(|e| Error::TokenConfig(format!("not a JWKS document: {e}")))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            return Err(Error::TokenConfig("symmetric keys are not accepted in the JWKS".into()));
+        }
+        let Some(kid) = jwk.common.key_id.clone() else {
+            return Err(Error::TokenConfig("every key in the JWKS needs a kid".into()));
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::TokenConfig(format!("key '{kid}': {e}")))?;
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(Error::TokenConfig("the JWKS holds no key".into()));
+    }
+    Ok(keys)
+}
+
+/// Fetches a JWKS document over HTTPS.
+async fn fetch_jwks(url: &str, ca: Option<&Path>) -> Result<String> {
+    if !url.starts_with("https://") {
+        return Err(Error::TokenConfig(format!("jwks_url must be https://, got '{url}'")));
+    }
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+    if let Some(ca) = ca {
+        let certs = crate::certs::load_certs(ca)?
+            .iter()
+            .map(|c| reqwest::Certificate::from_der(c.as_ref()).map_err(|e| Error::TokenConfig(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        builder = builder.tls_certs_only(certs);
+    }
+    let client = builder.build().map_err(|e| Error::TokenConfig(format!("HTTPS client: {e}")))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Error::TokenConfig(format!("cannot fetch {url}: {e}")))?
+        .error_for_status()
+        .map_err(|e| Error::TokenConfig(format!("cannot fetch {url}: {e}")))?;
+    response.text().await.map_err(|e| Error::TokenConfig(format!("cannot read {url}: {e}")))
+}
+
 impl Verifier {
+    /// Loads the keys from `jwks_file`, or fetches them from `jwks_url` (and keeps fetching
+    /// them every `jwks_refresh_seconds`, so that the provider can rotate its keys).
+    pub async fn from_config(config: &TokenConfig) -> Result<std::sync::Arc<Self>> {
+        let verifier = std::sync::Arc::new(match (&config.jwks_file, &config.jwks_url) {
+            (Some(_), None) => Self::load(config)?,
+            (None, Some(url)) => Self::from_jwks(&fetch_jwks(url, config.jwks_ca.as_deref()).await?, config)?,
+            _ => return Err(Error::TokenConfig("set exactly one of jwks_file and jwks_url".into())),
+        });
+        if let Some(url) = config.jwks_url.clone() {
+            let weak = std::sync::Arc::downgrade(&verifier);
+            let (ca, every) =
+                (config.jwks_ca.clone(), std::time::Duration::from_secs(config.jwks_refresh_seconds.max(1)));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(verifier) = weak.upgrade() else { return };
+                    match fetch_jwks(&url, ca.as_deref()).await.and_then(|text| parse_jwks(&text)) {
+                        Ok(keys) => *verifier.keys.write().unwrap_or_else(|p| p.into_inner()) = keys,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not refresh the token keys; keeping the previous ones")
+                        }
+                    }
+                }
+            });
+        }
+        Ok(verifier)
+    }
+
+    /// Loads the keys from `jwks_file`.
     pub fn load(config: &TokenConfig) -> Result<Self> {
-        let text = crate::certs::read(&config.jwks_file)?;
+        let Some(path) = &config.jwks_file else {
+            return Err(Error::TokenConfig("no jwks_file configured".into()));
+        };
+        let text = crate::certs::read(path)?;
         let text = String::from_utf8_lossy(&text);
         Self::from_jwks(&text, config).map_err(|e| match e {
-            Error::TokenConfig(m) => Error::TokenConfig(format!("{}: {m}", config.jwks_file.display())),
+            Error::TokenConfig(m) => Error::TokenConfig(format!("{}: {m}", path.display())),
             other => other,
         })
     }
 
     pub fn from_jwks(jwks: &str, config: &TokenConfig) -> Result<Self> {
-        let set: JwkSet =
-            serde_json::from_str(jwks).map_err(|e| Error::TokenConfig(format!("not a JWKS document: {e}")))?;
         let algorithms = config.algorithms.iter().map(|a| parse_algorithm(a)).collect::<Result<Vec<_>>>()?;
         if algorithms.is_empty() {
             return Err(Error::TokenConfig("no algorithm allowed".into()));
         }
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
-                return Err(Error::TokenConfig("symmetric keys are not accepted in the JWKS".into()));
-            }
-            let Some(kid) = jwk.common.key_id.clone() else {
-                return Err(Error::TokenConfig("every key in the JWKS needs a kid".into()));
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::TokenConfig(format!("key '{kid}': {e}")))?;
-            keys.insert(kid, key);
-        }
-        if keys.is_empty() {
-            return Err(Error::TokenConfig("the JWKS holds no key".into()));
-        }
         Ok(Self {
-            keys,
+            keys: std::sync::RwLock::new(parse_jwks(jwks)?),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway_seconds,
@@ -182,7 +260,8 @@ impl Verifier {
             return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }
         let kid = header.kid.ok_or(TokenError::MissingKeyId)?;
-        let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
 
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -299,7 +378,10 @@ impl DevIssuer {
         Ok(TokenConfig {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
-            jwks_file: jwks_file.to_path_buf(),
+            jwks_file: Some(jwks_file.to_path_buf()),
+            jwks_url: None,
+            jwks_ca: None,
+            jwks_refresh_seconds: default_refresh(),
             leeway_seconds: default_leeway(),
             algorithms: default_algorithms(),
         })
@@ -320,6 +402,21 @@ mod tests {
     }
 
     #[test]
+    fn file_and_url_are_exclusive() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (issuer, _) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = issuer.write_jwks(&dir.path().join("jwks.json")).unwrap();
+        config.jwks_url = Some("https://idp.test/certs".into());
+        let e = rt.block_on(Verifier::from_config(&config)).unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
+        config.jwks_file = None;
+        config.jwks_url = Some("http://idp.test/certs".into());
+        let e = rt.block_on(Verifier::from_config(&config)).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
     fn a_good_token_verifies() {
         let (issuer, verifier) = setup();
         let token = issuer.issue("alice", &["diabetes"], &["researcher"], Duration::from_secs(60));
@@ -334,7 +431,10 @@ mod tests {
         let config = TokenConfig {
             issuer: "i".into(),
             audience: "a".into(),
-            jwks_file: "x".into(),
+            jwks_file: Some("x".into()),
+            jwks_url: None,
+            jwks_ca: None,
+            jwks_refresh_seconds: 1,
             leeway_seconds: 0,
             algorithms: vec!["HS256".into()],
         };

@@ -67,8 +67,8 @@ impl Pki {
         TlsFiles { ca: self.ca_path.clone(), cert, key }
     }
 
-    pub fn verifier(&self) -> Verifier {
-        Verifier::load(&self.auth).unwrap()
+    pub fn verifier(&self) -> Arc<Verifier> {
+        Arc::new(Verifier::load(&self.auth).unwrap())
     }
 
     /// A valid token for the test researcher in [`PROJECT`].
@@ -155,7 +155,7 @@ impl Network {
             tls: pki.coordinator.clone(),
             auth: pki.auth.clone(),
         };
-        let coordinator = Coordinator::new(config).unwrap();
+        let coordinator = Coordinator::new(config).await.unwrap();
         let shutdown = CancellationToken::new();
         tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
         Self { pki, coordinator, link, api, nodes: HashMap::new(), shutdown }
