@@ -208,15 +208,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut client, token) = connect(&connection).await?;
             let request = pb::ResearchQuery { query_id: String::new(), sql, sites, timeout_ms, project };
             let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
-            println!("{}", render::response(&response, format)?);
-            Ok(())
+            print(&render::response(&response, format)?)
         }
         Command::Sites { connection, format } => {
             let (mut client, token) = connect(&connection).await?;
             let request = authorized(pb::ListSitesRequest {}, &token)?;
             let sites = client.list_sites(request).await.map_err(status_error)?.into_inner();
-            println!("{}", render::sites(&sites, format)?);
-            Ok(())
+            print(&render::sites(&sites, format)?)
         }
         Command::Pki(PkiCommand::Init { dir, network, coordinator_names, days }) => {
             let ca_cert = dir.join("ca.pem");
@@ -363,6 +361,16 @@ pub fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T
     let value = format!("Bearer {token}").parse().context("the token contains characters not allowed in a header")?;
     request.metadata_mut().insert("authorization", value);
     Ok(request)
+}
+
+/// Prints to stdout; a closed pipe (`verbund query ... | head`) ends the output quietly.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// A gRPC error as the researcher should read it.

@@ -92,7 +92,15 @@ fn quote(p: &Path) -> String {
     format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// A node configuration for a generated site.
+impl NetworkLayout {
+    /// A path as written into a configuration file that lives in the layout's directory:
+    /// relative to it, so the directory can move as a whole.
+    fn path(&self, p: &Path) -> String {
+        quote(p.strip_prefix(&self.dir).unwrap_or(p))
+    }
+}
+
+/// A node configuration for a generated site, to be written into the layout's directory.
 pub fn node_config_toml(layout: &NetworkLayout, index: usize, coordinator: &str) -> String {
     let site = &layout.sites[index];
     let tls = &layout.site_tls[index];
@@ -100,20 +108,20 @@ pub fn node_config_toml(layout: &NetworkLayout, index: usize, coordinator: &str)
         "# verbund node configuration for {name}\nsite = \"{name}\"\ncoordinator = \"{coordinator}\"\npolicy = {policy}\n\n\
          [tls]\nca = {ca}\ncert = {cert}\nkey = {key}\n\n[auth]\nissuer = \"{iss}\"\naudience = \"{aud}\"\njwks_file = {jwks}\n",
         name = site.site,
-        policy = quote(&layout.policy_files[index]),
-        ca = quote(&tls.ca),
-        cert = quote(&tls.cert),
-        key = quote(&tls.key),
+        policy = layout.path(&layout.policy_files[index]),
+        ca = layout.path(&tls.ca),
+        cert = layout.path(&tls.cert),
+        key = layout.path(&tls.key),
         iss = layout.auth.issuer,
         aud = layout.auth.audience,
-        jwks = quote(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
+        jwks = layout.path(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
     );
     for t in &site.tables {
         let columns: Vec<String> = t.columns.iter().map(|c| format!("\"{c}\"")).collect();
         out.push_str(&format!(
             "\n[[dataset]]\nname = \"{}\"\npath = {}\npatient_key = \"{}\"\ncolumns = [{}]\n",
             t.name,
-            quote(&t.path),
+            layout.path(&t.path),
             t.patient_key,
             columns.join(", ")
         ));
@@ -121,19 +129,19 @@ pub fn node_config_toml(layout: &NetworkLayout, index: usize, coordinator: &str)
     out
 }
 
-/// The coordinator's configuration for a generated network.
+/// The coordinator's configuration for a generated network, to be written into its directory.
 pub fn coordinator_config_toml(layout: &NetworkLayout, node_listen: &str, api_listen: &str) -> String {
     let sites: Vec<String> = layout.sites.iter().map(|s| format!("\"{}\"", s.site)).collect();
     format!(
         "# verbund coordinator configuration\nnode_listen = \"{node_listen}\"\napi_listen = \"{api_listen}\"\nsites = [{sites}]\n\n\
          [tls]\nca = {ca}\ncert = {cert}\nkey = {key}\n\n[auth]\nissuer = \"{iss}\"\naudience = \"{aud}\"\njwks_file = {jwks}\n",
         sites = sites.join(", "),
-        ca = quote(&layout.coordinator_tls.ca),
-        cert = quote(&layout.coordinator_tls.cert),
-        key = quote(&layout.coordinator_tls.key),
+        ca = layout.path(&layout.coordinator_tls.ca),
+        cert = layout.path(&layout.coordinator_tls.cert),
+        key = layout.path(&layout.coordinator_tls.key),
         iss = layout.auth.issuer,
         aud = layout.auth.audience,
-        jwks = quote(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
+        jwks = layout.path(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
     )
 }
 
@@ -150,6 +158,9 @@ mod tests {
         let layout = write_network(dir.path(), 1, 0.01, verbund_synth::Format::Csv, &names).unwrap();
         for i in 0..layout.sites.len() {
             let path = dir.path().join(format!("node-{i}.toml"));
+            assert!(
+                !node_config_toml(&layout, i, "https://localhost:7070").contains(&dir.path().display().to_string())
+            );
             std::fs::write(&path, node_config_toml(&layout, i, "https://localhost:7070")).unwrap();
             let config = NodeConfig::load(&path).unwrap();
             assert_eq!(config.site, layout.sites[i].site);

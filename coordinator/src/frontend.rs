@@ -82,11 +82,16 @@ pub async fn plan_sql(sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedP
         let table = MemTable::try_new(schema, vec![vec![]]).map_err(|e| Unsupported(e.to_string()))?;
         ctx.register_table(d.name.as_str(), Arc::new(table)).map_err(|e| Unsupported(e.to_string()))?;
     }
-    let plan = ctx
-        .state()
-        .create_logical_plan(sql)
-        .await
-        .map_err(|e| Unsupported(format!("cannot plan the query: {}", planning_error(&e))))?;
+    let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| {
+        let message = planning_error(&e);
+        if message.starts_with("table '") && message.ends_with("not found") {
+            let names: Vec<&str> = catalogue.datasets.iter().map(|d| d.name.as_str()).collect();
+            let table = message.trim_start_matches("table '").split('\'').next().unwrap_or_default();
+            let table = table.rsplit('.').next().unwrap_or(table);
+            return Unsupported(format!("unknown dataset '{table}'; the sites offer: {}", names.join(", ")));
+        }
+        Unsupported(format!("cannot plan the query: {message}"))
+    })?;
     let federated = convert(&plan)?;
     // The same complete check every node makes, so that mistakes surface before fan-out.
     check(&federated.request, catalogue).map_err(|e| Unsupported(e.0))?;

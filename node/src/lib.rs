@@ -24,8 +24,8 @@ pub enum Error {
     Config(String),
     #[error("dataset '{dataset}': {message}")]
     Dataset { dataset: String, message: String },
-    #[error("policy {path}: {source}")]
-    Policy { path: String, source: verbund_policies::Error },
+    #[error("policy {path}: {error}")]
+    Policy { path: String, error: verbund_policies::Error },
     #[error(transparent)]
     Security(#[from] verbund_security::Error),
 }
@@ -62,7 +62,7 @@ impl Node {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::Config(format!("cannot read policy {shown}: {e}")))?;
-                Policy::from_toml(&text).map_err(|source| Error::Policy { path: shown, source })?
+                Policy::from_toml(&text).map_err(|error| Error::Policy { path: shown, error })?
             }
             None => Policy::default(),
         };

@@ -14,7 +14,7 @@ pub const SITE_URI_PREFIX: &str = "urn:verbund:site:";
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 pub fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|error| Error::Read { path: path.to_path_buf(), error })
 }
 
 /// All certificates of a PEM file (a chain or a CA bundle).

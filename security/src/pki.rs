@@ -21,7 +21,7 @@ pub struct Issued {
 impl Issued {
     /// Writes `<dir>/<name>.pem` and `<dir>/<name>.key` (the key readable by its owner only).
     pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|error| Error::Write { path: dir.to_path_buf(), error })?;
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
         write_file(&cert, &self.cert_pem, false)?;
@@ -31,12 +31,12 @@ impl Issued {
 }
 
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+    std::fs::write(path, text).map_err(|error| Error::Write { path: path.to_path_buf(), error })?;
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
+            .map_err(|error| Error::Write { path: path.to_path_buf(), error })?;
     }
     #[cfg(not(unix))]
     let _ = secret;

@@ -373,8 +373,7 @@ impl DevIssuer {
 
     /// The verifier configuration matching this issuer, with its JWKS written to `jwks_file`.
     pub fn write_jwks(&self, jwks_file: &Path) -> Result<TokenConfig> {
-        std::fs::write(jwks_file, &self.jwks)
-            .map_err(|source| Error::Write { path: jwks_file.to_path_buf(), source })?;
+        std::fs::write(jwks_file, &self.jwks).map_err(|error| Error::Write { path: jwks_file.to_path_buf(), error })?;
         Ok(TokenConfig {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),

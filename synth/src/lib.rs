@@ -21,10 +21,10 @@ use std::sync::Arc;
 pub enum Error {
     #[error("scale must be a positive number, got {0}")]
     Scale(f64),
-    #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("cannot encode {path}: {source}")]
-    Encode { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("cannot write {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("cannot encode {path}: {error}")]
+    Encode { path: PathBuf, error: Box<dyn std::error::Error + Send + Sync> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,7 +89,7 @@ pub fn write_all(dir: &Path, seed: u64, scale: f64, format: Format) -> Result<Ve
         .into_iter()
         .map(|site| {
             let site_dir = dir.join(&site.site);
-            std::fs::create_dir_all(&site_dir).map_err(|source| Error::Io { path: site_dir.clone(), source })?;
+            std::fs::create_dir_all(&site_dir).map_err(|error| Error::Io { path: site_dir.clone(), error })?;
             let tables = site
                 .tables
                 .iter()
@@ -115,8 +115,8 @@ pub fn write_all(dir: &Path, seed: u64, scale: f64, format: Format) -> Result<Ve
 
 /// Writes one batch as Parquet (snappy) or CSV with a header.
 pub fn write_batch(path: &Path, batch: &RecordBatch, format: Format) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let encode = |e: Box<dyn std::error::Error + Send + Sync>| Error::Encode { path: path.to_path_buf(), source: e };
+    let file = std::fs::File::create(path).map_err(|error| Error::Io { path: path.to_path_buf(), error })?;
+    let encode = |e: Box<dyn std::error::Error + Send + Sync>| Error::Encode { path: path.to_path_buf(), error: e };
     match format {
         Format::Parquet => {
             let props = parquet::file::properties::WriterProperties::builder()

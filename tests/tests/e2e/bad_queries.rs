@@ -14,7 +14,7 @@ const BAD: &[(&str, &[&str])] = &[
     ("SELECT count(*) FROM (SELECT * FROM patients WHERE age > 3) t", &["subqueries"]),
     ("SELECT count(*) FROM patients WHERE age > (SELECT avg(age) FROM patients)", &["subqueries"]),
     ("SELECT count(*) FROM patients WHERE agee > 3", &["agee"]),
-    ("SELECT count(*) FROM patient", &["patient"]),
+    ("SELECT count(*) FROM patient", &["unknown dataset 'patient'", "patients"]),
     ("SELECT count(*) FROM patients WHERE age = 'old'", &["string", "integer"]),
     ("SELECT sum(sex) FROM patients", &["numeric", "sum(Utf8)"]),
     ("SELECT count(DISTINCT region) FROM patients", &["distinct", "patient key"]),
