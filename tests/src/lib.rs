@@ -134,20 +134,53 @@ pub struct Network {
     /// The researcher API address.
     pub api: String,
     pub nodes: HashMap<String, NodeProcess>,
-    shutdown: CancellationToken,
+    config: CoordinatorConfig,
+    server: Option<NodeProcess>,
+}
+
+/// Runs a coordinator on a runtime of its own (so that stopping it drops every connection,
+/// as a crashed or restarted process would).
+async fn start_coordinator(config: CoordinatorConfig) -> (Arc<Coordinator>, NodeProcess) {
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let shutdown = CancellationToken::new();
+        let coordinator = runtime.block_on(async {
+            // The old process's port may take a moment to be free again.
+            let mut tries = 0;
+            let (node_listener, api_listener) = loop {
+                match (TcpListener::bind(config.node_listen).await, TcpListener::bind(config.api_listen).await) {
+                    (Ok(n), Ok(a)) => break (n, a),
+                    _ if tries < 100 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    (n, a) => panic!("cannot bind: {:?} {:?}", n.err(), a.err()),
+                }
+            };
+            let coordinator = Coordinator::new(config).await.unwrap();
+            tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
+            coordinator
+        });
+        let _ = ready_tx.send(coordinator);
+        let _ = killed.recv();
+        runtime.shutdown_timeout(Duration::from_millis(0));
+    });
+    let coordinator = ready_rx.await.unwrap();
+    (coordinator, NodeProcess { kill: Some(kill), thread: Some(thread) })
 }
 
 impl Network {
     /// A coordinator (mutual TLS, tokens) that accepts the named sites.
     pub async fn start(sites: &[&str]) -> Self {
         let pki = Pki::new();
-        let node_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let link = format!("https://{}", node_listener.local_addr().unwrap());
-        let api = format!("https://{}", api_listener.local_addr().unwrap());
+        // Reserve two loopback ports for the coordinator.
+        let node_listen = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let api_listen = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let config = CoordinatorConfig {
-            node_listen: node_listener.local_addr().unwrap(),
-            api_listen: api_listener.local_addr().unwrap(),
+            node_listen,
+            api_listen,
             sites: sites.iter().map(|s| s.to_string()).collect(),
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
@@ -155,10 +188,26 @@ impl Network {
             tls: pki.coordinator.clone(),
             auth: pki.auth.clone(),
         };
-        let coordinator = Coordinator::new(config).await.unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
-        Self { pki, coordinator, link, api, nodes: HashMap::new(), shutdown }
+        let (coordinator, server) = start_coordinator(config.clone()).await;
+        Self {
+            pki,
+            coordinator,
+            link: format!("https://{node_listen}"),
+            api: format!("https://{api_listen}"),
+            nodes: HashMap::new(),
+            config,
+            server: Some(server),
+        }
+    }
+
+    /// Stops the coordinator abruptly and starts a new one on the same addresses.
+    pub async fn restart_coordinator(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.kill();
+        }
+        let (coordinator, server) = start_coordinator(self.config.clone()).await;
+        self.coordinator = coordinator;
+        self.server = Some(server);
     }
 
     /// A node of this network (its verifier trusts this network's identity provider).
@@ -242,7 +291,8 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.nodes.clear();
+        self.server.take();
     }
 }
 

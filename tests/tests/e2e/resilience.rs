@@ -195,3 +195,32 @@ async fn a_researcher_who_hangs_up_stops_the_work_at_the_node() {
     pending.abort();
     wait_until("the node stopped the scan", Duration::from_secs(3), || progress.running() == 0).await;
 }
+
+/// When the coordinator goes away and comes back, nodes redial by themselves (with backoff)
+/// and answer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_redial_a_restarted_coordinator() {
+    let mut network = Network::start(&["a", "c"]).await;
+    let node = fast_node(&network, "a", 4);
+    network.add_node(node).await;
+    let node = fast_node(&network, "c", 6);
+    network.add_node(node).await;
+    network.restart_coordinator().await;
+    assert!(
+        network.coordinator.registry().wait_for(&["a", "c"], Duration::from_secs(10)).await,
+        "the nodes did not come back to the new coordinator"
+    );
+    let (table, response) = network.query(COUNT).await.unwrap();
+    assert!(response.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered));
+    assert_eq!(ints(&table, 0), vec![Some(10)]);
+    let listed = network
+        .client()
+        .await
+        .list_sites(with_token(pb::ListSitesRequest {}, &network.pki.token()))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = listed.sites.iter().find(|s| s.site == "a").unwrap();
+    assert!(a.connected && a.last_seen_unix_ms > 0);
+    assert_eq!(a.catalogue.as_ref().unwrap().datasets[0].name, "vitals", "the catalogue is announced again");
+}
