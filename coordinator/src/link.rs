@@ -34,7 +34,7 @@ fn certified_site(certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static
     let info = verbund_security::certs::CertInfo::parse(first)
         .map_err(|e| Status::unauthenticated(format!("the client certificate cannot be read: {e}")))?;
     match info.identity {
-        Some(site) if info.is_site_certificate || !site.is_empty() => Ok((site, info.not_after_unix)),
+        Some(site) if !site.is_empty() => Ok((site, info.not_after_unix)),
         _ => Err(Status::unauthenticated("the client certificate names no site")),
     }
 }

@@ -155,12 +155,7 @@ impl Engine {
                 }
             }
             for row in 0..batch.num_rows() {
-                let keys = (0..ngroups)
-                    .map(|i| {
-                        let v = ScalarValue::try_from_array(batch.column(i), row).map_err(internal)?;
-                        scalar_to_literal(&v).map_err(|e| Refusal::Internal(e.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let keys = group_keys(batch, ngroups, row)?;
                 let key_bytes = encode_keys(&keys);
                 let n_patients = patients.value(row).max(0) as u64;
                 let mut aggregates = Vec::with_capacity(q.aggregates.len());
@@ -237,12 +232,7 @@ impl Engine {
                 let Some(&i) = edge_index.get(&bins.value(row).to_bits()) else {
                     return Err(Refusal::Internal("histogram bin key does not match its bins".into()));
                 };
-                let keys = (0..ngroups)
-                    .map(|g| {
-                        let v = ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?;
-                        scalar_to_literal(&v).map_err(|e| Refusal::Internal(e.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let keys = group_keys(batch, ngroups, row)?;
                 let entry = out.entry(encode_keys(&keys)).or_insert_with(|| (vec![0; spec.len()], vec![0; spec.len()]));
                 entry.0[i] = rows.value(row).max(0) as u64;
                 entry.1[i] = patients.value(row).max(0) as u64;
@@ -274,6 +264,16 @@ impl Engine {
         }
         Ok(batches)
     }
+}
+
+/// The group key of one result row: its first `ngroups` columns as wire literals.
+fn group_keys(batch: &RecordBatch, ngroups: usize, row: usize) -> Result<Vec<pb::Literal>, Refusal> {
+    (0..ngroups)
+        .map(|g| {
+            let v = ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?;
+            scalar_to_literal(&v).map_err(|e| Refusal::Internal(e.to_string()))
+        })
+        .collect()
 }
 
 fn encode_keys(keys: &[pb::Literal]) -> Vec<u8> {
