@@ -83,6 +83,21 @@ pub enum Command {
         scale: f64,
         #[arg(long, value_enum, default_value_t = DataFormat::Parquet)]
         format: DataFormat,
+        /// DNS names / IP addresses put into the coordinator's certificate (repeatable).
+        #[arg(long = "coordinator-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        coordinator_names: Vec<String>,
+        /// The address the nodes dial.
+        #[arg(long, default_value = "https://localhost:7070")]
+        coordinator_url: String,
+        /// Where the coordinator listens for sites.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node_listen: String,
+        /// Where the coordinator listens for researchers.
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        api_listen: String,
+        /// Metrics and probes address written into every configuration (none by default).
+        #[arg(long)]
+        ops_listen: Option<String>,
     },
     /// Start a demo network on this machine (three hospitals, generated data, mutual TLS,
     /// tokens) and run a few federated queries.
@@ -255,19 +270,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", dev.issue(&sub, &projects, &roles, Duration::from_secs(ttl_minutes * 60)));
             Ok(())
         }
-        Command::Generate { out, seed, scale, format } => {
+        Command::Generate {
+            out,
+            seed,
+            scale,
+            format,
+            coordinator_names,
+            coordinator_url,
+            node_listen,
+            api_listen,
+            ops_listen,
+        } => {
             let format = match format {
                 DataFormat::Parquet => verbund_synth::Format::Parquet,
                 DataFormat::Csv => verbund_synth::Format::Csv,
             };
-            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            let layout = setup::write_network(&out, seed, scale, format, &names)?;
+            for (flag, value) in [("--node-listen", &node_listen), ("--api-listen", &api_listen)]
+                .into_iter()
+                .chain(ops_listen.as_ref().map(|o| ("--ops-listen", o)))
+            {
+                value
+                    .parse::<std::net::SocketAddr>()
+                    .with_context(|| format!("{flag} '{value}' is not an address like 0.0.0.0:7070"))?;
+            }
+            if !coordinator_url.starts_with("https://") {
+                bail!("--coordinator-url must start with https:// (verbund never speaks in clear text)");
+            }
+            let ops = |text: String| match &ops_listen {
+                Some(address) => setup::with_top_level_key(&text, "ops_listen", address),
+                None => text,
+            };
+            let layout = setup::write_network(&out, seed, scale, format, &coordinator_names)?;
             let coordinator = out.join("coordinator.toml");
-            std::fs::write(&coordinator, setup::coordinator_config_toml(&layout, "127.0.0.1:7070", "127.0.0.1:7071"))?;
+            std::fs::write(&coordinator, ops(setup::coordinator_config_toml(&layout, &node_listen, &api_listen)))?;
             println!("coordinator config: {}", coordinator.display());
             for (i, site) in layout.sites.iter().enumerate() {
                 let path = out.join(format!("{}.toml", site.site));
-                std::fs::write(&path, setup::node_config_toml(&layout, i, "https://localhost:7070"))
+                std::fs::write(&path, ops(setup::node_config_toml(&layout, i, &coordinator_url)))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 println!("node config for {}: {}", site.site, path.display());
             }
@@ -307,6 +346,14 @@ async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     let node = Arc::new(Node::from_config(&config).await?);
     tracing::info!(site = %node.site(), coordinator = %config.coordinator, datasets = config.datasets.len(), "node started");
     let shutdown = CancellationToken::new();
+    // The probes outlive the drain, so they can report it.
+    let ops_stop = CancellationToken::new();
+    let _stop_ops = ops_stop.clone().drop_guard();
+    if let Some(address) = config.ops_listen {
+        let ready = node.clone();
+        verbund_ops::spawn(address, node.metrics_registry(), Arc::new(move || ready.readiness()), ops_stop.clone())
+            .await?;
+    }
     tokio::spawn(shutdown_signal(shutdown.clone()));
     node.run(options, shutdown).await;
     Ok(())
@@ -320,9 +367,17 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(api_listen)
         .await
         .with_context(|| format!("cannot listen for researchers on {api_listen}"))?;
+    let ops_listen = config.ops_listen;
     let coordinator = Coordinator::new(config).await?;
     tracing::info!(%node_listen, %api_listen, "coordinator started");
     let shutdown = CancellationToken::new();
+    let ops_stop = CancellationToken::new();
+    let _stop_ops = ops_stop.clone().drop_guard();
+    if let Some(address) = ops_listen {
+        let ready = coordinator.clone();
+        let registry = coordinator.metrics_registry();
+        verbund_ops::spawn(address, registry, Arc::new(move || ready.readiness()), ops_stop.clone()).await?;
+    }
     tokio::spawn(shutdown_signal(shutdown.clone()));
     coordinator.serve(node_listener, api_listener, shutdown).await?;
     Ok(())

@@ -145,6 +145,15 @@ pub fn coordinator_config_toml(layout: &NetworkLayout, node_listen: &str, api_li
     )
 }
 
+/// Adds `key = "value"` to a generated configuration's top-level keys (before its first table).
+pub fn with_top_level_key(toml: &str, key: &str, value: &str) -> String {
+    let line = format!("{key} = \"{}\"\n", value.replace('\\', "\\\\").replace('"', "\\\""));
+    match toml.find("\n[") {
+        Some(i) => format!("{}{line}{}", &toml[..=i], &toml[i + 1..]),
+        None => format!("{toml}{line}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,8 +177,15 @@ mod tests {
             assert!(config.tls.cert.exists() && config.auth.jwks_file.as_ref().is_some_and(|p| p.exists()));
         }
         let path = dir.path().join("coordinator.toml");
-        std::fs::write(&path, coordinator_config_toml(&layout, "127.0.0.1:7070", "127.0.0.1:7071")).unwrap();
+        let text = coordinator_config_toml(&layout, "127.0.0.1:7070", "127.0.0.1:7071");
+        std::fs::write(&path, with_top_level_key(&text, "ops_listen", "0.0.0.0:9090")).unwrap();
         let config = verbund_coordinator::CoordinatorConfig::load(&path).unwrap();
         assert_eq!(config.sites.len(), 3);
+        assert_eq!(config.ops_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        let text =
+            with_top_level_key(&node_config_toml(&layout, 0, "https://localhost:7070"), "ops_listen", "[::]:9090");
+        std::fs::write(dir.path().join("node-ops.toml"), text).unwrap();
+        let config = NodeConfig::load(&dir.path().join("node-ops.toml")).unwrap();
+        assert_eq!(config.ops_listen, Some("[::]:9090".parse().unwrap()));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{Instrument, info};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::researcher_server::Researcher;
 use verbund_security::token::{Claims, TokenError};
@@ -122,7 +122,9 @@ impl Coordinator {
             query: Some(plan.request.clone()),
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut outcomes = fan_out(&self.registry_arc(), &targets, node_query, deadline, &cancel).await;
+        let mut outcomes = fan_out(&self.registry_arc(), &targets, node_query, deadline, &cancel)
+            .instrument(tracing::info_span!("query", query_id = %query_id))
+            .await;
 
         let mut merger = Merger::new(&plan);
         for o in &mut outcomes {
@@ -138,6 +140,10 @@ impl Coordinator {
                 }
             }
         }
+        for o in &outcomes {
+            let withheld = o.partial.as_ref().map(|p| p.withheld_groups + p.withheld_bins).unwrap_or(0);
+            self.metrics().site_result(&o.site, status_label(o.outcome), withheld);
+        }
         let batch = merger.finish().map_err(Error::Merge)?;
         let notes = notes(&plan, &outcomes);
         info!(query_id = %query_id, rows = batch.num_rows(), "federated query done");
@@ -147,6 +153,18 @@ impl Coordinator {
             sites: outcomes.iter().map(status_of).collect(),
             notes,
         })
+    }
+}
+
+fn status_label(o: pb::SiteOutcome) -> &'static str {
+    match o {
+        pb::SiteOutcome::Answered => "answered",
+        pb::SiteOutcome::Refused => "refused",
+        pb::SiteOutcome::TimedOut => "timed_out",
+        pb::SiteOutcome::Cancelled => "cancelled",
+        pb::SiteOutcome::NotConnected => "not_connected",
+        pb::SiteOutcome::Disconnected => "disconnected",
+        pb::SiteOutcome::Failed | pb::SiteOutcome::Unspecified => "failed",
     }
 }
 
@@ -208,8 +226,27 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
 #[tonic::async_trait]
 impl Researcher for ResearcherService {
     async fn query(&self, request: Request<pb::ResearchQuery>) -> Result<Response<pb::QueryResponse>, Status> {
-        let (claims, token) = authenticate(&self.coordinator, &request)?;
-        Ok(Response::new(self.coordinator.query(request.into_inner(), &claims, &token).await?))
+        let c = &self.coordinator;
+        let started = std::time::Instant::now();
+        let _running = c.metrics().query_started();
+        let result = match authenticate(c, &request) {
+            Err(e) => Err(e),
+            Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
+            Ok((claims, token)) => c.query(request.into_inner(), &claims, &token).await,
+        };
+        let outcome = match &result {
+            Ok(r) if r.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
+            Ok(_) => "partial",
+            Err(Error::Query(_) | Error::UnknownSite { .. } | Error::InvalidQueryId | Error::DuplicateQueryId(_)) => {
+                "rejected"
+            }
+            Err(Error::Unauthenticated(_)) => "unauthenticated",
+            Err(Error::PermissionDenied(_)) => "forbidden",
+            Err(Error::NoSites | Error::ShuttingDown) => "unavailable",
+            Err(Error::Merge(_) | Error::Serve(_) | Error::Security(_)) => "failed",
+        };
+        c.metrics().query_finished(outcome, started.elapsed());
+        Ok(Response::new(result?))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {

@@ -51,6 +51,16 @@ pub struct CoordinatorConfig {
     /// `ca`: the CA site certificates must chain to; `cert`/`key`: the coordinator's own.
     pub tls: TlsFiles,
     pub auth: TokenConfig,
+    /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
+    #[serde(default)]
+    pub ops_listen: Option<SocketAddr>,
+    /// On shutdown, how long running queries may take to finish (new ones are refused).
+    #[serde(default = "drain", rename = "drain_seconds", with = "seconds")]
+    pub drain: Duration,
+}
+
+fn drain() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_timeout() -> Duration {

@@ -28,7 +28,7 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T, Unsupported> {
 const SUPPORTED: &str = "verbund answers aggregate queries over one dataset: SELECT <group columns>, \
 <aggregates> FROM <dataset> [WHERE <conditions>] [GROUP BY <columns | bin(col, start, width, count) | \
 bin_edges(col, e0, e1, ...)>], with aggregates count(*), count(col), count(DISTINCT <patient key>), \
-sum, avg, var_samp, var_pop, stddev_samp, stddev_pop, histogram(col, start, width, count) and \
+sum, sum(a * b), avg, var_samp, var_pop, stddev_samp, stddev_pop, histogram(col, start, width, count) and \
 histogram_edges(col, e0, e1, ...)";
 
 /// Where an output column comes from.
@@ -243,6 +243,15 @@ fn column_name(e: &Expr, role: &str) -> Result<String, Unsupported> {
     }
 }
 
+/// A factor of `sum(a * b)`: a column, possibly cast by the planner to the product's type.
+fn factor(e: &Expr) -> Result<String, Unsupported> {
+    match e {
+        Expr::Cast(c) => factor(&c.expr),
+        Expr::TryCast(c) => factor(&c.expr),
+        other => column_name(other, "sum(a * b)"),
+    }
+}
+
 /// A constant in a condition or a bin specification.
 fn literal(e: &Expr) -> Result<ScalarValue, Unsupported> {
     match e {
@@ -432,24 +441,37 @@ fn aggregate_of(e: &Expr) -> Result<pb::Aggregate, Unsupported> {
                 "{what} with DISTINCT is not supported: distinct values cannot be merged across sites"
             ));
         }
-        Ok(pb::Aggregate { kind: kind as i32, column: single_column(what)?, bins: None })
+        Ok(pb::Aggregate { kind: kind as i32, column: single_column(what)?, bins: None, other_column: String::new() })
     };
     match name.as_str() {
         "count" => match p.args.as_slice() {
-            [Expr::Literal(v, _)] if !v.is_null() && !p.distinct => {
-                Ok(pb::Aggregate { kind: K::CountRows as i32, column: String::new(), bins: None })
-            }
+            [Expr::Literal(v, _)] if !v.is_null() && !p.distinct => Ok(pb::Aggregate {
+                kind: K::CountRows as i32,
+                column: String::new(),
+                bins: None,
+                other_column: String::new(),
+            }),
             [arg] if p.distinct => {
                 // Whether the column is the patient key is checked against the catalogue.
                 Ok(pb::Aggregate {
                     kind: K::CountPatients as i32,
                     column: column_name(arg, "count(DISTINCT ...)")?,
-                    bins: None,
+                    ..Default::default()
                 })
             }
             _ => simple(K::Count, "count()"),
         },
-        "sum" => simple(K::Sum, "sum()"),
+        "sum" => match p.args.as_slice() {
+            [Expr::BinaryExpr(b)] if b.op == datafusion::logical_expr::Operator::Multiply && !p.distinct => {
+                Ok(pb::Aggregate {
+                    kind: K::SumOfProducts as i32,
+                    column: factor(&b.left)?,
+                    other_column: factor(&b.right)?,
+                    bins: None,
+                })
+            }
+            _ => simple(K::Sum, "sum()"),
+        },
         "avg" | "mean" => simple(K::Mean, "avg()"),
         "var" | "var_samp" | "var_sample" => simple(K::VarianceSample, "var_samp()"),
         "var_pop" | "var_population" => simple(K::VariancePopulation, "var_pop()"),
@@ -458,7 +480,12 @@ fn aggregate_of(e: &Expr) -> Result<pb::Aggregate, Unsupported> {
         HISTOGRAM | HISTOGRAM_EDGES => {
             let kind = if name == HISTOGRAM { BinKind::Fixed } else { BinKind::Edges };
             let b = bins(&name, &p.args, kind)?;
-            Ok(pb::Aggregate { kind: K::Histogram as i32, column: b.column.clone(), bins: Some(b) })
+            Ok(pb::Aggregate {
+                kind: K::Histogram as i32,
+                column: b.column.clone(),
+                bins: Some(b),
+                other_column: String::new(),
+            })
         }
         other => refuse(format!("the aggregate {other}() is not supported. {SUPPORTED}")),
     }

@@ -11,11 +11,14 @@ pub mod registry;
 
 use registry::Registry;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use verbund_ops::CoordinatorMetrics;
+use verbund_ops::prometheus_client::registry::Registry as MetricsRegistry;
 use verbund_proto::v1::node_link_server::NodeLinkServer;
 use verbund_proto::v1::researcher_server::ResearcherServer;
 use verbund_security::tls::{ClientAuth, ReloadingServerConfig, TlsFiles};
@@ -45,6 +48,8 @@ pub enum Error {
     Unauthenticated(#[from] TokenError),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("the coordinator is shutting down; retry in a moment")]
+    ShuttingDown,
 }
 
 impl From<Error> for Status {
@@ -52,7 +57,7 @@ impl From<Error> for Status {
         let message = e.to_string();
         match e {
             Error::Query(_) | Error::UnknownSite { .. } | Error::InvalidQueryId => Status::invalid_argument(message),
-            Error::NoSites => Status::unavailable(message),
+            Error::NoSites | Error::ShuttingDown => Status::unavailable(message),
             Error::DuplicateQueryId(_) => Status::already_exists(message),
             Error::Merge(_) | Error::Serve(_) | Error::Security(_) => Status::internal(message),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
@@ -90,6 +95,21 @@ impl RunningQueries {
     pub fn get(&self, id: &str) -> Option<(String, CancellationToken)> {
         self.lock().get(id).cloned()
     }
+
+    /// Cancels every running query (their researchers get what the sites sent so far).
+    pub fn cancel_all(&self) {
+        for (_, token) in self.lock().values() {
+            token.cancel();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 pub struct Coordinator {
@@ -101,6 +121,10 @@ pub struct Coordinator {
     known_sites: BTreeSet<String>,
     link_tls: Arc<ReloadingServerConfig>,
     api_tls: Arc<ReloadingServerConfig>,
+    metrics: CoordinatorMetrics,
+    metrics_registry: Arc<MetricsRegistry>,
+    serving: AtomicBool,
+    draining: AtomicBool,
 }
 
 impl Coordinator {
@@ -113,8 +137,14 @@ impl Coordinator {
             ClientAuth::None,
         )?;
         let known_sites = config.sites.iter().cloned().collect();
+        let mut metrics_registry = MetricsRegistry::default();
+        let metrics = CoordinatorMetrics::new(&mut metrics_registry, config.sites.len());
         Ok(Arc::new(Self {
-            registry: Arc::default(),
+            registry: Arc::new(Registry::with_gauge(metrics.sites_connected())),
+            metrics,
+            metrics_registry: Arc::new(metrics_registry),
+            serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             running: RunningQueries::default(),
             config,
             tokens,
@@ -153,6 +183,61 @@ impl Coordinator {
         &self.config
     }
 
+    pub fn metrics(&self) -> &CoordinatorMetrics {
+        &self.metrics
+    }
+
+    /// The metrics registry, for the operations endpoint.
+    pub fn metrics_registry(&self) -> Arc<MetricsRegistry> {
+        self.metrics_registry.clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ready for researchers: serving and not shutting down. Having no site connected is
+    /// not "unready": the coordinator still answers (with a clear error) and lists sites.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("shutting down; finishing running queries".into());
+        }
+        if !self.serving.load(Ordering::SeqCst) {
+            return Err("starting".into());
+        }
+        Ok(())
+    }
+
+    /// After `shutdown`: refuses new queries, waits up to the drain time for running ones,
+    /// then tells the servers to stop.
+    async fn drain(self: Arc<Self>, shutdown: CancellationToken, stop: CancellationToken) {
+        shutdown.cancelled().await;
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.config.drain;
+        if !self.running.is_empty() {
+            tracing::info!(
+                running = self.running.len(),
+                drain_seconds = self.config.drain.as_secs(),
+                "shutting down: finishing running queries, refusing new ones"
+            );
+        }
+        while !self.running.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.running.is_empty() {
+            tracing::warn!(running = self.running.len(), "drain time over; cancelling the remaining queries");
+            self.running.cancel_all();
+            // Give the cancelled queries a moment to answer their researchers.
+            let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+            while !self.running.is_empty() && tokio::time::Instant::now() < grace {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Long-lived site links would hold a graceful server shutdown open forever.
+        self.registry.close_all();
+        stop.cancel();
+    }
+
     /// Serves the node link on `node_listener` and the researcher API on `api_listener`
     /// until `shutdown` is cancelled.
     pub async fn serve(
@@ -161,6 +246,10 @@ impl Coordinator {
         api_listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
+        // `shutdown` starts the drain; `stop` ends the servers once it is over.
+        let stop = CancellationToken::new();
+        tokio::spawn(self.clone().drain(shutdown.clone(), stop.clone()));
+        let shutdown = stop;
         self.link_tls.watch(self.config.tls_reload, shutdown.clone());
         self.api_tls.watch(self.config.tls_reload, shutdown.clone());
         let link = NodeLinkServer::new(link::LinkService::new(self.clone()))
@@ -181,7 +270,10 @@ impl Coordinator {
             verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone()),
             shutdown.cancelled_owned(),
         );
-        tokio::try_join!(link_server, api_server)?;
+        self.serving.store(true, Ordering::SeqCst);
+        let served = tokio::try_join!(link_server, api_server);
+        self.serving.store(false, Ordering::SeqCst);
+        served?;
         Ok(())
     }
 }

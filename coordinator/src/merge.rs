@@ -91,7 +91,7 @@ impl<'a> Merger<'a> {
                 let (kind, bins) = expected(a);
                 let ok = match (&p.state, kind) {
                     (Some(State::Count(_)), K::CountRows | K::CountPatients | K::Count) => true,
-                    (Some(State::Sum(s)), K::Sum | K::Mean) => s.sum.is_some() || s.count == 0,
+                    (Some(State::Sum(s)), K::Sum | K::Mean | K::SumOfProducts) => s.sum.is_some() || s.count == 0,
                     (
                         Some(State::Moments(m)),
                         K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation,
@@ -190,7 +190,7 @@ fn finish_aggregate(
     use pb::AggregateKind as K;
     let value = match (aggregate.kind(), acc) {
         (_, Acc::Count(n)) => ScalarValue::Int64(Some(i64::try_from(*n).map_err(|_| "count overflows")?)),
-        (K::Sum, Acc::Sum { count, int, float, is_float }) => match (*count, *is_float) {
+        (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, is_float }) => match (*count, *is_float) {
             (0, _) => ScalarValue::Float64(None),
             (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
             (_, false) => ScalarValue::Int64(Some(
@@ -226,7 +226,7 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
 
     fn agg(kind: pb::AggregateKind) -> pb::Aggregate {
-        pb::Aggregate { kind: kind as i32, column: "x".into(), bins: None }
+        pb::Aggregate { kind: kind as i32, column: "x".into(), bins: None, other_column: String::new() }
     }
 
     fn key(s: &str) -> pb::Literal {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
+use verbund_ops::prometheus_client::metrics::gauge::Gauge;
 use verbund_proto::v1 as pb;
 
 pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
@@ -49,6 +50,8 @@ pub struct Registry {
     sites: Mutex<HashMap<String, SiteEntry>>,
     next_connection: AtomicU64,
     changed: Notify,
+    /// Kept equal to the number of connected sites, for the metrics.
+    connected_gauge: Gauge,
 }
 
 pub fn now_ms() -> u64 {
@@ -56,6 +59,16 @@ pub fn now_ms() -> u64 {
 }
 
 impl Registry {
+    /// A registry that keeps `connected_gauge` at the number of connected sites.
+    pub fn with_gauge(connected_gauge: Gauge) -> Self {
+        Self { connected_gauge, ..Self::default() }
+    }
+
+    fn update_gauge(&self, sites: &HashMap<String, SiteEntry>) {
+        let n = sites.values().filter(|e| e.connection.is_some()).count();
+        self.connected_gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SiteEntry>> {
         self.sites.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -74,7 +87,12 @@ impl Registry {
             certificate_not_after_unix,
             connection: Some(Connection { id, tx, pending: HashMap::new() }),
         };
-        let old = self.lock().insert(hello.site.clone(), entry);
+        let old = {
+            let mut sites = self.lock();
+            let old = sites.insert(hello.site.clone(), entry);
+            self.update_gauge(&sites);
+            old
+        };
         if let Some(Connection { pending, .. }) = old.and_then(|o| o.connection) {
             tracing::warn!(site = %hello.site, "site reconnected; the previous connection is closed");
             for (_, waiter) in pending {
@@ -89,12 +107,14 @@ impl Registry {
     pub fn detach(&self, site: &str, connection: u64) {
         let pending = {
             let mut sites = self.lock();
-            match sites.get_mut(site) {
+            let pending = match sites.get_mut(site) {
                 Some(entry) if entry.connection.as_ref().is_some_and(|c| c.id == connection) => {
                     entry.connection.take().map(|c| c.pending)
                 }
                 _ => None,
-            }
+            };
+            self.update_gauge(&sites);
+            pending
         };
         if let Some(pending) = pending {
             tracing::warn!(site, open_queries = pending.len(), "site disconnected");
@@ -103,6 +123,22 @@ impl Registry {
             }
             self.changed.notify_waiters();
         }
+    }
+
+    /// Closes every site's link (at shutdown); the nodes will redial.
+    pub fn close_all(&self) {
+        let closed: Vec<Connection> = {
+            let mut sites = self.lock();
+            let closed = sites.values_mut().filter_map(|e| e.connection.take()).collect();
+            self.update_gauge(&sites);
+            closed
+        };
+        for connection in closed {
+            for (_, waiter) in connection.pending {
+                let _ = waiter.send(SiteReply::Disconnected);
+            }
+        }
+        self.changed.notify_waiters();
     }
 
     pub fn touch(&self, site: &str) {

@@ -34,6 +34,16 @@ pub struct NodeConfig {
     pub auth: TokenConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+    /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
+    #[serde(default)]
+    pub ops_listen: Option<std::net::SocketAddr>,
+    /// On shutdown, how long running queries may take to finish before they are stopped.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain() -> u64 {
+    30
 }
 
 fn default_reload() -> u64 {

@@ -130,6 +130,12 @@ impl Engine {
                 CheckedAggregate::Moments { column, .. } => {
                     aggr.push(moments_udaf().call(vec![ident(column)]).alias(agg_alias(j, "")))
                 }
+                CheckedAggregate::SumOfProducts { left, right, integer } => {
+                    let as_type = if *integer { DataType::Int64 } else { DataType::Float64 };
+                    let product = cast(ident(left), as_type.clone()) * cast(ident(right), as_type);
+                    aggr.push(count(product.clone()).alias(agg_alias(j, "_n")));
+                    aggr.push(sum(product).alias(agg_alias(j, "_s")));
+                }
             }
         }
         let df = self.filtered(q).await?.aggregate(group_exprs.clone(), aggr).map_err(internal)?;
@@ -169,7 +175,9 @@ impl Engine {
                             plain(State::Count(pb::CountState { count: count_of(&agg_alias(j, ""))? }))
                         }
                         CheckedAggregate::CountPatients => plain(State::Count(pb::CountState { count: n_patients })),
-                        CheckedAggregate::Sum { .. } | CheckedAggregate::Mean { .. } => {
+                        CheckedAggregate::Sum { .. }
+                        | CheckedAggregate::Mean { .. }
+                        | CheckedAggregate::SumOfProducts { .. } => {
                             let n = count_of(&agg_alias(j, "_n"))?;
                             let s = col(&agg_alias(j, "_s"))?;
                             let sum = if s.is_null(row) {

@@ -13,7 +13,10 @@ pub use engine::{Engine, Refusal};
 pub use link::LinkOptions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
+use verbund_ops::NodeMetrics;
+use verbund_ops::prometheus_client::registry::Registry;
 use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
 use verbund_security::token::Verifier;
@@ -36,11 +39,52 @@ pub struct Node {
     site: String,
     engine: Engine,
     tokens: Arc<Verifier>,
+    metrics: NodeMetrics,
+    registry: Arc<Registry>,
+    draining: AtomicBool,
 }
 
 impl Node {
     pub fn new(site: impl Into<String>, catalog: Catalog, policy: Policy, tokens: Arc<Verifier>) -> Self {
-        Self { site: site.into(), engine: Engine::new(catalog, policy), tokens }
+        let mut registry = Registry::default();
+        let metrics = NodeMetrics::new(&mut registry);
+        Self {
+            site: site.into(),
+            engine: Engine::new(catalog, policy),
+            tokens,
+            metrics,
+            registry: Arc::new(registry),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// The metrics registry, for the operations endpoint.
+    pub fn metrics_registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Ready for queries: attached to the coordinator and not shutting down. (The datasets
+    /// are loaded before a node exists.)
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        if self.is_draining() {
+            return Err("shutting down; finishing running queries".into());
+        }
+        if !self.metrics.is_connected() {
+            return Err("not connected to the coordinator (see the node's log)".into());
+        }
+        Ok(())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Loads the policy file, the token keys and every dataset of a configuration, and
@@ -135,6 +179,7 @@ pub fn link_options(config: &NodeConfig) -> Result<LinkOptions> {
     let mut options = LinkOptions::new(config.coordinator.clone(), config.tls.files(), config.coordinator_name()?);
     options.heartbeat = config.heartbeat();
     options.tls_reload = std::time::Duration::from_secs(config.tls_reload_seconds);
+    options.drain = std::time::Duration::from_secs(config.drain_seconds);
     if let Some(proxy) = &config.proxy {
         let uri: http::Uri =
             proxy.parse().map_err(|e| Error::Config(format!("proxy '{proxy}' is not an address: {e}")))?;

@@ -36,6 +36,8 @@ pub struct LinkOptions {
     pub tls_reload: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// On shutdown, how long running queries may take before they are stopped.
+    pub drain: Duration,
 }
 
 impl LinkOptions {
@@ -49,6 +51,7 @@ impl LinkOptions {
             tls_reload: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -81,6 +84,7 @@ pub async fn run_link(node: Arc<Node>, options: LinkOptions, shutdown: Cancellat
     loop {
         let mut connected = false;
         let result = session(&node, &options, &shutdown, &mut connected).await;
+        node.metrics().set_connected(false);
         if shutdown.is_cancelled() {
             info!(site = %node.site(), "link stopped");
             return;
@@ -141,10 +145,13 @@ async fn session(
         .map_err(|_| LinkError::SendClosed)?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await.map_err(LinkError::Refused)?.into_inner();
 
-    // Every query of this connection stops when the connection ends.
-    let connection = shutdown.child_token();
+    // Every query of this connection stops when the connection ends. It is not a child of
+    // `shutdown`: on shutdown, running queries get `options.drain` to finish.
+    let connection = CancellationToken::new();
     let _stop_queries = connection.clone().drop_guard();
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(20));
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tls_check = tokio::time::interval(options.tls_reload);
@@ -152,7 +159,26 @@ async fn session(
 
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                node.set_draining();
+                let n = lock(&running).len();
+                if n == 0 {
+                    return Ok(());
+                }
+                info!(site = %node.site(), running = n, drain_seconds = options.drain.as_secs(), "shutting down: finishing running queries, refusing new ones");
+                drain_deadline = Some(tokio::time::Instant::now() + options.drain);
+            }
+            _ = drain_check.tick(), if drain_deadline.is_some() => {
+                let n = lock(&running).len();
+                if n == 0 {
+                    info!(site = %node.site(), "running queries finished");
+                    return Ok(());
+                }
+                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    warn!(site = %node.site(), running = n, "drain time over; stopping the remaining queries");
+                    return Ok(());
+                }
+            }
             _ = tls_check.tick() => {
                 if options.tls.stamp() != stamp {
                     info!(site = %node.site(), "site certificate files changed; reconnecting with them");
@@ -172,7 +198,17 @@ async fn session(
                 match message.kind {
                     Some(pb::coordinator_message::Kind::Welcome(w)) => {
                         *connected = true;
+                        node.metrics().set_connected(true);
                         info!(site = %node.site(), coordinator_version = %w.coordinator_version, "connected to coordinator");
+                    }
+                    Some(pb::coordinator_message::Kind::Query(q)) if node.is_draining() => {
+                        info!(query_id = %q.query_id, "refused: shutting down");
+                        let refusal = pb::Refusal {
+                            code: pb::RefusalCode::Unavailable as i32,
+                            message: format!("site {} is shutting down; retry later", node.site()),
+                        };
+                        let result = pb::QueryResult { query_id: q.query_id, outcome: Some(pb::query_result::Outcome::Refusal(refusal)), elapsed_ms: 0.0 };
+                        tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Result(result)) }).await.map_err(|_| LinkError::SendClosed)?;
                     }
                     Some(pb::coordinator_message::Kind::Query(q)) => {
                         let token = connection.child_token();
@@ -206,6 +242,7 @@ async fn answer(
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
 ) {
     let started = Instant::now();
+    let _running_metric = node.metrics().query_started();
     let timeout = match q.timeout_ms {
         0 => MAX_QUERY_TIME,
         ms => Duration::from_millis(u64::from(ms)).min(MAX_QUERY_TIME),
@@ -225,6 +262,11 @@ async fn answer(
         }
     };
     lock(&running).remove(&q.query_id);
+    let (withheld_groups, withheld_bins) = match &outcome {
+        pb::query_result::Outcome::Answer(p) => (p.withheld_groups, p.withheld_bins),
+        pb::query_result::Outcome::Refusal(_) => (0, 0),
+    };
+    node.metrics().query_finished(outcome_label(&outcome), started.elapsed(), withheld_groups, withheld_bins);
     let result = pb::QueryResult {
         query_id: q.query_id.clone(),
         outcome: Some(outcome),
@@ -232,4 +274,22 @@ async fn answer(
     };
     // The coordinator may be gone; then there is no one to tell.
     let _ = tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Result(result)) }).await;
+}
+
+/// The `outcome` label of a finished query.
+fn outcome_label(outcome: &pb::query_result::Outcome) -> &'static str {
+    use pb::RefusalCode as C;
+    match outcome {
+        pb::query_result::Outcome::Answer(_) => "answered",
+        pb::query_result::Outcome::Refusal(r) => match r.code() {
+            C::InvalidRequest => "invalid_request",
+            C::Policy => "policy",
+            C::TimedOut => "timed_out",
+            C::Cancelled => "cancelled",
+            C::ResourceExhausted => "resource_exhausted",
+            C::Unauthenticated => "unauthenticated",
+            C::Unavailable => "unavailable",
+            C::Internal | C::Unspecified => "internal",
+        },
+    }
 }

@@ -73,6 +73,12 @@ pub enum CheckedAggregate {
         column: String,
         spec: BinSpec,
     },
+    /// sum(left * right); integer when both columns are, else floating point.
+    SumOfProducts {
+        left: String,
+        right: String,
+        integer: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +127,10 @@ impl CheckedQuery {
                 | CheckedAggregate::Moments { column, .. }
                 | CheckedAggregate::Histogram { column, .. } => {
                     out.insert(column);
+                }
+                CheckedAggregate::SumOfProducts { left, right, .. } => {
+                    out.insert(left);
+                    out.insert(right);
                 }
             }
         }
@@ -263,6 +273,12 @@ fn check_aggregate(a: &pb::Aggregate, columns: &Columns) -> Result<CheckedAggreg
             columns.numeric_column(&a.column, "histogram()")?;
             CheckedAggregate::Histogram { column: a.column.clone(), spec: BinSpec::from_proto(bins)? }
         }
+        K::SumOfProducts => {
+            let left = columns.numeric_column(&a.column, "sum(a * b)")?;
+            let right = columns.numeric_column(&a.other_column, "sum(a * b)")?;
+            let integer = left == pb::ColumnType::Int64 && right == pb::ColumnType::Int64;
+            CheckedAggregate::SumOfProducts { left: a.column.clone(), right: a.other_column.clone(), integer }
+        }
         K::Unspecified => return invalid("an aggregate has no kind"),
     })
 }
@@ -389,7 +405,12 @@ mod tests {
     fn a_valid_query_is_resolved() {
         let mut q = count_query(Some(cmp("age", pb::CompareOp::Gt, Value::Int64(65))));
         q.group_by.push(pb::Grouping { kind: Some(pb::grouping::Kind::Column("sex".into())) });
-        q.aggregates.push(pb::Aggregate { kind: pb::AggregateKind::Mean as i32, column: "bmi".into(), bins: None });
+        q.aggregates.push(pb::Aggregate {
+            kind: pb::AggregateKind::Mean as i32,
+            column: "bmi".into(),
+            bins: None,
+            other_column: String::new(),
+        });
         let c = check(&q, &catalogue()).unwrap();
         assert_eq!(c.patient_key, "patient_id");
         assert_eq!(
@@ -427,7 +448,12 @@ mod tests {
                 .contains("YYYY-MM-DD")
         );
         let mut q = count_query(None);
-        q.aggregates.push(pb::Aggregate { kind: pb::AggregateKind::Sum as i32, column: "sex".into(), bins: None });
+        q.aggregates.push(pb::Aggregate {
+            kind: pb::AggregateKind::Sum as i32,
+            column: "sex".into(),
+            bins: None,
+            other_column: String::new(),
+        });
         assert!(err(&q).contains("numeric column"));
     }
 

@@ -83,31 +83,49 @@ impl Default for Pki {
     }
 }
 
-/// A node running on a runtime of its own, so that killing it closes its sockets the way a
-/// crashed process would.
+/// A node (or coordinator) running on a runtime of its own, so that killing it closes its
+/// sockets the way a crashed process would, while `shutdown` stops it the way SIGTERM does.
 pub struct NodeProcess {
     kill: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    shutdown: CancellationToken,
+    finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NodeProcess {
-    pub fn start(node: Node, options: LinkOptions) -> Self {
+    pub fn start(node: impl Into<Arc<Node>>, options: LinkOptions) -> Self {
+        let node = node.into();
+        let shutdown = CancellationToken::new();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let (stop, done) = (shutdown.clone(), finished.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            let shutdown = CancellationToken::new();
-            runtime.spawn(Arc::new(node).run(options, shutdown.clone()));
+            runtime.spawn(async move {
+                node.run(options, stop).await;
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
             // Block this thread until killed; the runtime keeps serving meanwhile.
             let _ = killed.recv();
             // Dropping the runtime drops every task and socket at once: no goodbye.
             runtime.shutdown_timeout(Duration::from_millis(0));
         });
-        Self { kill: Some(kill), thread: Some(thread) }
+        Self { kill: Some(kill), thread: Some(thread), shutdown, finished }
     }
 
     /// Kills the node abruptly.
     pub fn kill(mut self) {
         self.stop();
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Whether the node's (or coordinator's) main task has returned.
+    pub fn finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn stop(&mut self) {
@@ -143,9 +161,12 @@ pub struct Network {
 async fn start_coordinator(config: CoordinatorConfig) -> (Arc<Coordinator>, NodeProcess) {
     let (kill, killed) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, done) = (shutdown.clone(), finished.clone());
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let shutdown = CancellationToken::new();
+        let shutdown = stop;
         let coordinator = runtime.block_on(async {
             // The old process's port may take a moment to be free again.
             let mut tries = 0;
@@ -160,7 +181,15 @@ async fn start_coordinator(config: CoordinatorConfig) -> (Arc<Coordinator>, Node
                 }
             };
             let coordinator = Coordinator::new(config).await.unwrap();
-            tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
+            let serve = coordinator.clone().serve(node_listener, api_listener, shutdown.clone());
+            tokio::spawn(async move {
+                serve.await.unwrap();
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            // Serving starts with the spawned task; wait until it says so.
+            while coordinator.readiness().is_err() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             coordinator
         });
         let _ = ready_tx.send(coordinator);
@@ -168,7 +197,7 @@ async fn start_coordinator(config: CoordinatorConfig) -> (Arc<Coordinator>, Node
         runtime.shutdown_timeout(Duration::from_millis(0));
     });
     let coordinator = ready_rx.await.unwrap();
-    (coordinator, NodeProcess { kill: Some(kill), thread: Some(thread) })
+    (coordinator, NodeProcess { kill: Some(kill), thread: Some(thread), shutdown, finished })
 }
 
 impl Network {
@@ -187,6 +216,8 @@ impl Network {
             tls_reload: Duration::from_millis(200),
             tls: pki.coordinator.clone(),
             auth: pki.auth.clone(),
+            ops_listen: None,
+            drain: Duration::from_secs(5),
         };
         let (coordinator, server) = start_coordinator(config.clone()).await;
         Self {
@@ -210,6 +241,11 @@ impl Network {
         self.server = Some(server);
     }
 
+    /// The coordinator's process: [`NodeProcess::shutdown`] stops it gracefully.
+    pub fn coordinator_process(&self) -> &NodeProcess {
+        self.server.as_ref().expect("the coordinator runs")
+    }
+
     /// A node of this network (its verifier trusts this network's identity provider).
     pub fn node(&self, site: &str, catalog: Catalog, policy: Policy) -> Node {
         Node::new(site, catalog, policy, self.pki.verifier())
@@ -226,12 +262,14 @@ impl Network {
     }
 
     /// Starts a node and waits until the coordinator sees it connected.
-    pub async fn add_node(&mut self, node: Node) {
+    pub async fn add_node(&mut self, node: impl Into<Arc<Node>>) {
+        let node = node.into();
         let options = self.link_options(node.site());
         self.add_node_with(node, options).await;
     }
 
-    pub async fn add_node_with(&mut self, node: Node, options: LinkOptions) {
+    pub async fn add_node_with(&mut self, node: impl Into<Arc<Node>>, options: LinkOptions) {
+        let node = node.into();
         let site = node.site().to_string();
         let process = NodeProcess::start(node, options);
         self.nodes.insert(site.clone(), process);
@@ -245,6 +283,20 @@ impl Network {
         if let Some(p) = self.nodes.remove(site) {
             p.kill();
         }
+    }
+
+    /// Starts a researcher's query in the background, as the CLI would.
+    pub async fn spawn_query(
+        &self,
+        request: pb::ResearchQuery,
+    ) -> tokio::task::JoinHandle<Result<tonic::Response<pb::QueryResponse>, tonic::Status>> {
+        let mut client = self.client().await;
+        let mut request = request;
+        if request.project.is_empty() {
+            request.project = PROJECT.into();
+        }
+        let request = with_token(request, &self.pki.token());
+        tokio::spawn(async move { client.query(request).await })
     }
 
     /// A researcher's client over TLS (the token goes with each request; see [`with_token`]).
@@ -267,6 +319,15 @@ impl Network {
         }
         let response = self.client().await.query(with_token(request, &self.pki.token())).await?.into_inner();
         Ok((decode(&response.arrow_ipc).unwrap(), response))
+    }
+}
+
+/// Polls `check` until it holds; panics after `timeout`, naming `what`.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

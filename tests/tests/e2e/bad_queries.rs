@@ -17,6 +17,8 @@ const BAD: &[(&str, &[&str])] = &[
     ("SELECT count(*) FROM patient", &["unknown dataset 'patient'", "patients"]),
     ("SELECT count(*) FROM patients WHERE age = 'old'", &["string", "integer"]),
     ("SELECT sum(sex) FROM patients", &["numeric", "sum(Utf8)"]),
+    ("SELECT sum(age * 2) FROM patients", &["sum(a * b)", "column"]),
+    ("SELECT sum(age + bmi) FROM patients", &["sum()", "column"]),
     ("SELECT count(DISTINCT region) FROM patients", &["distinct", "patient key"]),
     ("SELECT sex, count(*) FROM patients GROUP BY patient_id, sex", &["patient key"]),
     ("SELECT sex, count(*) FROM patients GROUP BY sex ORDER BY sex", &["ORDER BY"]),

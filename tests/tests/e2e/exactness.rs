@@ -55,6 +55,12 @@ const QUERIES: &[(usize, &str)] = &[
     (1, "SELECT p.sex, count(*) AS n FROM patients p WHERE p.age < 18 GROUP BY p.sex"),
     (0, "SELECT count(*) AS n, sum(age) AS s, avg(bmi) AS b, var_samp(bmi) AS v FROM patients WHERE age > 200"),
     (1, "SELECT sex, count(*) AS n FROM patients WHERE age > 200 GROUP BY sex"),
+    // Cross-products for regression (X'X): float*float, int*float, int*int.
+    (
+        1,
+        "SELECT sex, count(*) AS n, sum(bmi * bmi) AS bb, sum(age * bmi) AS ab, sum(age * age) AS aa \
+         FROM patients WHERE bmi IS NOT NULL GROUP BY sex",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 mod bad_queries;
 mod exactness;
+mod operations;
 mod resilience;
 mod security;
 mod suppression;

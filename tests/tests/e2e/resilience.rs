@@ -10,9 +10,14 @@ use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
 use verbund_tests::proxy::Proxy;
 use verbund_tests::slow::{Progress, slow_table, vitals_schema};
-use verbund_tests::{Network, PROJECT, open_policy, status, with_token};
+use verbund_tests::{Network, PROJECT, open_policy, status, wait_until, with_token};
 
-fn fast_node(network: &Network, site: &str, rows: i64) -> Node {
+pub(crate) fn fast_node(network: &Network, site: &str, rows: i64) -> Node {
+    fast_node_with(network, site, rows, open_policy(1))
+}
+
+/// A site with `rows` patients, one row each, under `policy`.
+pub(crate) fn fast_node_with(network: &Network, site: &str, rows: i64, policy: verbund_policies::Policy) -> Node {
     let ids: Vec<String> = (0..rows).map(|i| format!("{site}-{i}")).collect();
     let batch = RecordBatch::try_new(
         vitals_schema(),
@@ -22,11 +27,11 @@ fn fast_node(network: &Network, site: &str, rows: i64) -> Node {
     let mut catalog = Catalog::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
-    network.node(site, catalog, open_policy(1))
+    network.node(site, catalog, policy)
 }
 
 /// A site whose scan takes `batches × delay`.
-fn slow_node(network: &Network, site: &str, batches: usize, delay: Duration) -> (Node, Arc<Progress>) {
+pub(crate) fn slow_node(network: &Network, site: &str, batches: usize, delay: Duration) -> (Node, Arc<Progress>) {
     let (table, progress) = slow_table(batches, delay);
     let mut catalog = Catalog::new();
     catalog.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
@@ -34,24 +39,6 @@ fn slow_node(network: &Network, site: &str, batches: usize, delay: Duration) -> 
 }
 
 const COUNT: &str = "SELECT count(*) AS n FROM vitals";
-
-/// Starts a researcher's query in the background, as the CLI would.
-async fn spawn_query(
-    network: &Network,
-    request: pb::ResearchQuery,
-) -> tokio::task::JoinHandle<Result<tonic::Response<pb::QueryResponse>, tonic::Status>> {
-    let mut client = network.client().await;
-    let request = with_token(request, &network.pki.token());
-    tokio::spawn(async move { client.query(request).await })
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_when_back() {
@@ -64,7 +51,7 @@ async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_wh
     let request =
         pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 5_000, project: PROJECT.into(), ..Default::default() };
     let started = Instant::now();
-    let pending = spawn_query(&network, request).await;
+    let pending = network.spawn_query(request).await;
     wait_until("the slow site is scanning", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2)
         .await;
     network.kill("b");
@@ -133,7 +120,7 @@ async fn a_cancelled_query_stops_at_the_node_and_says_cancelled() {
         ..Default::default()
     };
     let started = Instant::now();
-    let pending = spawn_query(&network, request).await;
+    let pending = network.spawn_query(request).await;
     wait_until("the scan runs", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2).await;
     let token = network.pki.token();
     let found = network
@@ -190,7 +177,7 @@ async fn a_researcher_who_hangs_up_stops_the_work_at_the_node() {
     network.add_node(slow).await;
     let request =
         pb::ResearchQuery { sql: COUNT.into(), timeout_ms: 20_000, project: PROJECT.into(), ..Default::default() };
-    let pending = spawn_query(&network, request).await;
+    let pending = network.spawn_query(request).await;
     wait_until("the scan runs", Duration::from_secs(5), || progress.batches.load(Ordering::SeqCst) > 2).await;
     pending.abort();
     wait_until("the node stopped the scan", Duration::from_secs(3), || progress.running() == 0).await;

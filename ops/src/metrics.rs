@@ -1,0 +1,197 @@
+//! The metrics of a node and of the coordinator. Names and labels are part of the
+//! operator-facing interface (dashboards, alerts): change them only with a note in the
+//! README. Labels carry outcomes and site names only, never anything from a query.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+type Outcome = [(&'static str, &'static str); 1];
+type SiteStatus = [(&'static str, String); 2];
+
+/// Latency buckets from 1 ms to ~65 s, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn build_info(registry: &mut Registry, role: &'static str) {
+    let info = Info::new([("version", env!("CARGO_PKG_VERSION")), ("role", role)]);
+    registry.register("verbund_build", "The running verbund version and role", info);
+}
+
+/// What a site node counts.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    queries: Family<Outcome, Counter>,
+    duration: Histogram,
+    running: Gauge,
+    withheld_groups: Counter,
+    withheld_bins: Counter,
+    connected: Gauge,
+    connects: Counter,
+}
+
+impl NodeMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        build_info(registry, "node");
+        let m = Self {
+            queries: Family::default(),
+            duration: latency(),
+            running: Gauge::default(),
+            withheld_groups: Counter::default(),
+            withheld_bins: Counter::default(),
+            connected: Gauge::default(),
+            connects: Counter::default(),
+        };
+        registry.register(
+            "verbund_node_queries",
+            "Queries this site finished, by outcome (answered or the refusal reason)",
+            m.queries.clone(),
+        );
+        registry.register(
+            "verbund_node_query_duration_seconds",
+            "Time from receiving a query to its answer or refusal",
+            m.duration.clone(),
+        );
+        registry.register("verbund_node_queries_running", "Queries being executed now", m.running.clone());
+        registry.register(
+            "verbund_node_withheld_groups",
+            "Result groups withheld under the minimum cell size",
+            m.withheld_groups.clone(),
+        );
+        registry.register(
+            "verbund_node_withheld_bins",
+            "Histogram bins withheld under the minimum cell size",
+            m.withheld_bins.clone(),
+        );
+        registry.register(
+            "verbund_node_coordinator_connected",
+            "1 while the link to the coordinator is up",
+            m.connected.clone(),
+        );
+        registry.register(
+            "verbund_node_coordinator_connects",
+            "Links established to the coordinator (more than one means reconnects)",
+            m.connects.clone(),
+        );
+        m
+    }
+
+    /// Marks a query as running until the guard is dropped.
+    pub fn query_started(&self) -> RunningGuard {
+        self.running.inc();
+        RunningGuard(self.running.clone())
+    }
+
+    pub fn query_finished(&self, outcome: &'static str, elapsed: Duration, withheld_groups: u32, withheld_bins: u32) {
+        self.queries.get_or_create(&[("outcome", outcome)]).inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        self.withheld_groups.inc_by(u64::from(withheld_groups));
+        self.withheld_bins.inc_by(u64::from(withheld_bins));
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        if up {
+            self.connects.inc();
+        }
+        self.connected.set(i64::from(up));
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.get() == 1
+    }
+}
+
+/// What the coordinator counts.
+#[derive(Clone)]
+pub struct CoordinatorMetrics {
+    queries: Family<Outcome, Counter>,
+    duration: Histogram,
+    running: Gauge,
+    site_results: Family<SiteStatus, Counter>,
+    withheld_cells: Counter,
+    sites_connected: Gauge,
+    sites_configured: Gauge,
+}
+
+impl CoordinatorMetrics {
+    pub fn new(registry: &mut Registry, sites_configured: usize) -> Self {
+        build_info(registry, "coordinator");
+        let m = Self {
+            queries: Family::default(),
+            duration: latency(),
+            running: Gauge::default(),
+            site_results: Family::default(),
+            withheld_cells: Counter::default(),
+            sites_connected: Gauge::default(),
+            sites_configured: Gauge::default(),
+        };
+        m.sites_configured.set(i64::try_from(sites_configured).unwrap_or(i64::MAX));
+        registry.register(
+            "verbund_coordinator_queries",
+            "Researcher queries finished, by outcome: answered (every asked site answered), partial, \
+             rejected (invalid or unsupported), unauthenticated, forbidden, unavailable, failed",
+            m.queries.clone(),
+        );
+        registry.register(
+            "verbund_coordinator_query_duration_seconds",
+            "Time from a researcher's request to the merged answer",
+            m.duration.clone(),
+        );
+        registry.register("verbund_coordinator_queries_running", "Federated queries running now", m.running.clone());
+        registry.register(
+            "verbund_coordinator_site_results",
+            "Per-site results of federated queries, by site and status",
+            m.site_results.clone(),
+        );
+        registry.register(
+            "verbund_coordinator_withheld_cells",
+            "Groups and histogram bins the sites withheld under their minimum cell size",
+            m.withheld_cells.clone(),
+        );
+        registry.register(
+            "verbund_coordinator_sites_connected",
+            "Sites whose link is up now",
+            m.sites_connected.clone(),
+        );
+        registry.register(
+            "verbund_coordinator_sites_configured",
+            "Sites this coordinator accepts",
+            m.sites_configured.clone(),
+        );
+        m
+    }
+
+    pub fn query_started(&self) -> RunningGuard {
+        self.running.inc();
+        RunningGuard(self.running.clone())
+    }
+
+    pub fn query_finished(&self, outcome: &'static str, elapsed: Duration) {
+        self.queries.get_or_create(&[("outcome", outcome)]).inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn site_result(&self, site: &str, status: &'static str, withheld_cells: u32) {
+        self.site_results.get_or_create(&[("site", site.to_string()), ("status", status.to_string())]).inc();
+        self.withheld_cells.inc_by(u64::from(withheld_cells));
+    }
+
+    /// The gauge of connected sites (the site registry keeps it current).
+    pub fn sites_connected(&self) -> Gauge {
+        self.sites_connected.clone()
+    }
+}
+
+/// Decrements a running-queries gauge when dropped, whichever way the query ends.
+pub struct RunningGuard(Gauge);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
