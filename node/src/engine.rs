@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::partial_aggregate::State;
+use verbund_query::capped::distinct_up_to_udaf;
 use verbund_query::functions::{BinKind, bin_udf, moments_from_array, moments_udaf};
 use verbund_query::literal::scalar_to_literal;
 use verbund_query::validate::{CheckedAggregate, CheckedFilter, CheckedGrouping, CheckedQuery, check};
@@ -115,7 +116,7 @@ impl Engine {
     async fn compute(&self, q: &CheckedQuery) -> Result<Vec<CandidateGroup>, Refusal> {
         let group_exprs: Vec<Expr> =
             q.groupings.iter().enumerate().map(|(i, g)| grouping_expr(g).alias(group_alias(i))).collect();
-        let mut aggr = vec![count_distinct(ident(&q.patient_key)).alias(PATIENTS)];
+        let mut aggr = vec![self.patients_expr(q, true).alias(PATIENTS)];
         for (j, a) in q.aggregates.iter().enumerate() {
             match a {
                 CheckedAggregate::CountRows => aggr.push(count(lit(1i64)).alias(agg_alias(j, ""))),
@@ -213,6 +214,18 @@ impl Engine {
         Ok(out)
     }
 
+    /// Distinct patients per group: exact when the query asks for them (`exact_if_asked`
+    /// and a `count(DISTINCT <patient key>)` aggregate), otherwise counted only up to the
+    /// minimum cell size, which decides release the same way at a fraction of the cost.
+    fn patients_expr(&self, q: &CheckedQuery, exact_if_asked: bool) -> Expr {
+        if exact_if_asked && q.aggregates.iter().any(|a| matches!(a, CheckedAggregate::CountPatients)) {
+            count_distinct(ident(&q.patient_key))
+        } else {
+            let k = i64::from(self.policy.min_cell_size.max(1));
+            distinct_up_to_udaf().call(vec![ident(&q.patient_key), lit(k)])
+        }
+    }
+
     /// Row counts and distinct patients per (group, bin) for one histogram aggregate.
     async fn histogram(
         &self,
@@ -223,7 +236,7 @@ impl Engine {
     ) -> Result<HashMap<Vec<u8>, (Vec<u64>, Vec<u64>)>, Refusal> {
         let mut groups = group_exprs.to_vec();
         groups.push(bin_expr(column, spec).alias("__bin"));
-        let aggr = vec![count(ident(column)).alias("__rows"), count_distinct(ident(&q.patient_key)).alias(PATIENTS)];
+        let aggr = vec![count(ident(column)).alias("__rows"), self.patients_expr(q, false).alias(PATIENTS)];
         let df = self.filtered(q).await?.aggregate(groups, aggr).map_err(internal)?;
         let batches = self.collect_bounded_by(df, self.policy.max_groups as usize * spec.len()).await?;
         let edge_index: HashMap<u64, usize> = (0..spec.len()).map(|i| (spec.lower_edge(i).to_bits(), i)).collect();

@@ -4,6 +4,7 @@
 //! execute with.
 
 pub mod bins;
+pub mod capped;
 pub mod functions;
 pub mod literal;
 pub mod moments;
