@@ -132,7 +132,7 @@ impl Coordinator {
                 match merger.check_shape(partial) {
                     Ok(()) => merger.add(partial),
                     Err(why) => {
-                        tracing::warn!(site = %o.site, %why, "malformed answer discarded");
+                        tracing::warn!(query_id = %query_id, site = %o.site, %why, "malformed answer discarded");
                         o.outcome = pb::SiteOutcome::Failed;
                         o.message = format!("the site's answer was malformed and is not used: {why}");
                         o.partial = None;

@@ -12,6 +12,7 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use futures::StreamExt;
 use prost::Message;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Semaphore;
 use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy};
 use verbund_proto::v1 as pb;
@@ -64,9 +65,28 @@ pub struct Engine {
     catalog: Catalog,
     policy: Policy,
     running: Semaphore,
+    /// Queries waiting for a slot in `running`.
+    waiting: AtomicU32,
 }
 
 const PATIENTS: &str = "__patients";
+
+/// A place in the line for a query slot; leaving (or being dropped while waiting, when the
+/// query is cancelled) frees it.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn join(count: &'a AtomicU32, max: u32) -> Option<Self> {
+        count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn group_alias(i: usize) -> String {
     format!("__g{i}")
@@ -79,7 +99,7 @@ fn agg_alias(j: usize, part: &str) -> String {
 impl Engine {
     pub fn new(catalog: Catalog, policy: Policy) -> Self {
         let running = Semaphore::new(policy.max_concurrent_queries as usize);
-        Self { catalog, policy, running }
+        Self { catalog, policy, running, waiting: AtomicU32::new(0) }
     }
 
     pub fn catalogue(&self) -> &pb::Catalogue {
@@ -95,12 +115,21 @@ impl Engine {
     pub async fn answer(&self, query: &pb::AggregateQuery, access: &Access<'_>) -> Result<pb::PartialResult, Refusal> {
         let checked = check(query, self.catalogue()).map_err(|e| Refusal::InvalidRequest(e.0))?;
         self.policy.authorize(access, &checked.dataset, &checked.columns()).map_err(Refusal::PermissionDenied)?;
-        let _permit = self.running.try_acquire().map_err(|_| {
-            Refusal::ResourceExhausted(format!(
-                "the site is already running {} queries; try again shortly",
-                self.policy.max_concurrent_queries
-            ))
-        })?;
+        let _permit = match self.running.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Wait in line (the semaphore is fair), unless the line is full.
+                let waiting = Waiting::join(&self.waiting, self.policy.max_queued_queries).ok_or_else(|| {
+                    Refusal::ResourceExhausted(format!(
+                        "the site is running {} queries with {} more waiting; try again shortly",
+                        self.policy.max_concurrent_queries, self.policy.max_queued_queries
+                    ))
+                })?;
+                let permit = self.running.acquire().await.map_err(|e| Refusal::Internal(e.to_string()))?;
+                drop(waiting);
+                permit
+            }
+        };
         let groups = self.compute(&checked).await?;
         Ok(verbund_policies::release(&self.policy, groups))
     }

@@ -23,6 +23,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const DEFAULT_MIN_CELL_SIZE: u32 = 5;
 pub const DEFAULT_MAX_GROUPS: u32 = 10_000;
 pub const DEFAULT_MAX_CONCURRENT_QUERIES: u32 = 8;
+pub const DEFAULT_MAX_QUEUED_QUERIES: u32 = 64;
 
 /// The rules a site's own staff set. Every field has a safe default, so an empty file is
 /// a valid (strict enough) policy.
@@ -34,8 +35,11 @@ pub struct Policy {
     pub min_cell_size: u32,
     /// Upper bound on the number of groups in one answer; more is refused.
     pub max_groups: u32,
-    /// Queries this node runs at once; more are refused as overloaded.
+    /// Queries this node runs at once; more wait in line.
     pub max_concurrent_queries: u32,
+    /// Queries that may wait for a free slot (first come, first served, each until its
+    /// deadline); more are refused as overloaded.
+    pub max_queued_queries: u32,
     /// Which projects may ask what. No rule: nobody may ask anything.
     #[serde(rename = "project")]
     pub projects: Vec<ProjectRule>,
@@ -47,6 +51,7 @@ impl Default for Policy {
             min_cell_size: DEFAULT_MIN_CELL_SIZE,
             max_groups: DEFAULT_MAX_GROUPS,
             max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
+            max_queued_queries: DEFAULT_MAX_QUEUED_QUERIES,
             projects: Vec::new(),
         }
     }

@@ -32,10 +32,20 @@ pub(crate) fn fast_node_with(network: &Network, site: &str, rows: i64, policy: v
 
 /// A site whose scan takes `batches × delay`.
 pub(crate) fn slow_node(network: &Network, site: &str, batches: usize, delay: Duration) -> (Node, Arc<Progress>) {
+    slow_node_with(network, site, batches, delay, open_policy(1))
+}
+
+fn slow_node_with(
+    network: &Network,
+    site: &str,
+    batches: usize,
+    delay: Duration,
+    policy: verbund_policies::Policy,
+) -> (Node, Arc<Progress>) {
     let (table, progress) = slow_table(batches, delay);
     let mut catalog = Catalog::new();
     catalog.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
-    (network.node(site, catalog, open_policy(1)), progress)
+    (network.node(site, catalog, policy), progress)
 }
 
 const COUNT: &str = "SELECT count(*) AS n FROM vitals";
@@ -210,4 +220,29 @@ async fn nodes_redial_a_restarted_coordinator() {
     let a = listed.sites.iter().find(|s| s.site == "a").unwrap();
     assert!(a.connected && a.last_seen_unix_ms > 0);
     assert_eq!(a.catalogue.as_ref().unwrap().datasets[0].name, "vitals", "the catalogue is announced again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_site_queues_queries_and_refuses_only_past_its_queue() {
+    let mut network = Network::start(&["b"]).await;
+    let mut policy = open_policy(1);
+    policy.max_concurrent_queries = 1;
+    policy.max_queued_queries = 1;
+    let (slow, progress) = slow_node_with(&network, "b", 20, Duration::from_millis(15), policy);
+    network.add_node(slow).await;
+
+    let first = network.spawn_query(pb::ResearchQuery { sql: COUNT.into(), ..Default::default() }).await;
+    wait_until("the first query runs", Duration::from_secs(5), || progress.running() > 0).await;
+    let second = network.spawn_query(pb::ResearchQuery { sql: COUNT.into(), ..Default::default() }).await;
+    let third = network.spawn_query(pb::ResearchQuery { sql: COUNT.into(), ..Default::default() }).await;
+    let mut statuses = Vec::new();
+    for pending in [first, second, third] {
+        let response = pending.await.unwrap().unwrap().into_inner();
+        statuses.push(status(&response, "b").clone());
+    }
+    assert_eq!(statuses[0].outcome(), pb::SiteOutcome::Answered, "{:?}", statuses[0]);
+    let answered = statuses.iter().filter(|s| s.outcome() == pb::SiteOutcome::Answered).count();
+    let refused: Vec<_> = statuses.iter().filter(|s| s.outcome() == pb::SiteOutcome::Refused).collect();
+    assert_eq!((answered, refused.len()), (2, 1), "one waits and is answered, one is refused: {statuses:?}");
+    assert!(refused[0].message.contains("waiting"), "{}", refused[0].message);
 }
