@@ -1,0 +1,175 @@
+{{/* Names and labels. */}}
+{{- define "verbund.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "verbund.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>"; call with (list $ "coordinator"). */}}
+{{- define "verbund.componentName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "verbund.fullname" $root) (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "verbund.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels; call with (list $ "coordinator"). */}}
+{{- define "verbund.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "verbund.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* All labels; call with (list $ "coordinator"). */}}
+{{- define "verbund.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ include "verbund.chart" $root }}
+{{ include "verbund.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: verbund
+{{- end -}}
+
+{{- define "verbund.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "verbund.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "verbund.image" -}}
+{{- $image := .Values.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks shared by both roles. */}}
+{{- define "verbund.validate" -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.drainSeconds) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed drainSeconds (%v), or running queries are killed mid-drain" .Values.terminationGracePeriodSeconds .Values.drainSeconds) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Mount points inside the container. Every path in the rendered TOML is absolute, so the
+config's own directory does not matter.
+*/}}
+{{- define "verbund.paths.config" -}}/etc/verbund/config{{- end -}}
+{{- define "verbund.paths.tls" -}}/etc/verbund/tls{{- end -}}
+{{- define "verbund.paths.jwks" -}}/etc/verbund/jwks{{- end -}}
+{{- define "verbund.paths.jwksCa" -}}/etc/verbund/jwks-ca{{- end -}}
+{{- define "verbund.paths.policy" -}}/etc/verbund/policy{{- end -}}
+
+{{/*
+The [tls] section's file lines; call with the role's tls values. TOML strings are written
+with toJson: a JSON string is a valid TOML basic string.
+*/}}
+{{- define "verbund.tlsToml" -}}
+ca = {{ printf "%s/%s" (include "verbund.paths.tls" .) .caKey | toJson }}
+cert = {{ printf "%s/%s" (include "verbund.paths.tls" .) .certKey | toJson }}
+key = {{ printf "%s/%s" (include "verbund.paths.tls" .) .keyKey | toJson }}
+{{- end -}}
+
+{{/* The [auth] section; call with (list "coordinator" $roleValues.auth). */}}
+{{- define "verbund.authToml" -}}
+{{- $role := index . 0 -}}
+{{- $auth := index . 1 -}}
+[auth]
+issuer = {{ required (printf "%s.auth.issuer is required (the `iss` of researchers' tokens)" $role) $auth.issuer | toJson }}
+audience = {{ required (printf "%s.auth.audience is required" $role) $auth.audience | toJson }}
+{{- if and $auth.jwksUrl $auth.jwksConfigMap.name }}
+{{- fail (printf "%s.auth: set jwksUrl or jwksConfigMap.name, not both" $role) }}
+{{- else if $auth.jwksUrl }}
+jwks_url = {{ $auth.jwksUrl | toJson }}
+jwks_refresh_seconds = {{ int $auth.jwksRefreshSeconds }}
+{{- else if $auth.jwksConfigMap.name }}
+jwks_file = {{ printf "%s/jwks.json" (include "verbund.paths.jwks" .) | toJson }}
+{{- else }}
+{{- fail (printf "%s.auth: set jwksUrl (the identity provider's JWKS URL) or jwksConfigMap.name" $role) }}
+{{- end }}
+{{- if $auth.jwksCaConfigMap.name }}
+jwks_ca = {{ printf "%s/ca.pem" (include "verbund.paths.jwksCa" .) | toJson }}
+{{- end }}
+leeway_seconds = {{ int $auth.leewaySeconds }}
+{{- with $auth.algorithms }}
+algorithms = {{ toJson . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes for TLS and token keys; call with the role's values. */}}
+{{- define "verbund.authVolumes" -}}
+- name: tls
+  secret:
+    secretName: {{ required "tls.existingSecret is required (the chart never generates keys)" .tls.existingSecret }}
+    # Readable by the fsGroup (65532), not by others.
+    defaultMode: 0440
+    items:
+      - key: {{ .tls.caKey }}
+        path: {{ .tls.caKey }}
+      - key: {{ .tls.certKey }}
+        path: {{ .tls.certKey }}
+      - key: {{ .tls.keyKey }}
+        path: {{ .tls.keyKey }}
+{{- if .auth.jwksConfigMap.name }}
+- name: jwks
+  configMap:
+    name: {{ .auth.jwksConfigMap.name }}
+    items:
+      - key: {{ .auth.jwksConfigMap.key }}
+        path: jwks.json
+{{- end }}
+{{- if .auth.jwksCaConfigMap.name }}
+- name: jwks-ca
+  configMap:
+    name: {{ .auth.jwksCaConfigMap.name }}
+    items:
+      - key: {{ .auth.jwksCaConfigMap.key }}
+        path: ca.pem
+{{- end }}
+{{- end -}}
+
+{{/*
+Mounts matching verbund.authVolumes. No subPath: a renewed Secret then reaches the files,
+and verbund picks the new certificate up (tls_reload_seconds).
+*/}}
+{{- define "verbund.authMounts" -}}
+- name: tls
+  mountPath: {{ include "verbund.paths.tls" . }}
+  readOnly: true
+{{- if .auth.jwksConfigMap.name }}
+- name: jwks
+  mountPath: {{ include "verbund.paths.jwks" . }}
+  readOnly: true
+{{- end }}
+{{- if .auth.jwksCaConfigMap.name }}
+- name: jwks-ca
+  mountPath: {{ include "verbund.paths.jwksCa" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Environment shared by both roles; call with $. */}}
+{{- define "verbund.env" -}}
+- name: VERBUND_JSON_LOGS
+  value: {{ .Values.logging.json | quote }}
+- name: RUST_LOG
+  value: {{ .Values.logging.level | quote }}
+{{- end -}}
