@@ -355,6 +355,21 @@ async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
             .await?;
     }
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    #[cfg(unix)]
+    {
+        // SIGHUP (systemctl reload): look at the certificate files now, not at the next poll.
+        let node = node.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        node.check_tls_files();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; certificate files are still polled"),
+        }
+    }
     node.run(options, shutdown).await;
     Ok(())
 }
@@ -381,6 +396,23 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     tokio::spawn(shutdown_signal(shutdown.clone()));
     coordinator.serve(node_listener, api_listener, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod deploy_examples {
+    use std::path::Path;
+
+    /// The commented examples in deploy/examples must load with the real loaders.
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let node = verbund_node::NodeConfig::load(&dir.join("node.toml")).unwrap();
+        assert_eq!(node.site, "uniklinik-nord");
+        assert!(!node.datasets.is_empty() && node.ops_listen.is_some());
+        assert!(verbund_node::link_options(&node).is_ok());
+        let coordinator = verbund_coordinator::CoordinatorConfig::load(&dir.join("coordinator.toml")).unwrap();
+        assert!(!coordinator.sites.is_empty() && coordinator.ops_listen.is_some());
+    }
 }
 
 /// Connects to the coordinator's researcher API over TLS and reads the token file.

@@ -42,6 +42,8 @@ pub struct Node {
     metrics: NodeMetrics,
     registry: Arc<Registry>,
     draining: AtomicBool,
+    /// Wakes the link to look at its TLS files now (SIGHUP).
+    tls_check: tokio::sync::Notify,
 }
 
 impl Node {
@@ -55,6 +57,7 @@ impl Node {
             metrics,
             registry: Arc::new(registry),
             draining: AtomicBool::new(false),
+            tls_check: tokio::sync::Notify::new(),
         }
     }
 
@@ -77,6 +80,15 @@ impl Node {
             return Err("not connected to the coordinator (see the node's log)".into());
         }
         Ok(())
+    }
+
+    /// Makes the link look at its TLS files now (as on SIGHUP) and reconnect if they changed.
+    pub fn check_tls_files(&self) {
+        self.tls_check.notify_waiters();
+    }
+
+    pub(crate) async fn tls_check_requested(&self) {
+        self.tls_check.notified().await
     }
 
     pub fn is_draining(&self) -> bool {

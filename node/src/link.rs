@@ -179,6 +179,13 @@ async fn session(
                     return Ok(());
                 }
             }
+            _ = node.tls_check_requested() => {
+                if options.tls.stamp() != stamp {
+                    info!(site = %node.site(), "reload requested: certificate files changed; reconnecting with them");
+                    return Err(LinkError::Renewed);
+                }
+                info!(site = %node.site(), "reload requested: certificate files unchanged");
+            }
             _ = tls_check.tick() => {
                 if options.tls.stamp() != stamp {
                     info!(site = %node.site(), "site certificate files changed; reconnecting with them");

@@ -416,3 +416,33 @@ async fn token_keys_can_come_from_the_identity_providers_jwks_url() {
     let err = verbund_security::token::Verifier::from_config(&config).await.unwrap_err().to_string();
     assert!(err.contains("cannot fetch"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_request_takes_up_a_renewed_site_certificate_at_once() {
+    let mut network = Network::start(&["reloading"]).await;
+    let node: std::sync::Arc<verbund_node::Node> = network.node("reloading", catalog(3), open_policy(1)).into();
+    let mut options = network.link_options("reloading");
+    options.tls_reload = Duration::from_secs(3600); // only the reload request can notice
+    network.add_node_with(node.clone(), options).await;
+    let token = network.pki.token();
+    let expiry = || async {
+        let sites =
+            network.client().await.list_sites(with_token(pb::ListSitesRequest {}, &token)).await.unwrap().into_inner();
+        (sites.sites[0].connected, sites.sites[0].certificate_not_after_unix)
+    };
+    let (_, before) = expiry().await;
+    node.check_tls_files(); // unchanged files: the link stays as it is
+    tokio::time::sleep(Duration::from_millis(200)).await; // (let the node look before the renewal)
+    assert_eq!(expiry().await, (true, before));
+    network.pki.site_with("reloading", Validity::days(40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(expiry().await, (true, before), "nothing happens before the reload request");
+    node.check_tls_files(); // as SIGHUP does
+    let started = std::time::Instant::now();
+    while expiry().await.1 <= before + 86400 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the renewed certificate was not taken up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (table, _) = network.query(COUNT).await.unwrap();
+    assert_eq!(ints(&table, 0), vec![Some(3)]);
+}
