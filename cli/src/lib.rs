@@ -398,23 +398,6 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod deploy_examples {
-    use std::path::Path;
-
-    /// The commented examples in deploy/examples must load with the real loaders.
-    #[test]
-    fn example_configs_load() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-        let node = verbund_node::NodeConfig::load(&dir.join("node.toml")).unwrap();
-        assert_eq!(node.site, "uniklinik-nord");
-        assert!(!node.datasets.is_empty() && node.ops_listen.is_some());
-        assert!(verbund_node::link_options(&node).is_ok());
-        let coordinator = verbund_coordinator::CoordinatorConfig::load(&dir.join("coordinator.toml")).unwrap();
-        assert!(!coordinator.sites.is_empty() && coordinator.ops_listen.is_some());
-    }
-}
-
 /// Connects to the coordinator's researcher API over TLS and reads the token file.
 pub async fn connect(
     c: &ResearcherConnection,
@@ -463,4 +446,21 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 /// A gRPC error as the researcher should read it.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+#[cfg(test)]
+mod deploy_examples {
+    use std::path::Path;
+
+    /// The commented examples in deploy/examples must load with the real loaders.
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let node = verbund_node::NodeConfig::load(&dir.join("node.toml")).unwrap();
+        assert_eq!(node.site, "uniklinik-nord");
+        assert!(!node.datasets.is_empty() && node.ops_listen.is_some());
+        assert!(verbund_node::link_options(&node).is_ok());
+        let coordinator = verbund_coordinator::CoordinatorConfig::load(&dir.join("coordinator.toml")).unwrap();
+        assert!(!coordinator.sites.is_empty() && coordinator.ops_listen.is_some());
+    }
 }
