@@ -9,15 +9,15 @@
 
 use crate::{BinSpec, Moments};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Float64Builder, ListArray, StructArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, ListArray, StructArray, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
@@ -328,6 +328,14 @@ impl AggregateUDFImpl for MomentsFn {
         Ok(Box::new(MomentsAccumulator(Moments::default())))
     }
 
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(MomentsGroups(Vec::new())))
+    }
+
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(moments_fields()
             .iter()
@@ -378,21 +386,94 @@ impl Accumulator for MomentsAccumulator {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let [count, shift, mean, m2] = states else {
-            return exec_err!("moments() state has {} fields, expected 4", states.len());
-        };
-        let count = count.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
-        let shift = shift.as_primitive::<Float64Type>();
-        let (mean, m2) = (mean.as_primitive::<Float64Type>(), m2.as_primitive::<Float64Type>());
-        for i in 0..count.len() {
-            self.0.merge(&Moments {
-                count: count.value(i),
-                shift: shift.value(i),
-                mean: mean.value(i),
-                m2: m2.value(i),
-            });
+        let total = &mut self.0;
+        each_moments(states, |_, m| total.merge(&m))
+    }
+}
+
+/// The four state columns of many moments.
+fn moments_columns(ms: &[Moments]) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(UInt64Array::from_iter_values(ms.iter().map(|m| m.count))),
+        Arc::new(Float64Array::from_iter_values(ms.iter().map(|m| m.shift))),
+        Arc::new(Float64Array::from_iter_values(ms.iter().map(|m| m.mean))),
+        Arc::new(Float64Array::from_iter_values(ms.iter().map(|m| m.m2))),
+    ]
+}
+
+/// Reads state columns back, calling `f` with each row's moments.
+fn each_moments(states: &[ArrayRef], mut f: impl FnMut(usize, Moments)) -> Result<()> {
+    let [count, shift, mean, m2] = states else {
+        return exec_err!("moments() state has {} fields, expected 4", states.len());
+    };
+    let count = count.as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+    let shift = shift.as_primitive::<Float64Type>();
+    let (mean, m2) = (mean.as_primitive::<Float64Type>(), m2.as_primitive::<Float64Type>());
+    for i in 0..count.len() {
+        f(i, Moments { count: count.value(i), shift: shift.value(i), mean: mean.value(i), m2: m2.value(i) });
+    }
+    Ok(())
+}
+
+/// `moments(x)` with GROUP BY: one [`Moments`] per group, updated column-wise.
+struct MomentsGroups(Vec<Moments>);
+
+impl GroupsAccumulator for MomentsGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.0.resize(total_num_groups, Moments::default());
+        let Some(x) = values.first() else { return Ok(()) };
+        let x = to_f64(x)?;
+        for (row, &group) in group_indices.iter().enumerate() {
+            if x.is_null(row) || opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+                continue;
+            }
+            self.0[group].push(x.value(row));
         }
         Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let ms = emit_to.take_needed(&mut self.0);
+        Ok(Arc::new(StructArray::new(moments_fields(), moments_columns(&ms), None)))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(moments_columns(&emit_to.take_needed(&mut self.0)))
+    }
+
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
+        self.0.resize(total_num_groups, Moments::default());
+        let groups = &mut self.0;
+        each_moments(values, |row, m| {
+            if let Some(&g) = group_indices.get(row) {
+                groups[g].merge(&m);
+            }
+        })
+    }
+
+    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+        let Some(x) = values.first() else { return Ok(moments_columns(&[])) };
+        let x = to_f64(x)?;
+        let ms: Vec<Moments> = (0..x.len())
+            .map(|row| {
+                let mut m = Moments::default();
+                if x.is_valid(row) && opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row)) {
+                    m.push(x.value(row));
+                }
+                m
+            })
+            .collect();
+        Ok(moments_columns(&ms))
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self) + self.0.capacity() * size_of::<Moments>()
     }
 }
 
