@@ -98,7 +98,7 @@ impl Coordinator {
         let catalogue = crate::frontend::union_catalogue(
             known.iter().filter(|k| targets.contains(&k.site)).filter_map(|k| k.catalogue.as_ref()),
         );
-        let plan = crate::frontend::plan_sql(&request.sql, &catalogue).await.map_err(Error::Query)?;
+        let plan = self.planner.plan(&request.sql, &catalogue).await.map_err(Error::Query)?;
 
         let timeout = match request.timeout_ms {
             0 => self.config().default_timeout,

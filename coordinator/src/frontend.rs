@@ -70,9 +70,11 @@ pub fn union_catalogue<'a>(catalogues: impl IntoIterator<Item = &'a pb::Catalogu
 
 /// Plans `sql` against `catalogue` and converts it into a federated plan.
 pub async fn plan_sql(sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
-    if catalogue.datasets.is_empty() {
-        return refuse("no site has announced any dataset yet; check the connected sites with `verbund sites`");
-    }
+    plan_with(&planning_context(catalogue)?, sql, catalogue).await
+}
+
+/// A planning session with the catalogue's datasets as empty tables.
+fn planning_context(catalogue: &pb::Catalogue) -> Result<SessionContext, Unsupported> {
     let ctx = SessionContext::new();
     verbund_query::functions::register_all(&ctx);
     for d in &catalogue.datasets {
@@ -81,6 +83,39 @@ pub async fn plan_sql(sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedP
         let schema = Arc::new(Schema::new(fields));
         let table = MemTable::try_new(schema, vec![vec![]]).map_err(|e| Unsupported(e.to_string()))?;
         ctx.register_table(d.name.as_str(), Arc::new(table)).map_err(|e| Unsupported(e.to_string()))?;
+    }
+    Ok(ctx)
+}
+
+/// Plans researchers' SQL, keeping the planning session while the catalogue stays the same
+/// (building one costs about as much as planning a query).
+#[derive(Default)]
+pub struct Planner {
+    cached: std::sync::Mutex<Option<(pb::Catalogue, SessionContext)>>,
+}
+
+impl Planner {
+    pub async fn plan(&self, sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
+        let cached = {
+            let guard = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            guard.as_ref().filter(|(c, _)| c == catalogue).map(|(_, ctx)| ctx.clone())
+        };
+        let ctx = match cached {
+            Some(ctx) => ctx,
+            None => {
+                let ctx = planning_context(catalogue)?;
+                *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Some((catalogue.clone(), ctx.clone()));
+                ctx
+            }
+        };
+        plan_with(&ctx, sql, catalogue).await
+    }
+}
+
+async fn plan_with(ctx: &SessionContext, sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
+    if catalogue.datasets.is_empty() {
+        return refuse("no site has announced any dataset yet; check the connected sites with `verbund sites`");
     }
     let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| {
         let message = planning_error(&e);
@@ -514,6 +549,21 @@ mod tests {
 
     async fn plan(sql: &str) -> FederatedPlan {
         plan_sql(sql, &catalogue()).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn the_planner_follows_catalogue_changes() {
+        let planner = Planner::default();
+        let mut c = catalogue();
+        let sql = "SELECT count(*) AS n FROM visits";
+        assert!(planner.plan("SELECT avg(bmi) FROM patients", &c).await.is_ok());
+        assert!(planner.plan(sql, &c).await.unwrap_err().0.contains("unknown dataset 'visits'"));
+        let mut visits = c.datasets[0].clone();
+        visits.name = "visits".into();
+        c.datasets.push(visits);
+        assert_eq!(planner.plan(sql, &c).await.unwrap().request.dataset, "visits");
+        c.datasets.truncate(1);
+        assert!(planner.plan(sql, &c).await.is_err(), "a site that left takes its dataset along");
     }
 
     #[tokio::test]

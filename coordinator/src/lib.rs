@@ -125,6 +125,7 @@ pub struct Coordinator {
     metrics_registry: Arc<MetricsRegistry>,
     serving: AtomicBool,
     draining: AtomicBool,
+    planner: frontend::Planner,
 }
 
 impl Coordinator {
@@ -145,6 +146,7 @@ impl Coordinator {
             metrics_registry: Arc::new(metrics_registry),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            planner: frontend::Planner::default(),
             running: RunningQueries::default(),
             config,
             tokens,
