@@ -151,14 +151,7 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
     let mut patients = Vec::with_capacity(n);
     let mut p = PatientColumns::default();
     for i in 0..n {
-        let r: f64 = rng.random();
-        let sex = if r < 0.505 {
-            "female"
-        } else if r < 0.998 {
-            "male"
-        } else {
-            "diverse"
-        };
+        let sex = draw_sex(&mut rng);
         // Triangular distribution peaking at the site's mean age.
         let (lo, hi, mode) = (profile.min_age as f64, profile.max_age as f64 + 1.0, profile.mean_age);
         let u: f64 = rng.random();
@@ -262,6 +255,18 @@ fn generate_site(profile: &SiteProfile, seed: u64, scale: f64) -> SiteData {
             ("conditions".to_string(), c.finish()),
             ("observations".to_string(), o.finish()),
         ],
+    }
+}
+
+/// Administrative sex as German hospital data records it (female, male, a small share diverse).
+pub fn draw_sex<R: rand::Rng>(rng: &mut R) -> &'static str {
+    let r: f64 = rng.random();
+    if r < 0.505 {
+        "female"
+    } else if r < 0.998 {
+        "male"
+    } else {
+        "diverse"
     }
 }
 

@@ -79,14 +79,7 @@ pub fn generate(path: &Path, rows: usize, seed: u64) -> anyhow::Result<()> {
     let n_patients = (rows / 10).max(1);
     let patients: Vec<Patient> = (0..n_patients)
         .map(|_| {
-            let r: f64 = rng.random();
-            let sex = if r < 0.505 {
-                "female"
-            } else if r < 0.998 {
-                "male"
-            } else {
-                "diverse"
-            };
+            let sex = verbund_synth::draw_sex(&mut rng);
             // Older patients have more encounters in a hospital; a skew towards age 60-80.
             let age = (rng.random::<f64>().sqrt() * 95.0) as i64;
             let offsets = [0; 5].map(|_| unit.sample(&mut rng) * 0.8);
