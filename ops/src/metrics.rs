@@ -7,11 +7,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::time::Duration;
 
 type Outcome = [(&'static str, &'static str); 1];
 type SiteStatus = [(&'static str, String); 2];
+
+/// Registers `metric` under `name` and hands it back for updating (clones share the value).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
 
 /// Latency buckets from 1 ms to ~65 s, doubling.
 fn latency() -> Histogram {
@@ -38,47 +44,50 @@ pub struct NodeMetrics {
 impl NodeMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         build_info(registry, "node");
-        let m = Self {
-            queries: Family::default(),
-            duration: latency(),
-            running: Gauge::default(),
-            withheld_groups: Counter::default(),
-            withheld_bins: Counter::default(),
-            connected: Gauge::default(),
-            connects: Counter::default(),
-        };
-        registry.register(
-            "verbund_node_queries",
-            "Queries this site finished, by outcome (answered or the refusal reason)",
-            m.queries.clone(),
-        );
-        registry.register(
-            "verbund_node_query_duration_seconds",
-            "Time from receiving a query to its answer or refusal",
-            m.duration.clone(),
-        );
-        registry.register("verbund_node_queries_running", "Queries being executed now", m.running.clone());
-        registry.register(
-            "verbund_node_withheld_groups",
-            "Result groups withheld under the minimum cell size",
-            m.withheld_groups.clone(),
-        );
-        registry.register(
-            "verbund_node_withheld_bins",
-            "Histogram bins withheld under the minimum cell size",
-            m.withheld_bins.clone(),
-        );
-        registry.register(
-            "verbund_node_coordinator_connected",
-            "1 while the link to the coordinator is up",
-            m.connected.clone(),
-        );
-        registry.register(
-            "verbund_node_coordinator_connects",
-            "Links established to the coordinator (more than one means reconnects)",
-            m.connects.clone(),
-        );
-        m
+        Self {
+            queries: registered(
+                registry,
+                "verbund_node_queries",
+                "Queries this site finished, by outcome (answered or the refusal reason)",
+                Family::default(),
+            ),
+            duration: registered(
+                registry,
+                "verbund_node_query_duration_seconds",
+                "Time from receiving a query to its answer or refusal",
+                latency(),
+            ),
+            running: registered(
+                registry,
+                "verbund_node_queries_running",
+                "Queries being executed now",
+                Gauge::default(),
+            ),
+            withheld_groups: registered(
+                registry,
+                "verbund_node_withheld_groups",
+                "Result groups withheld under the minimum cell size",
+                Counter::default(),
+            ),
+            withheld_bins: registered(
+                registry,
+                "verbund_node_withheld_bins",
+                "Histogram bins withheld under the minimum cell size",
+                Counter::default(),
+            ),
+            connected: registered(
+                registry,
+                "verbund_node_coordinator_connected",
+                "1 while the link to the coordinator is up",
+                Gauge::default(),
+            ),
+            connects: registered(
+                registry,
+                "verbund_node_coordinator_connects",
+                "Links established to the coordinator (more than one means reconnects)",
+                Counter::default(),
+            ),
+        }
     }
 
     /// Marks a query as running until the guard is dropped.
@@ -122,47 +131,51 @@ impl CoordinatorMetrics {
     pub fn new(registry: &mut Registry, sites_configured: usize) -> Self {
         build_info(registry, "coordinator");
         let m = Self {
-            queries: Family::default(),
-            duration: latency(),
-            running: Gauge::default(),
-            site_results: Family::default(),
-            withheld_cells: Counter::default(),
-            sites_connected: Gauge::default(),
-            sites_configured: Gauge::default(),
+            queries: registered(
+                registry,
+                "verbund_coordinator_queries",
+                "Researcher queries finished, by outcome: answered (every asked site answered), partial, \
+             rejected (invalid or unsupported), unauthenticated, forbidden, unavailable, failed",
+                Family::default(),
+            ),
+            duration: registered(
+                registry,
+                "verbund_coordinator_query_duration_seconds",
+                "Time from a researcher's request to the merged answer",
+                latency(),
+            ),
+            running: registered(
+                registry,
+                "verbund_coordinator_queries_running",
+                "Federated queries running now",
+                Gauge::default(),
+            ),
+            site_results: registered(
+                registry,
+                "verbund_coordinator_site_results",
+                "Per-site results of federated queries, by site and status",
+                Family::default(),
+            ),
+            withheld_cells: registered(
+                registry,
+                "verbund_coordinator_withheld_cells",
+                "Groups and histogram bins the sites withheld under their minimum cell size",
+                Counter::default(),
+            ),
+            sites_connected: registered(
+                registry,
+                "verbund_coordinator_sites_connected",
+                "Sites whose link is up now",
+                Gauge::default(),
+            ),
+            sites_configured: registered(
+                registry,
+                "verbund_coordinator_sites_configured",
+                "Sites this coordinator accepts",
+                Gauge::default(),
+            ),
         };
         m.sites_configured.set(i64::try_from(sites_configured).unwrap_or(i64::MAX));
-        registry.register(
-            "verbund_coordinator_queries",
-            "Researcher queries finished, by outcome: answered (every asked site answered), partial, \
-             rejected (invalid or unsupported), unauthenticated, forbidden, unavailable, failed",
-            m.queries.clone(),
-        );
-        registry.register(
-            "verbund_coordinator_query_duration_seconds",
-            "Time from a researcher's request to the merged answer",
-            m.duration.clone(),
-        );
-        registry.register("verbund_coordinator_queries_running", "Federated queries running now", m.running.clone());
-        registry.register(
-            "verbund_coordinator_site_results",
-            "Per-site results of federated queries, by site and status",
-            m.site_results.clone(),
-        );
-        registry.register(
-            "verbund_coordinator_withheld_cells",
-            "Groups and histogram bins the sites withheld under their minimum cell size",
-            m.withheld_cells.clone(),
-        );
-        registry.register(
-            "verbund_coordinator_sites_connected",
-            "Sites whose link is up now",
-            m.sites_connected.clone(),
-        );
-        registry.register(
-            "verbund_coordinator_sites_configured",
-            "Sites this coordinator accepts",
-            m.sites_configured.clone(),
-        );
         m
     }
 
