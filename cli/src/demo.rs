@@ -42,7 +42,16 @@ pub const QUERIES: &[(&str, &str)] = &[
         "A fine grouping: the very old by region, sex and smoking (cells under 5 patients are withheld at each site)",
         "SELECT region, sex, smoker, count(DISTINCT patient_id) AS patients FROM patients WHERE age >= 90 GROUP BY region, sex, smoker",
     ),
+    (
+        "Each number needs 5 patients behind it: a mean over few recorded values is withheld even in a big group",
+        "SELECT region, count(*) AS patients, count(bmi) AS with_bmi, avg(bmi) AS mean_bmi FROM patients \
+         WHERE age >= 95 GROUP BY region",
+    ),
     ("A row-level query is refused", "SELECT patient_id, age FROM patients WHERE age > 90"),
+    (
+        "Hostile input is refused before parsing (nesting that would stall the SQL parser)",
+        "SELECT count(*) FROM patients WHERE NOT (NOT (NOT (NOT (NOT (NOT (NOT (age > 3)))))))",
+    ),
 ];
 
 pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
@@ -86,8 +95,11 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         token_file: layout.token_file.clone(),
     };
     let (mut client, token) = connect(&connection).await?;
-    let listed =
-        client.list_sites(authorized(pb::ListSitesRequest {}, &token)?).await.map_err(status_error)?.into_inner();
+    let listed = client
+        .list_sites(authorized(pb::ListSitesRequest { project: setup::DEMO_PROJECT.into() }, &token)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
     println!("{}\n", render::sites(&listed, OutputFormat::Table)?);
 
     for (title, sql) in QUERIES {

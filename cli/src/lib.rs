@@ -59,10 +59,14 @@ pub enum Command {
         /// e.g. "SELECT sex, count(DISTINCT patient_id) FROM patients GROUP BY sex"
         sql: String,
     },
-    /// List the sites, their connection state, last-seen time, certificates and catalogues.
+    /// List the sites, their connection state, last-seen time, certificates and what your
+    /// project may query at each (operators, with the token role "operator", see everything).
     Sites {
         #[command(flatten)]
         connection: ResearcherConnection,
+        /// Show what this project may query (one your token grants); all your projects by default.
+        #[arg(long, env = "VERBUND_PROJECT", default_value = "")]
+        project: String,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -225,9 +229,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
             print(&render::response(&response, format)?)
         }
-        Command::Sites { connection, format } => {
+        Command::Sites { connection, project, format } => {
             let (mut client, token) = connect(&connection).await?;
-            let request = authorized(pb::ListSitesRequest {}, &token)?;
+            let request = authorized(pb::ListSitesRequest { project }, &token)?;
             let sites = client.list_sites(request).await.map_err(status_error)?.into_inner();
             print(&render::sites(&sites, format)?)
         }

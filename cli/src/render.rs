@@ -79,14 +79,13 @@ pub fn response(r: &pb::QueryResponse, format: OutputFormat) -> anyhow::Result<S
                         s.site.clone(),
                         outcome_name(s.outcome()).to_string(),
                         s.groups.to_string(),
-                        s.withheld_groups.to_string(),
                         format!("{:.1}", s.elapsed_ms),
                         s.message.clone(),
                     ]
                 })
                 .collect();
             out.push_str("\n\n");
-            out.push_str(&text_table(&["site", "status", "groups", "withheld", "ms", "message"], &rows));
+            out.push_str(&text_table(&["site", "status", "groups", "ms", "message"], &rows));
             for note in &r.notes {
                 out.push_str(&format!("\nnote: {note}"));
             }
@@ -109,8 +108,6 @@ pub fn response(r: &pb::QueryResponse, format: OutputFormat) -> anyhow::Result<S
                         "status": outcome_name(s.outcome()),
                         "message": s.message,
                         "groups": s.groups,
-                        "withheld_groups": s.withheld_groups,
-                        "withheld_bins": s.withheld_bins,
                         "elapsed_ms": s.elapsed_ms,
                     })
                 })

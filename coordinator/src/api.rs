@@ -3,6 +3,7 @@
 
 use crate::fanout::{SiteOutcome, fan_out};
 use crate::merge::Merger;
+use crate::registry::View;
 use crate::{Coordinator, Error};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -28,14 +29,18 @@ impl ResearcherService {
 /// Removes a running query's cancel handle when the query ends in any way.
 struct Running<'a> {
     coordinator: &'a Coordinator,
+    owner: &'a str,
     query_id: String,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.coordinator.running().remove(&self.query_id);
+        self.coordinator.running().remove(self.owner, &self.query_id);
     }
 }
+
+/// The token role that sees the sites as operators do (network addresses, full catalogues).
+pub const OPERATOR_ROLE: &str = "operator";
 
 fn valid_query_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -79,7 +84,10 @@ impl Coordinator {
         if !valid_query_id(&query_id) {
             return Err(Error::InvalidQueryId);
         }
-        let known = self.registry().list();
+        // The sites see an id of the coordinator's own: a researcher's id is theirs alone.
+        let wire_id = uuid::Uuid::new_v4().to_string();
+        // What the project may query at each site: nothing more is planned against or shown.
+        let known = self.registry().list_for(&View::Projects(std::slice::from_ref(&request.project)));
         let targets: Vec<String> = if request.sites.is_empty() {
             known.iter().map(|s| s.site.clone()).collect()
         } else {
@@ -94,10 +102,16 @@ impl Coordinator {
         if !known.iter().any(|k| k.connected && targets.contains(&k.site)) {
             return Err(Error::NoSites);
         }
-        // Plan against what the asked sites announced.
+        // Plan against what the asked sites let this project use.
         let catalogue = crate::frontend::union_catalogue(
             known.iter().filter(|k| targets.contains(&k.site)).filter_map(|k| k.catalogue.as_ref()),
         );
+        if catalogue.datasets.is_empty() {
+            return Err(Error::PermissionDenied(format!(
+                "no site asked lets project '{}' query any dataset; ask the sites' operators to allow it",
+                request.project
+            )));
+        }
         let plan = self.planner.plan(&request.sql, &catalogue).await.map_err(Error::Query)?;
 
         let timeout = match request.timeout_ms {
@@ -105,14 +119,14 @@ impl Coordinator {
             ms => Duration::from_millis(u64::from(ms)).min(self.config().max_timeout),
         };
         let cancel = CancellationToken::new();
-        if self.running().insert(query_id.clone(), claims.sub.clone(), cancel.clone()).is_some() {
+        if !self.running().insert(&claims.sub, &query_id, cancel.clone()) {
             return Err(Error::DuplicateQueryId(query_id));
         }
-        let _running = Running { coordinator: self, query_id: query_id.clone() };
+        let _running = Running { coordinator: self, owner: &claims.sub, query_id: query_id.clone() };
 
-        info!(query_id = %query_id, researcher = %claims.sub, project = %request.project, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
+        info!(query_id = %wire_id, client_query_id = %query_id, researcher = %claims.sub, project = %request.project, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
         let node_query = pb::NodeQuery {
-            query_id: query_id.clone(),
+            query_id: wire_id.clone(),
             identity: Some(pb::Identity {
                 researcher_token: token.to_string(),
                 researcher: claims.sub.clone(),
@@ -123,7 +137,7 @@ impl Coordinator {
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut outcomes = fan_out(&self.registry_arc(), &targets, node_query, deadline, &cancel)
-            .instrument(tracing::info_span!("query", query_id = %query_id))
+            .instrument(tracing::info_span!("query", query_id = %wire_id))
             .await;
 
         let mut merger = Merger::new(&plan);
@@ -132,7 +146,7 @@ impl Coordinator {
                 match merger.check_shape(partial) {
                     Ok(()) => merger.add(partial),
                     Err(why) => {
-                        tracing::warn!(query_id = %query_id, site = %o.site, %why, "malformed answer discarded");
+                        tracing::warn!(query_id = %wire_id, site = %o.site, %why, "malformed answer discarded");
                         o.outcome = pb::SiteOutcome::Failed;
                         o.message = format!("the site's answer was malformed and is not used: {why}");
                         o.partial = None;
@@ -141,12 +155,15 @@ impl Coordinator {
             }
         }
         for o in &outcomes {
-            let withheld = o.partial.as_ref().map(|p| p.withheld_groups + p.withheld_bins).unwrap_or(0);
-            self.metrics().site_result(&o.site, status_label(o.outcome), withheld);
+            // Per-site withheld counts are for operators (log, metrics), never for the researcher.
+            let (groups, bins, values) =
+                o.partial.as_ref().map(|p| (p.withheld_groups, p.withheld_bins, p.withheld_values)).unwrap_or_default();
+            self.metrics().site_result(&o.site, status_label(o.outcome), groups + bins + values);
+            info!(query_id = %wire_id, site = %o.site, outcome = status_label(o.outcome), withheld_groups = groups, withheld_bins = bins, withheld_values = values, "site result");
         }
         let batch = merger.finish().map_err(Error::Merge)?;
         let notes = notes(&plan, &outcomes);
-        info!(query_id = %query_id, rows = batch.num_rows(), "federated query done");
+        info!(query_id = %wire_id, rows = batch.num_rows(), "federated query done");
         Ok(pb::QueryResponse {
             query_id,
             arrow_ipc: encode_ipc(&batch)?,
@@ -175,8 +192,6 @@ fn status_of(o: &SiteOutcome) -> pb::SiteStatus {
         outcome: o.outcome as i32,
         message: o.message.clone(),
         groups: p.map(|p| p.groups.len() as u32).unwrap_or(0),
-        withheld_groups: p.map(|p| p.withheld_groups).unwrap_or(0),
-        withheld_bins: p.map(|p| p.withheld_bins).unwrap_or(0),
         elapsed_ms: o.elapsed_ms,
     }
 }
@@ -193,21 +208,36 @@ fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec
     if plan.request.aggregates.iter().any(|a| a.kind() == pb::AggregateKind::CountPatients) {
         notes.push(
             "distinct patient counts are summed over sites: a patient treated at two sites counts once at each \
-             (there is no cross-site record linkage yet)"
+             (there is no cross-site record linkage yet); a row without a patient key counts as a patient of its own"
                 .into(),
         );
     }
-    let withheld: u32 = outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| p.withheld_groups).sum();
-    let bins: u32 = outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| p.withheld_bins).sum();
+    // What the researcher learns of suppression must not depend on whether a cell was empty
+    // or small: the cell-size note is the same for every answer, and the counts below only
+    // cover cells and values that are withheld when empty too (histogram bins, values of
+    // released groups). Withheld groups are not counted: an empty group is never seen.
+    let answered: Vec<&pb::PartialResult> = outcomes.iter().filter_map(|o| o.partial.as_ref()).collect();
+    let ks = answered.iter().map(|p| p.min_cell_size);
+    if let (Some(low), Some(high)) = (ks.clone().min(), ks.max()) {
+        let k = if low == high { format!("{low}") } else { format!("{low} to {high}, depending on the site") };
+        notes.push(format!(
+            "each site withholds every group, histogram bin and value with fewer than k = {k} patients behind it, \
+             empty ones included; a group missing from the table had fewer than k patients at every site that \
+             answered, and merged numbers include only what the sites released"
+        ));
+    }
+    let bins: u32 = answered.iter().map(|p| p.withheld_bins).sum();
+    let values: u32 = answered.iter().map(|p| p.withheld_values).sum();
     let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-    let withheld_parts: Vec<String> = [(withheld, "group", "groups"), (bins, "histogram bin", "histogram bins")]
+    let withheld_parts: Vec<String> = [(values, "value", "values"), (bins, "histogram bin", "histogram bins")]
         .into_iter()
         .filter(|(n, _, _)| *n > 0)
         .map(|(n, one, many)| plural(n, one, many))
         .collect();
     if !withheld_parts.is_empty() {
         notes.push(format!(
-            "{} withheld by sites under their minimum cell size; merged numbers include only what the sites released",
+            "{} withheld at sites in the groups shown (counted over all sites); a value or bin that no site \
+             released is NULL",
             withheld_parts.join(" and ")
         ));
     }
@@ -252,13 +282,13 @@ impl Researcher for ResearcherService {
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let (claims, _) = authenticate(&self.coordinator, &request)?;
         let id = request.into_inner().query_id;
-        // Only the researcher who started a query may cancel it.
-        let found = match self.coordinator.running().get(&id) {
-            Some((owner, token)) if owner == claims.sub => {
+        // A researcher's query ids are their own: only they can find (and cancel) them.
+        let found = match self.coordinator.running().get(&claims.sub, &id) {
+            Some(token) => {
                 token.cancel();
                 true
             }
-            _ => false,
+            None => false,
         };
         Ok(Response::new(pb::CancelResponse { found }))
     }
@@ -267,9 +297,25 @@ impl Researcher for ResearcherService {
         &self,
         request: Request<pb::ListSitesRequest>,
     ) -> Result<Response<pb::ListSitesResponse>, Status> {
-        authenticate(&self.coordinator, &request)?;
+        let (claims, _) = authenticate(&self.coordinator, &request)?;
+        let project = request.into_inner().project;
+        let asked = [project];
+        let view = if claims.roles.iter().any(|r| r == OPERATOR_ROLE) {
+            View::Operator
+        } else if asked[0].is_empty() {
+            View::Projects(&claims.projects)
+        } else if claims.projects.contains(&asked[0]) {
+            View::Projects(&asked)
+        } else {
+            return Err(Error::PermissionDenied(format!(
+                "your token does not grant project '{}'; it grants: {}",
+                asked[0],
+                claims.projects.join(", ")
+            ))
+            .into());
+        };
         Ok(Response::new(pb::ListSitesResponse {
-            sites: self.coordinator.registry().list(),
+            sites: self.coordinator.registry().list_for(&view),
             coordinator_certificate_not_after_unix: self.coordinator.certificate_not_after(),
         }))
     }

@@ -68,9 +68,125 @@ pub fn union_catalogue<'a>(catalogues: impl IntoIterator<Item = &'a pb::Catalogu
     pb::Catalogue { datasets: datasets.into_values().collect() }
 }
 
+/// The longest SQL text accepted.
+pub const MAX_SQL_BYTES: usize = 64 * 1024;
+/// The most tokens (words, constants, symbols) in one query.
+pub const MAX_SQL_TOKENS: usize = 20_000;
+/// The deepest nesting of parentheses and prefix NOTs. The SQL parser backtracks on nested
+/// `NOT (`, taking time that grows about 2.4-fold per level; 12 levels take milliseconds.
+pub const MAX_SQL_NESTING: usize = 12;
+/// Longest a query may take to plan; planning runs off the runtime that serves the links.
+const PLANNING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Stack of a planning thread: deep (bounded) expressions never overflow it.
+const PLANNING_STACK_BYTES: usize = 64 * 1024 * 1024;
+/// Queries planned at once; more wait (each within its timeout).
+const MAX_CONCURRENT_PLANNING: usize = 4;
+
+/// Checks the SQL text's size and shape with a linear scan before the parser sees it, so
+/// that no text can make parsing or planning take unbounded time or stack.
+pub fn check_sql_text(sql: &str) -> Result<(), Unsupported> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_SQL_BYTES {
+        return refuse(format!(
+            "the query is too long ({} KiB; at most {} KiB): use IN lists or bins instead of many conditions",
+            sql.len().div_ceil(1024),
+            MAX_SQL_BYTES / 1024
+        ));
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Unsupported(format!("cannot plan the query: {e}")))?;
+    let words: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    if words.len() > MAX_SQL_TOKENS {
+        return refuse(format!("the query is too long ({} tokens; at most {MAX_SQL_TOKENS})", words.len()));
+    }
+    let keyword = |t: Option<&&Token>| match t {
+        Some(Token::Word(w)) => Some(w.keyword),
+        _ => None,
+    };
+    // Nesting: open parentheses, plus prefix NOTs, each of which lasts until the next AND / OR
+    // at its level or the parenthesis it stands in closes.
+    let mut open_nots: Vec<usize> = vec![0];
+    let (mut deepest, mut connectives) = (0usize, 0usize);
+    for (i, t) in words.iter().enumerate() {
+        match t {
+            Token::LParen => open_nots.push(0),
+            Token::RParen if open_nots.len() > 1 => {
+                open_nots.pop();
+            }
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR) => {
+                connectives += 1;
+                // NOT binds tighter than AND / OR: the NOTs before it at this level end here.
+                if let Some(n) = open_nots.last_mut() {
+                    *n = 0;
+                }
+            }
+            Token::Word(w) if w.keyword == Keyword::NOT => {
+                let after_is = i > 0 && keyword(words.get(i - 1)) == Some(Keyword::IS);
+                let infix = matches!(
+                    keyword(words.get(i + 1)),
+                    Some(Keyword::IN | Keyword::BETWEEN | Keyword::LIKE | Keyword::ILIKE | Keyword::SIMILAR)
+                );
+                if let Some(n) = open_nots.last_mut().filter(|_| !after_is && !infix) {
+                    *n += 1;
+                }
+            }
+            _ => {}
+        }
+        deepest = deepest.max(open_nots.len() - 1 + open_nots.iter().sum::<usize>());
+    }
+    if deepest > MAX_SQL_NESTING {
+        return refuse(format!(
+            "the query is nested too deeply ({deepest} levels of parentheses and NOT; at most {MAX_SQL_NESTING}): \
+             write conditions flatter, e.g. NOT (a OR b) as NOT a AND NOT b"
+        ));
+    }
+    // BETWEEN's AND is a connective to the scanner, hence the factor 2.
+    if connectives > 2 * verbund_query::validate::MAX_FILTER_NODES {
+        return refuse(format!(
+            "the query has more than {} conditions; use IN lists or bins instead",
+            verbund_query::validate::MAX_FILTER_NODES
+        ));
+    }
+    Ok(())
+}
+
 /// Plans `sql` against `catalogue` and converts it into a federated plan.
 pub async fn plan_sql(sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
-    plan_with(&planning_context(catalogue)?, sql, catalogue).await
+    check_sql_text(sql)?;
+    plan_off_runtime(planning_context(catalogue)?, sql, catalogue).await
+}
+
+static PLANNING_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_PLANNING);
+
+/// Plans on a thread of its own with a large stack and a time limit, so that no request can
+/// hold the workers of the runtime that serves the site links.
+async fn plan_off_runtime(
+    ctx: SessionContext,
+    sql: &str,
+    catalogue: &pb::Catalogue,
+) -> Result<FederatedPlan, Unsupported> {
+    let too_slow =
+        || Unsupported(format!("the query took longer than {} s to plan; simplify it", PLANNING_TIMEOUT.as_secs()));
+    let planned = async {
+        let permit = PLANNING_SLOTS.acquire().await.map_err(|_| Unsupported("the planner is shut down".into()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::runtime::Handle::current();
+        let (sql, catalogue) = (sql.to_string(), catalogue.clone());
+        std::thread::Builder::new()
+            .name("verbund-plan".into())
+            .stack_size(PLANNING_STACK_BYTES)
+            .spawn(move || {
+                // The slot stays taken until planning really ends, also after a timeout.
+                let _permit = permit;
+                let _ = tx.send(handle.block_on(plan_with(&ctx, &sql, &catalogue)));
+            })
+            .map_err(|e| Unsupported(format!("cannot start planning: {e}")))?;
+        rx.await.map_err(|_| Unsupported("planning failed unexpectedly".into()))?
+    };
+    tokio::time::timeout(PLANNING_TIMEOUT, planned).await.map_err(|_| too_slow())?
 }
 
 /// A planning session with the catalogue's datasets as empty tables.
@@ -87,29 +203,36 @@ fn planning_context(catalogue: &pb::Catalogue) -> Result<SessionContext, Unsuppo
     Ok(ctx)
 }
 
-/// Plans researchers' SQL, keeping the planning session while the catalogue stays the same
-/// (building one costs about as much as planning a query).
+/// Plans researchers' SQL, keeping a planning session per catalogue (each project sees its
+/// own) while it stays the same: building one costs about as much as planning a query.
 #[derive(Default)]
 pub struct Planner {
-    cached: std::sync::Mutex<Option<(pb::Catalogue, SessionContext)>>,
+    cached: std::sync::Mutex<Vec<(pb::Catalogue, SessionContext)>>,
 }
+
+/// Planning sessions kept (most recently built last).
+const CACHED_SESSIONS: usize = 8;
 
 impl Planner {
     pub async fn plan(&self, sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
+        check_sql_text(sql)?;
         let cached = {
             let guard = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            guard.as_ref().filter(|(c, _)| c == catalogue).map(|(_, ctx)| ctx.clone())
+            guard.iter().find(|(c, _)| c == catalogue).map(|(_, ctx)| ctx.clone())
         };
         let ctx = match cached {
             Some(ctx) => ctx,
             None => {
                 let ctx = planning_context(catalogue)?;
-                *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some((catalogue.clone(), ctx.clone()));
+                let mut guard = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if guard.len() >= CACHED_SESSIONS {
+                    guard.remove(0);
+                }
+                guard.push((catalogue.clone(), ctx.clone()));
                 ctx
             }
         };
-        plan_with(&ctx, sql, catalogue).await
+        plan_off_runtime(ctx, sql, catalogue).await
     }
 }
 
@@ -314,19 +437,36 @@ fn wire_literal(e: &Expr) -> Result<pb::Literal, Unsupported> {
     scalar_to_literal(&v).map_err(|err| Unsupported(format!("'{e}': {err}")))
 }
 
+/// Converts a WHERE condition. A chain of ANDs (or ORs) is collected into one conjunction
+/// with an explicit stack: a long chain costs neither stack depth nor quadratic time, and
+/// conversion stops as soon as the conditions exceed the limit. Other nesting is bounded
+/// by [`check_sql_text`].
 fn filter(e: &Expr) -> Result<pb::Filter, Unsupported> {
+    let mut budget = verbund_query::validate::MAX_FILTER_NODES;
+    filter_within(e, &mut budget)
+}
+
+fn filter_within(e: &Expr, budget: &mut usize) -> Result<pb::Filter, Unsupported> {
     use pb::filter::Kind;
+    if *budget == 0 {
+        return refuse(format!(
+            "the query has more than {} conditions; use IN lists or bins instead",
+            verbund_query::validate::MAX_FILTER_NODES
+        ));
+    }
+    *budget -= 1;
     let kind = match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: op @ (Operator::And | Operator::Or), right }) => {
+        Expr::BinaryExpr(BinaryExpr { op: op @ (Operator::And | Operator::Or), .. }) => {
             let mut operands = Vec::new();
-            for side in [left, right] {
-                let f = filter(side)?;
-                // Flatten a AND (b AND c) into one conjunction.
-                match (&f.kind, op) {
-                    (Some(Kind::And(c)), Operator::And) | (Some(Kind::Or(c)), Operator::Or) => {
-                        operands.extend(c.operands.iter().cloned())
+            let mut pending = vec![e];
+            while let Some(next) = pending.pop() {
+                match next {
+                    Expr::BinaryExpr(BinaryExpr { left, op: inner, right }) if inner == op => {
+                        // Right first, so that the left operand comes out first.
+                        pending.push(right);
+                        pending.push(left);
                     }
-                    _ => operands.push(f),
+                    other => operands.push(filter_within(other, budget)?),
                 }
             }
             let c = pb::Conjunction { operands };
@@ -354,7 +494,7 @@ fn filter(e: &Expr) -> Result<pb::Filter, Unsupported> {
             };
             Kind::Compare(pb::Comparison { column, op: op as i32, value: Some(value) })
         }
-        Expr::Not(inner) => Kind::Not(Box::new(filter(inner)?)),
+        Expr::Not(inner) => Kind::Not(Box::new(filter_within(inner, budget)?)),
         Expr::IsNull(inner) => Kind::IsNull(pb::IsNull { column: column_name(inner, "IS NULL")?, negated: false }),
         Expr::IsNotNull(inner) => {
             Kind::IsNull(pb::IsNull { column: column_name(inner, "IS NOT NULL")?, negated: true })
@@ -610,6 +750,43 @@ mod tests {
         }
         let e = plan_sql("SELECT count(*) FROM patients", &pb::Catalogue::default()).await.unwrap_err().0;
         assert!(e.contains("no site"), "{e}");
+    }
+
+    fn ors(n: usize) -> String {
+        let conditions: Vec<String> = (0..n).map(|i| format!("age = {i}")).collect();
+        format!("SELECT count(*) FROM patients WHERE {}", conditions.join(" OR "))
+    }
+
+    #[tokio::test]
+    async fn long_condition_chains_convert_flat_and_stop_at_the_limit() {
+        // 999 comparisons and the OR that joins them: the 1000 filter nodes a site accepts.
+        for n in [500, 999] {
+            let p = plan(&ors(n)).await;
+            let Some(Kind::Or(or)) = p.request.filter.and_then(|f| f.kind) else { panic!("not an OR") };
+            assert_eq!(or.operands.len(), n, "one flat OR, not {n} nested ones");
+        }
+        let e = plan_sql(&ors(1000), &catalogue()).await.unwrap_err().0;
+        assert!(e.contains("more than 1000 conditions"), "{e}");
+        let e = plan_sql(&ors(12_000), &catalogue()).await.unwrap_err().0;
+        assert!(e.contains("conditions") || e.contains("too long"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn deep_nesting_and_huge_texts_are_refused_before_parsing() {
+        let nested = |depth: usize| {
+            format!("SELECT count(*) FROM patients WHERE {}age > 3{}", "NOT (".repeat(depth), ")".repeat(depth))
+        };
+        assert!(plan_sql(&nested(5), &catalogue()).await.is_ok());
+        let e = check_sql_text(&nested(40)).unwrap_err().0;
+        assert!(e.contains("nested too deeply"), "{e}");
+        let parens = format!("SELECT count(*) FROM patients WHERE {}age > 3{}", "(".repeat(13), ")".repeat(13));
+        assert!(check_sql_text(&parens).unwrap_err().0.contains("nested"));
+        // Many NOT conditions side by side are not nesting.
+        let flat: Vec<String> = (0..40).map(|i| format!("NOT age = {i}")).collect();
+        assert!(check_sql_text(&format!("SELECT count(*) FROM patients WHERE {}", flat.join(" AND "))).is_ok());
+        assert!(check_sql_text("SELECT count(*) FROM patients WHERE age IS NOT NULL AND sex NOT IN ('x')").is_ok());
+        let huge = format!("SELECT count(*) FROM patients WHERE sex = '{}'", "x".repeat(MAX_SQL_BYTES));
+        assert!(check_sql_text(&huge).unwrap_err().0.contains("too long"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum Error {
     NoSites,
     #[error("a query id is 1 to 128 letters, digits, '-' or '_'")]
     InvalidQueryId,
-    #[error("a query with id '{0}' is already running")]
+    #[error("you already have a query with id '{0}' running; choose another id")]
     DuplicateQueryId(String),
     #[error("the answers could not be merged: {0}")]
     Merge(String),
@@ -69,36 +69,39 @@ impl From<Error> for Status {
 pub mod config;
 pub use config::CoordinatorConfig;
 
-/// The queries running now, by query id: who started each, and its cancel handle.
+/// The queries running now, by researcher and the id they gave it: ids are scoped to the
+/// researcher, so one researcher's ids say nothing about another's queries.
 #[derive(Default)]
-pub struct RunningQueries(Mutex<HashMap<String, (String, CancellationToken)>>);
+pub struct RunningQueries(Mutex<HashMap<(String, String), CancellationToken>>);
 
 impl RunningQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), CancellationToken>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a query; returns the existing entry if the id is taken.
-    pub fn insert(&self, id: String, owner: String, token: CancellationToken) -> Option<(String, CancellationToken)> {
+    /// Registers `owner`'s query `id`; false if the owner already runs a query with that id.
+    pub fn insert(&self, owner: &str, id: &str, token: CancellationToken) -> bool {
         let mut map = self.lock();
-        if let Some(existing) = map.get(&id) {
-            return Some(existing.clone());
+        let key = (owner.to_string(), id.to_string());
+        if map.contains_key(&key) {
+            return false;
         }
-        map.insert(id, (owner, token));
-        None
+        map.insert(key, token);
+        true
     }
 
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    pub fn remove(&self, owner: &str, id: &str) {
+        self.lock().remove(&(owner.to_string(), id.to_string()));
     }
 
-    pub fn get(&self, id: &str) -> Option<(String, CancellationToken)> {
-        self.lock().get(id).cloned()
+    /// The cancel handle of `owner`'s query `id`.
+    pub fn get(&self, owner: &str, id: &str) -> Option<CancellationToken> {
+        self.lock().get(&(owner.to_string(), id.to_string())).cloned()
     }
 
     /// Cancels every running query (their researchers get what the sites sent so far).
     pub fn cancel_all(&self) {
-        for (_, token) in self.lock().values() {
+        for token in self.lock().values() {
             token.cancel();
         }
     }

@@ -1,6 +1,7 @@
 //! Exact merge of the sites' partial aggregates: counts and sums add, means come from the
 //! summed sums and counts, variances from (count, mean, M2) merged with Chan's formula,
 //! histograms add bin by bin. The merged table has the columns the researcher selected.
+//! A value a site withheld adds nothing; a value (or histogram bin) no site released is NULL.
 
 use crate::frontend::{FederatedPlan, Source};
 use datafusion::arrow::array::{ArrayRef, ListArray, RecordBatch};
@@ -52,10 +53,32 @@ impl PartialOrd for KeyValue {
 
 #[derive(Debug, Clone)]
 enum Acc {
-    Count(u64),
-    Sum { count: u64, int: i128, float: f64, is_float: bool },
+    /// `None` until some site released the count.
+    Count(Option<u64>),
+    Sum {
+        count: u64,
+        int: i128,
+        float: f64,
+        is_float: bool,
+    },
     Moments(Moments),
-    Histogram(Vec<u64>),
+    /// Counts per bin; `None` until some site released the bin.
+    Histogram(Vec<Option<u64>>),
+}
+
+impl Acc {
+    fn for_aggregate(aggregate: &pb::Aggregate) -> Acc {
+        use pb::AggregateKind as K;
+        let (kind, bins) = expected(aggregate);
+        match kind {
+            K::Sum | K::Mean | K::SumOfProducts => Acc::Sum { count: 0, int: 0, float: 0.0, is_float: false },
+            K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation => {
+                Acc::Moments(Moments::default())
+            }
+            K::Histogram => Acc::Histogram(vec![None; bins]),
+            K::CountRows | K::CountPatients | K::Count | K::Unspecified => Acc::Count(None),
+        }
+    }
 }
 
 /// What a merge needs to know about each requested aggregate.
@@ -90,13 +113,20 @@ impl<'a> Merger<'a> {
             for (a, p) in self.plan.request.aggregates.iter().zip(&g.aggregates) {
                 let (kind, bins) = expected(a);
                 let ok = match (&p.state, kind) {
+                    (Some(State::Withheld(_)), K::Count | K::Sum | K::Mean | K::SumOfProducts) => true,
+                    (
+                        Some(State::Withheld(_)),
+                        K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation,
+                    ) => true,
                     (Some(State::Count(_)), K::CountRows | K::CountPatients | K::Count) => true,
                     (Some(State::Sum(s)), K::Sum | K::Mean | K::SumOfProducts) => s.sum.is_some() || s.count == 0,
                     (
                         Some(State::Moments(m)),
                         K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation,
                     ) => m.mean.is_finite() && m.shift.is_finite() && m.m2.is_finite() && m.m2 >= 0.0,
-                    (Some(State::Histogram(h)), K::Histogram) => h.counts.len() == bins,
+                    (Some(State::Histogram(h)), K::Histogram) => {
+                        h.counts.len() == bins && h.withheld_bins.iter().all(|b| (*b as usize) < bins)
+                    }
                     _ => false,
                 };
                 if !ok {
@@ -111,20 +141,14 @@ impl<'a> Merger<'a> {
     pub fn add(&mut self, partial: &pb::PartialResult) {
         for g in &partial.groups {
             let key: Vec<KeyValue> = g.keys.iter().cloned().map(KeyValue).collect();
-            let accs = self.groups.entry(key).or_insert_with(|| {
-                g.aggregates
-                    .iter()
-                    .map(|p| match &p.state {
-                        Some(State::Count(_)) | None => Acc::Count(0),
-                        Some(State::Sum(_)) => Acc::Sum { count: 0, int: 0, float: 0.0, is_float: false },
-                        Some(State::Moments(_)) => Acc::Moments(Moments::default()),
-                        Some(State::Histogram(h)) => Acc::Histogram(vec![0; h.counts.len()]),
-                    })
-                    .collect()
-            });
+            let plan = self.plan;
+            let accs = self
+                .groups
+                .entry(key)
+                .or_insert_with(|| plan.request.aggregates.iter().map(Acc::for_aggregate).collect());
             for (acc, p) in accs.iter_mut().zip(&g.aggregates) {
                 match (acc, &p.state) {
-                    (Acc::Count(n), Some(State::Count(c))) => *n += c.count,
+                    (Acc::Count(n), Some(State::Count(c))) => *n = Some(n.unwrap_or(0) + c.count),
                     (Acc::Sum { count, int, float, is_float }, Some(State::Sum(s))) => {
                         *count += s.count;
                         match s.sum {
@@ -140,8 +164,16 @@ impl<'a> Merger<'a> {
                         m.merge(&Moments { count: s.count, shift: s.shift, mean: s.mean, m2: s.m2 })
                     }
                     (Acc::Histogram(counts), Some(State::Histogram(h))) => {
-                        for (c, v) in counts.iter_mut().zip(&h.counts) {
-                            *c += v;
+                        let mut withheld = vec![false; counts.len()];
+                        for b in &h.withheld_bins {
+                            if let Some(w) = withheld.get_mut(*b as usize) {
+                                *w = true;
+                            }
+                        }
+                        for ((c, v), withheld) in counts.iter_mut().zip(&h.counts).zip(withheld) {
+                            if !withheld {
+                                *c = Some(c.unwrap_or(0) + v);
+                            }
                         }
                     }
                     _ => {}
@@ -189,7 +221,7 @@ fn finish_aggregate(
 ) -> Result<ScalarValue, String> {
     use pb::AggregateKind as K;
     let value = match (aggregate.kind(), acc) {
-        (_, Acc::Count(n)) => ScalarValue::Int64(Some(i64::try_from(*n).map_err(|_| "count overflows")?)),
+        (_, Acc::Count(n)) => ScalarValue::Int64(n.map(i64::try_from).transpose().map_err(|_| "count overflows")?),
         (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, is_float }) => match (*count, *is_float) {
             (0, _) => ScalarValue::Float64(None),
             (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
@@ -207,7 +239,7 @@ fn finish_aggregate(
         (K::StddevSample, Acc::Moments(m)) => ScalarValue::Float64(m.variance_sample().map(f64::sqrt)),
         (K::StddevPopulation, Acc::Moments(m)) => ScalarValue::Float64(m.variance_population().map(f64::sqrt)),
         (K::Histogram, Acc::Histogram(counts)) => {
-            let counts = counts.iter().map(|c| i64::try_from(*c).ok()).collect::<Vec<_>>();
+            let counts = counts.iter().map(|c| c.and_then(|c| i64::try_from(c).ok())).collect::<Vec<_>>();
             let list = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(counts)]);
             ScalarValue::List(Arc::new(list))
         }
@@ -339,6 +371,40 @@ mod tests {
             state: Some(State::Moments(pb::MomentsState { count: 2, shift: 0.0, mean: f64::NAN, m2: 1.0 })),
         };
         assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn withheld_values_add_nothing_and_values_no_site_released_are_null() {
+        let plan = plan();
+        let mut merger = Merger::new(&plan);
+        let withheld = pb::PartialAggregate { state: Some(State::Withheld(pb::Withheld {})) };
+        let mut a1 = partial("a", &[1, 2, 3]);
+        a1.aggregates[1] = withheld.clone();
+        a1.aggregates[5] = pb::PartialAggregate {
+            state: Some(State::Histogram(pb::HistogramState { counts: vec![0, 1, 0], withheld_bins: vec![0, 2] })),
+        };
+        let mut a2 = partial("a", &[2, 4]);
+        a2.aggregates[1] = withheld.clone();
+        a2.aggregates[3] = withheld;
+        a2.aggregates[5] = pb::PartialAggregate {
+            state: Some(State::Histogram(pb::HistogramState { counts: vec![0, 0, 1], withheld_bins: vec![0] })),
+        };
+        for p in [
+            pb::PartialResult { groups: vec![a1], ..Default::default() },
+            pb::PartialResult { groups: vec![a2], ..Default::default() },
+        ] {
+            merger.check_shape(&p).unwrap();
+            merger.add(&p);
+        }
+        let batch = merger.finish().unwrap();
+        assert!(batch.column(2).is_null(0), "a sum withheld at every site is NULL, not 0");
+        let f = |c: usize| batch.column(c).as_primitive::<Float64Type>().value(0);
+        assert!((f(3) - 12.0 / 5.0).abs() < 1e-12, "the mean merges what both sites released");
+        assert!((f(4) - 1.0).abs() < 1e-12, "the variance covers the one site that released it");
+        let h = batch.column(6).as_list::<i32>().value(0);
+        let h = h.as_primitive::<Int64Type>();
+        assert!(h.is_null(0), "a bin withheld everywhere is NULL");
+        assert_eq!((h.value(1), h.value(2)), (1, 1));
     }
 
     #[test]

@@ -36,6 +36,8 @@ struct Connection {
 
 struct SiteEntry {
     catalogue: pb::Catalogue,
+    /// Per project, what the site's policy lets it use.
+    project_views: Vec<pb::ProjectView>,
     min_cell_size: u32,
     node_version: String,
     remote_addr: String,
@@ -43,6 +45,14 @@ struct SiteEntry {
     last_seen_ms: u64,
     certificate_not_after_unix: i64,
     connection: Option<Connection>,
+}
+
+/// Who looks at the sites: an operator sees everything a site announced, with its network
+/// address; a researcher sees, per site, only what their project(s) may query there.
+#[derive(Debug, Clone, Copy)]
+pub enum View<'a> {
+    Operator,
+    Projects(&'a [String]),
 }
 
 #[derive(Default)]
@@ -79,6 +89,7 @@ impl Registry {
         let now = now_ms();
         let entry = SiteEntry {
             catalogue: hello.catalogue.clone().unwrap_or_default(),
+            project_views: hello.project_views.clone(),
             min_cell_size: hello.min_cell_size,
             node_version: hello.node_version.clone(),
             remote_addr,
@@ -198,18 +209,36 @@ impl Registry {
 
     /// Every site ever connected, sorted by name.
     pub fn list(&self) -> Vec<pb::SiteInfo> {
+        self.list_for(&View::Operator)
+    }
+
+    /// Every site ever connected, sorted by name, as `view` may see it.
+    pub fn list_for(&self, view: &View<'_>) -> Vec<pb::SiteInfo> {
         let mut out: Vec<pb::SiteInfo> = self
             .lock()
             .iter()
-            .map(|(name, e)| pb::SiteInfo {
-                site: name.clone(),
-                connected: e.connection.is_some(),
-                last_seen_unix_ms: e.last_seen_ms,
-                connected_since_unix_ms: e.connected_since_ms,
-                catalogue: Some(e.catalogue.clone()),
-                min_cell_size: e.min_cell_size,
-                remote_addr: e.remote_addr.clone(),
-                certificate_not_after_unix: e.certificate_not_after_unix,
+            .map(|(name, e)| {
+                let (catalogue, remote_addr) = match view {
+                    View::Operator => (e.catalogue.clone(), e.remote_addr.clone()),
+                    View::Projects(projects) => {
+                        let views = e
+                            .project_views
+                            .iter()
+                            .filter(|v| projects.contains(&v.project))
+                            .filter_map(|v| v.catalogue.as_ref());
+                        (crate::frontend::union_catalogue(views), String::new())
+                    }
+                };
+                pb::SiteInfo {
+                    site: name.clone(),
+                    connected: e.connection.is_some(),
+                    last_seen_unix_ms: e.last_seen_ms,
+                    connected_since_unix_ms: e.connected_since_ms,
+                    catalogue: Some(catalogue),
+                    min_cell_size: e.min_cell_size,
+                    remote_addr,
+                    certificate_not_after_unix: e.certificate_not_after_unix,
+                }
             })
             .collect();
         out.sort_by(|a, b| a.site.cmp(&b.site));

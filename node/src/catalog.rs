@@ -4,9 +4,14 @@
 
 use crate::config::{DatasetConfig, FileFormat};
 use crate::{Error, Result};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::datasource::TableProvider;
-use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext, ident, lit};
 use std::sync::Arc;
 use verbund_proto::v1 as pb;
 use verbund_query::literal::column_type_of;
@@ -18,19 +23,62 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new() -> Self {
-        let ctx = SessionContext::new();
+        // Nothing spills to disk: a query that outgrows its memory limit is refused instead
+        // (a node's disk is the hospital's, and a full disk must not take the node down).
+        let disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
+        let ctx = match RuntimeEnvBuilder::new().with_disk_manager_builder(disk).build_arc() {
+            Ok(runtime) => SessionContext::new_with_config_rt(SessionConfig::new(), runtime),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot configure the query runtime; using DataFusion's defaults");
+                SessionContext::new()
+            }
+        };
         verbund_query::functions::register_all(&ctx);
         Self { ctx, catalogue: pb::Catalogue::default() }
     }
 
     /// Registers every configured dataset, failing with the dataset's name and the reason
-    /// when a file is missing, unreadable or lacks a declared column.
+    /// when a file is missing, unreadable or lacks a declared column. Datasets with rows
+    /// that name no patient are reported in the log.
     pub async fn open(datasets: &[DatasetConfig]) -> Result<Self> {
         let mut catalog = Self::new();
         for d in datasets {
             catalog.register_file(d).await?;
+            catalog.report_unlinked(&d.name, &d.patient_key).await?;
         }
         Ok(catalog)
+    }
+
+    /// Counts the rows of a dataset whose patient key is NULL or empty, and says so when
+    /// there are any: each counts as a patient of its own in every cell-size check.
+    pub async fn report_unlinked(&self, dataset: &str, patient_key: &str) -> Result<u64> {
+        let dataset_err = |message: String| Error::Dataset { dataset: dataset.into(), message };
+        let df = self.ctx.table(dataset).await.map_err(|e| dataset_err(e.find_root().to_string()))?;
+        let key = ident(patient_key);
+        let is_string = matches!(
+            df.schema().field_with_unqualified_name(patient_key).map(|f| f.data_type().clone()),
+            Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        );
+        let missing = if is_string { key.clone().is_null().or(key.eq(lit(""))) } else { key.is_null() };
+        let counted = df
+            .filter(missing)
+            .and_then(|df| df.aggregate(vec![], vec![count(lit(1i64)).alias("n")]))
+            .map_err(|e| dataset_err(e.find_root().to_string()))?;
+        let batches = counted.collect().await.map_err(|e| dataset_err(format!("cannot read: {}", e.find_root())))?;
+        let unlinked = batches
+            .first()
+            .filter(|b| b.num_rows() > 0)
+            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>().map(|c| c.value(0)))
+            .unwrap_or(0)
+            .max(0) as u64;
+        if unlinked > 0 {
+            tracing::warn!(
+                dataset,
+                unlinked_rows = unlinked,
+                "rows without a patient key ('{patient_key}' NULL or empty): each counts as a patient of its own in cell-size checks; link them to patients to use them fully"
+            );
+        }
+        Ok(unlinked)
     }
 
     async fn register_file(&mut self, d: &DatasetConfig) -> Result<()> {

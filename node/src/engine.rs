@@ -6,18 +6,24 @@ use crate::catalog::Catalog;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::functions::core::expr_fn::nullif;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
 use datafusion::logical_expr::{Expr, cast};
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{DataFrame, ident, lit};
 use futures::StreamExt;
 use prost::Message;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Semaphore;
 use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::partial_aggregate::State;
-use verbund_query::capped::distinct_up_to_udaf;
+use verbund_query::capped::patients_up_to_udaf;
 use verbund_query::functions::{BinKind, bin_udf, moments_from_array, moments_udaf};
 use verbund_query::literal::scalar_to_literal;
 use verbund_query::validate::{CheckedAggregate, CheckedFilter, CheckedGrouping, CheckedQuery, check};
@@ -54,7 +60,9 @@ fn internal(e: DataFusionError) -> Refusal {
     let root = e.find_root();
     if matches!(root, DataFusionError::ResourcesExhausted(_)) {
         return Refusal::ResourceExhausted(
-            "the site ran out of memory for this query; filter or group more coarsely".into(),
+            "the query needs more memory than this site allows one query (max_query_memory_mb); \
+             filter or group more coarsely"
+                .into(),
         );
     }
     tracing::error!(error = %root, "query execution failed");
@@ -96,6 +104,10 @@ fn agg_alias(j: usize, part: &str) -> String {
     format!("__a{j}{part}")
 }
 
+fn contributors_alias(i: usize) -> String {
+    format!("__c{i}")
+}
+
 impl Engine {
     pub fn new(catalog: Catalog, policy: Policy) -> Self {
         let running = Semaphore::new(policy.max_concurrent_queries as usize);
@@ -115,6 +127,7 @@ impl Engine {
     pub async fn answer(&self, query: &pb::AggregateQuery, access: &Access<'_>) -> Result<pb::PartialResult, Refusal> {
         let checked = check(query, self.catalogue()).map_err(|e| Refusal::InvalidRequest(e.0))?;
         self.policy.authorize(access, &checked.dataset, &checked.columns()).map_err(Refusal::PermissionDenied)?;
+        self.check_cells(&checked)?;
         let _permit = match self.running.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -130,8 +143,7 @@ impl Engine {
                 permit
             }
         };
-        let groups = self.compute(&checked).await?;
-        Ok(verbund_policies::release(&self.policy, groups))
+        self.compute(&checked).await
     }
 
     async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
@@ -142,10 +154,100 @@ impl Engine {
         }
     }
 
-    async fn compute(&self, q: &CheckedQuery) -> Result<Vec<CandidateGroup>, Refusal> {
+    /// Refuses, before anything runs, a query that could make this node compute more
+    /// numbers than the policy allows: possible groups × (aggregates + histogram bins).
+    fn check_cells(&self, q: &CheckedQuery) -> Result<(), Refusal> {
+        let max_groups = u64::from(self.policy.max_groups);
+        let groups = q
+            .groupings
+            .iter()
+            .map(|g| match g {
+                // Every bin and the NULL bin.
+                CheckedGrouping::Bins { spec, .. } => spec.len() as u64 + 1,
+                CheckedGrouping::Column { .. } => max_groups,
+            })
+            .fold(1u64, u64::saturating_mul)
+            .min(max_groups);
+        let per_group: u64 = q
+            .aggregates
+            .iter()
+            .map(|a| match a {
+                CheckedAggregate::Histogram { spec, .. } => spec.len() as u64,
+                _ => 1,
+            })
+            .sum();
+        let cells = groups.saturating_mul(per_group);
+        if cells > self.policy.max_cells {
+            return Err(Refusal::ResourceExhausted(format!(
+                "this query could compute up to {cells} cells (possible groups × (aggregates + histogram bins)), \
+                 more than this site's limit of {}; group more coarsely, or use fewer histograms or bins",
+                self.policy.max_cells
+            )));
+        }
+        Ok(())
+    }
+
+    /// The patient key with empty strings as NULL: a row whose key is either has no patient.
+    fn linked_key(&self, q: &CheckedQuery) -> Expr {
+        let is_string = self
+            .catalogue()
+            .datasets
+            .iter()
+            .find(|d| d.name == q.dataset)
+            .and_then(|d| d.columns.iter().find(|c| c.name == q.patient_key))
+            .is_some_and(|c| c.r#type() == pb::ColumnType::String);
+        if is_string { nullif(ident(&q.patient_key), lit("")) } else { ident(&q.patient_key) }
+    }
+
+    /// Distinct patients among the rows where every column of `gates` is set, counted up to
+    /// the minimum cell size (which decides release the same way at a fraction of the cost
+    /// of an exact count). Rows without a patient key count as a patient each.
+    fn patients_up_to(&self, q: &CheckedQuery, gates: &[&str]) -> Expr {
+        let k = i64::from(self.policy.min_cell_size.max(1));
+        let mut args = vec![ident(&q.patient_key), lit(k)];
+        args.extend(gates.iter().map(|c| ident(*c)));
+        patients_up_to_udaf().call(args)
+    }
+
+    /// The group's distinct patients: exact when the query asks for them (a
+    /// `count(DISTINCT <patient key>)` aggregate), else counted up to the minimum cell size.
+    /// Either way a row without a patient key counts as a patient of its own.
+    fn group_patients(&self, q: &CheckedQuery) -> Expr {
+        if q.aggregates.iter().any(|a| matches!(a, CheckedAggregate::CountPatients)) {
+            let linked = self.linked_key(q);
+            count_distinct(linked.clone()) + (count(lit(1i64)) - count(linked))
+        } else {
+            self.patients_up_to(q, &[])
+        }
+    }
+
+    async fn compute(&self, q: &CheckedQuery) -> Result<pb::PartialResult, Refusal> {
         let group_exprs: Vec<Expr> =
             q.groupings.iter().enumerate().map(|(i, g)| grouping_expr(g).alias(group_alias(i))).collect();
-        let mut aggr = vec![self.patients_expr(q, true).alias(PATIENTS)];
+        let mut aggr = vec![self.group_patients(q).alias(PATIENTS)];
+        // The patients behind each value aggregate, one count per set of columns.
+        let mut contributors: Vec<Vec<&str>> = Vec::new();
+        let mut contributors_of = vec![None; q.aggregates.len()];
+        for (j, a) in q.aggregates.iter().enumerate() {
+            let gates: Vec<&str> = match a {
+                CheckedAggregate::Count { column }
+                | CheckedAggregate::Sum { column, .. }
+                | CheckedAggregate::Mean { column, .. }
+                | CheckedAggregate::Moments { column, .. } => vec![column.as_str()],
+                CheckedAggregate::SumOfProducts { left, right, .. } => vec![left.as_str(), right.as_str()],
+                CheckedAggregate::CountRows | CheckedAggregate::CountPatients | CheckedAggregate::Histogram { .. } => {
+                    continue;
+                }
+            };
+            let index = contributors.iter().position(|c| *c == gates).unwrap_or_else(|| {
+                contributors.push(gates);
+                contributors.len() - 1
+            });
+            contributors_of[j] = Some(index);
+        }
+        for (i, gates) in contributors.iter().enumerate() {
+            aggr.push(self.patients_up_to(q, gates).alias(contributors_alias(i)));
+        }
         for (j, a) in q.aggregates.iter().enumerate() {
             match a {
                 CheckedAggregate::CountRows => aggr.push(count(lit(1i64)).alias(agg_alias(j, ""))),
@@ -169,21 +271,21 @@ impl Engine {
             }
         }
         let df = self.filtered(q).await?.aggregate(group_exprs.clone(), aggr).map_err(internal)?;
-        let batches = self.collect_bounded(df).await?;
+        let mut stream = self.execute(df).await?;
 
-        let mut histograms = HashMap::new();
-        for (j, a) in q.aggregates.iter().enumerate() {
-            if let CheckedAggregate::Histogram { column, spec } = a {
-                histograms.insert(j, self.histogram(q, &group_exprs, column, spec).await?);
-            }
-        }
-
+        let mut out = verbund_policies::empty_result(&self.policy);
+        // Released groups only, in arrival order, with their encoded keys.
+        let mut groups: Vec<CandidateGroup> = Vec::new();
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let ngroups = q.groupings.len();
-        let mut out = Vec::new();
-        for batch in &batches {
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(internal)?;
             let col =
                 |name: &str| batch.column_by_name(name).ok_or_else(|| Refusal::Internal(format!("missing {name}")));
             let patients = col(PATIENTS)?.as_primitive::<Int64Type>().clone();
+            let contributor_cols = (0..contributors.len())
+                .map(|i| Ok(col(&contributors_alias(i))?.as_primitive::<Int64Type>().clone()))
+                .collect::<Result<Vec<_>, Refusal>>()?;
             let mut moments_cols = HashMap::new();
             for (j, a) in q.aggregates.iter().enumerate() {
                 if matches!(a, CheckedAggregate::Moments { .. }) {
@@ -191,20 +293,29 @@ impl Engine {
                 }
             }
             for row in 0..batch.num_rows() {
-                let keys = group_keys(batch, ngroups, row)?;
-                let key_bytes = encode_keys(&keys);
                 let n_patients = patients.value(row).max(0) as u64;
+                // A withheld group costs nothing more: its keys are not even read.
+                if !self.policy.releasable(n_patients) {
+                    out.withheld_groups += 1;
+                    continue;
+                }
+                if groups.len() >= self.policy.max_groups as usize {
+                    return Err(Refusal::ResourceExhausted(format!(
+                        "the answer would release more groups than this site's limit of {}; group more coarsely or filter",
+                        self.policy.max_groups
+                    )));
+                }
+                let keys = group_keys(&batch, ngroups, row)?;
                 let mut aggregates = Vec::with_capacity(q.aggregates.len());
                 for (j, a) in q.aggregates.iter().enumerate() {
-                    let plain = |state| CandidateAggregate::Plain(pb::PartialAggregate { state: Some(state) });
                     let count_of = |name: &str| -> Result<u64, Refusal> {
                         Ok(col(name)?.as_primitive::<Int64Type>().value(row).max(0) as u64)
                     };
-                    aggregates.push(match a {
+                    let state = match a {
                         CheckedAggregate::CountRows | CheckedAggregate::Count { .. } => {
-                            plain(State::Count(pb::CountState { count: count_of(&agg_alias(j, ""))? }))
+                            State::Count(pb::CountState { count: count_of(&agg_alias(j, ""))? })
                         }
-                        CheckedAggregate::CountPatients => plain(State::Count(pb::CountState { count: n_patients })),
+                        CheckedAggregate::CountPatients => State::Count(pb::CountState { count: n_patients }),
                         CheckedAggregate::Sum { .. }
                         | CheckedAggregate::Mean { .. }
                         | CheckedAggregate::SumOfProducts { .. } => {
@@ -217,61 +328,74 @@ impl Engine {
                             } else {
                                 Some(pb::sum_state::Sum::Float64(s.as_primitive::<Float64Type>().value(row)))
                             };
-                            plain(State::Sum(pb::SumState { count: n, sum }))
+                            State::Sum(pb::SumState { count: n, sum })
                         }
                         CheckedAggregate::Moments { .. } => {
                             let m: Moments = moments_cols.get(&j).and_then(|v| v.get(row).copied()).unwrap_or_default();
-                            plain(State::Moments(pb::MomentsState {
-                                count: m.count,
-                                shift: m.shift,
-                                mean: m.mean,
-                                m2: m.m2,
-                            }))
+                            // The group's own mean as the shift, never a row's value.
+                            let m = m.recentred();
+                            State::Moments(pb::MomentsState { count: m.count, shift: m.shift, mean: m.mean, m2: m.m2 })
                         }
                         CheckedAggregate::Histogram { spec, .. } => {
-                            let (counts, patients) = histograms
-                                .get(&j)
-                                .and_then(|h| h.get(&key_bytes).cloned())
-                                .unwrap_or_else(|| (vec![0; spec.len()], vec![0; spec.len()]));
-                            CandidateAggregate::Histogram { counts, patients }
+                            aggregates.push(CandidateAggregate::Histogram {
+                                counts: vec![0; spec.len()],
+                                patients: vec![0; spec.len()],
+                            });
+                            continue;
                         }
+                    };
+                    let value = pb::PartialAggregate { state: Some(state) };
+                    aggregates.push(match contributors_of[j] {
+                        Some(c) => CandidateAggregate::Contributed {
+                            value,
+                            contributors: contributor_cols[c].value(row).max(0) as u64,
+                        },
+                        None => CandidateAggregate::Plain(value),
                     });
                 }
-                out.push(CandidateGroup { keys, patients: n_patients, aggregates });
+                index.insert(encode_keys(&keys), groups.len());
+                groups.push(CandidateGroup { keys, patients: n_patients, aggregates });
+            }
+        }
+
+        for (j, a) in q.aggregates.iter().enumerate() {
+            if let CheckedAggregate::Histogram { column, spec } = a {
+                self.histogram(q, &group_exprs, column, spec, &index, &mut groups, j).await?;
+            }
+        }
+        for group in groups {
+            if let Some(g) = verbund_policies::release_group(&self.policy, group, &mut out) {
+                out.groups.push(g);
             }
         }
         Ok(out)
     }
 
-    /// Distinct patients per group: exact when the query asks for them (`exact_if_asked`
-    /// and a `count(DISTINCT <patient key>)` aggregate), otherwise counted only up to the
-    /// minimum cell size, which decides release the same way at a fraction of the cost.
-    fn patients_expr(&self, q: &CheckedQuery, exact_if_asked: bool) -> Expr {
-        if exact_if_asked && q.aggregates.iter().any(|a| matches!(a, CheckedAggregate::CountPatients)) {
-            count_distinct(ident(&q.patient_key))
-        } else {
-            let k = i64::from(self.policy.min_cell_size.max(1));
-            distinct_up_to_udaf().call(vec![ident(&q.patient_key), lit(k)])
-        }
-    }
-
-    /// Row counts and distinct patients per (group, bin) for one histogram aggregate.
+    /// Row counts and distinct patients per bin of one histogram aggregate (`aggregate`),
+    /// filled into the released groups; rows of withheld groups are passed over.
+    #[allow(clippy::too_many_arguments)]
     async fn histogram(
         &self,
         q: &CheckedQuery,
         group_exprs: &[Expr],
         column: &str,
         spec: &BinSpec,
-    ) -> Result<HashMap<Vec<u8>, (Vec<u64>, Vec<u64>)>, Refusal> {
-        let mut groups = group_exprs.to_vec();
-        groups.push(bin_expr(column, spec).alias("__bin"));
-        let aggr = vec![count(ident(column)).alias("__rows"), self.patients_expr(q, false).alias(PATIENTS)];
-        let df = self.filtered(q).await?.aggregate(groups, aggr).map_err(internal)?;
-        let batches = self.collect_bounded_by(df, self.policy.max_groups as usize * spec.len()).await?;
+        released: &HashMap<Vec<u8>, usize>,
+        groups: &mut [CandidateGroup],
+        aggregate: usize,
+    ) -> Result<(), Refusal> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let mut grouping = group_exprs.to_vec();
+        grouping.push(bin_expr(column, spec).alias("__bin"));
+        let aggr = vec![count(ident(column)).alias("__rows"), self.patients_up_to(q, &[column]).alias(PATIENTS)];
+        let df = self.filtered(q).await?.aggregate(grouping, aggr).map_err(internal)?;
+        let mut stream = self.execute(df).await?;
         let edge_index: HashMap<u64, usize> = (0..spec.len()).map(|i| (spec.lower_edge(i).to_bits(), i)).collect();
         let ngroups = group_exprs.len();
-        let mut out: HashMap<Vec<u8>, (Vec<u64>, Vec<u64>)> = HashMap::new();
-        for batch in &batches {
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(internal)?;
             let bins = batch.column(ngroups).as_primitive::<Float64Type>();
             let rows = batch.column(ngroups + 1).as_primitive::<Int64Type>();
             let patients = batch.column(ngroups + 2).as_primitive::<Int64Type>();
@@ -282,37 +406,32 @@ impl Engine {
                 let Some(&i) = edge_index.get(&bins.value(row).to_bits()) else {
                     return Err(Refusal::Internal("histogram bin key does not match its bins".into()));
                 };
-                let keys = group_keys(batch, ngroups, row)?;
-                let entry = out.entry(encode_keys(&keys)).or_insert_with(|| (vec![0; spec.len()], vec![0; spec.len()]));
-                entry.0[i] = rows.value(row).max(0) as u64;
-                entry.1[i] = patients.value(row).max(0) as u64;
+                let Some(&g) = released.get(&encode_keys(&group_keys(&batch, ngroups, row)?)) else { continue };
+                if let Some(CandidateAggregate::Histogram { counts, patients: bin_patients }) =
+                    groups[g].aggregates.get_mut(aggregate)
+                {
+                    counts[i] = rows.value(row).max(0) as u64;
+                    bin_patients[i] = patients.value(row).max(0) as u64;
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    async fn collect_bounded(&self, df: DataFrame) -> Result<Vec<RecordBatch>, Refusal> {
-        self.collect_bounded_by(df, self.policy.max_groups as usize).await
-    }
-
-    /// Collects a result, refusing as soon as it has more than `max_rows` rows (memory stays
-    /// bounded by the policy's group limit).
-    async fn collect_bounded_by(&self, df: DataFrame, max_rows: usize) -> Result<Vec<RecordBatch>, Refusal> {
-        let mut stream = df.execute_stream().await.map_err(internal)?;
-        let mut batches = Vec::new();
-        let mut rows = 0;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(internal)?;
-            rows += batch.num_rows();
-            if rows > max_rows {
-                return Err(Refusal::ResourceExhausted(format!(
-                    "the answer has more groups than this site's limit of {}; group more coarsely or filter",
-                    self.policy.max_groups
-                )));
-            }
-            batches.push(batch);
-        }
-        Ok(batches)
+    /// Runs a plan under this query's own memory limit: a query that needs more is refused
+    /// as too large, without touching what other queries use.
+    async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream, Refusal> {
+        let base = self.catalog.ctx.runtime_env();
+        let limit = (self.policy.max_query_memory_mb as usize).saturating_mul(1024 * 1024);
+        let runtime = Arc::new(RuntimeEnv {
+            memory_pool: Arc::new(GreedyMemoryPool::new(limit)),
+            disk_manager: base.disk_manager.clone(),
+            cache_manager: base.cache_manager.clone(),
+            object_store_registry: base.object_store_registry.clone(),
+        });
+        let task = Arc::new(df.task_ctx().with_runtime(runtime));
+        let plan = df.create_physical_plan().await.map_err(internal)?;
+        execute_stream(plan, task).map_err(internal)
     }
 }
 
@@ -382,10 +501,27 @@ fn filter_expr(f: &CheckedFilter) -> Result<Expr, Refusal> {
         }
         CheckedFilter::And(ops) | CheckedFilter::Or(ops) => {
             let is_and = matches!(f, CheckedFilter::And(_));
-            let mut exprs = ops.iter().map(filter_expr);
-            let first = exprs.next().ok_or_else(|| Refusal::InvalidRequest("AND / OR without operands".into()))??;
-            exprs.try_fold(first, |acc, e| Ok::<_, Refusal>(if is_and { acc.and(e?) } else { acc.or(e?) }))?
+            let exprs = ops.iter().map(filter_expr).collect::<Result<Vec<_>, _>>()?;
+            balanced(exprs, &|a, b| if is_and { a.and(b) } else { a.or(b) })
+                .ok_or_else(|| Refusal::InvalidRequest("AND / OR without operands".into()))?
         }
         CheckedFilter::Not(inner) => Expr::Not(Box::new(filter_expr(inner)?)),
     })
+}
+
+/// Combines operands pairwise into a balanced tree: 1000 ORs nest 10 deep instead of 1000,
+/// so no later pass over the expression recurses deeply.
+fn balanced(mut exprs: Vec<Expr>, combine: &dyn Fn(Expr, Expr) -> Expr) -> Option<Expr> {
+    while exprs.len() > 1 {
+        let mut next = Vec::with_capacity(exprs.len().div_ceil(2));
+        let mut it = exprs.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => combine(a, b),
+                None => a,
+            });
+        }
+        exprs = next;
+    }
+    exprs.pop()
 }

@@ -153,7 +153,14 @@ impl Node {
         tracing::info!(query_id = %q.query_id, researcher = %claims.sub, project = %identity.project, dataset = %query.dataset, "query received");
         match self.engine.answer(query, &access).await {
             Ok(partial) => {
-                tracing::info!(query_id = %q.query_id, groups = partial.groups.len(), withheld_groups = partial.withheld_groups, "answered");
+                tracing::info!(
+                    query_id = %q.query_id,
+                    groups = partial.groups.len(),
+                    withheld_groups = partial.withheld_groups,
+                    withheld_bins = partial.withheld_bins,
+                    withheld_values = partial.withheld_values,
+                    "answered"
+                );
                 pb::query_result::Outcome::Answer(partial)
             }
             Err(refused) => {
@@ -177,6 +184,7 @@ impl Node {
             node_version: env!("CARGO_PKG_VERSION").to_string(),
             catalogue: Some(self.engine.catalogue().clone()),
             min_cell_size: self.engine.policy().min_cell_size,
+            project_views: self.engine.policy().project_views(self.engine.catalogue()),
         }
     }
 

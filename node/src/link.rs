@@ -20,7 +20,10 @@ use verbund_security::tls::{TlsFiles, node_client_tls};
 
 /// The longest a node works on one query, whatever the coordinator asks for.
 pub const MAX_QUERY_TIME: Duration = Duration::from_secs(300);
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest message on the link (the coordinator accepts as much).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Room for the envelope around a partial answer (query id, elapsed time, framing).
+const ENVELOPE_BYTES: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
@@ -38,6 +41,9 @@ pub struct LinkOptions {
     pub backoff_max: Duration,
     /// On shutdown, how long running queries may take before they are stopped.
     pub drain: Duration,
+    /// The largest message sent on the link. A larger answer is refused (that query only):
+    /// sending it would break the stream, and with it every other query at this site.
+    pub max_message_bytes: usize,
 }
 
 impl LinkOptions {
@@ -52,6 +58,7 @@ impl LinkOptions {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             drain: Duration::from_secs(30),
+            max_message_bytes: MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -137,7 +144,7 @@ async fn session(
     };
     let mut client = NodeLinkClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_encoding_message_size(options.max_message_bytes);
 
     let (tx, rx) = mpsc::channel::<pb::NodeMessage>(256);
     tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(node.hello())) })
@@ -220,7 +227,8 @@ async fn session(
                     Some(pb::coordinator_message::Kind::Query(q)) => {
                         let token = connection.child_token();
                         lock(&running).insert(q.query_id.clone(), token.clone());
-                        tokio::spawn(answer(node.clone(), q, token, tx.clone(), running.clone()));
+                        let limit = options.max_message_bytes;
+                        tokio::spawn(answer(node.clone(), q, token, tx.clone(), running.clone(), limit));
                     }
                     Some(pb::coordinator_message::Kind::Cancel(c)) => {
                         if let Some(token) = lock(&running).get(&c.query_id) {
@@ -247,6 +255,7 @@ async fn answer(
     token: CancellationToken,
     tx: mpsc::Sender<pb::NodeMessage>,
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    max_message_bytes: usize,
 ) {
     let started = Instant::now();
     let _running_metric = node.metrics().query_started();
@@ -258,7 +267,7 @@ async fn answer(
         pb::query_result::Outcome::Refusal(pb::Refusal { code: code as i32, message: message.to_string() })
     };
     let outcome = tokio::select! {
-        outcome = node.handle(&q) => outcome,
+        outcome = node.handle(&q) => fit(outcome, &q.query_id, max_message_bytes),
         _ = token.cancelled() => {
             info!(query_id = %q.query_id, "cancelled; execution stopped");
             refusal(pb::RefusalCode::Cancelled, "the query was cancelled")
@@ -281,6 +290,33 @@ async fn answer(
     };
     // The coordinator may be gone; then there is no one to tell.
     let _ = tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Result(result)) }).await;
+}
+
+/// The answer if it fits in one link message, else a refusal of this query alone.
+fn fit(outcome: pb::query_result::Outcome, query_id: &str, max_message_bytes: usize) -> pb::query_result::Outcome {
+    let pb::query_result::Outcome::Answer(partial) = &outcome else { return outcome };
+    let size = prost::Message::encoded_len(partial);
+    if size + ENVELOPE_BYTES <= max_message_bytes {
+        return outcome;
+    }
+    warn!(query_id, bytes = size, limit = max_message_bytes, "answer too large for the link; refused");
+    pb::query_result::Outcome::Refusal(pb::Refusal {
+        code: pb::RefusalCode::ResourceExhausted as i32,
+        message: format!(
+            "the answer is too large to send ({}; the link carries at most {}); group more coarsely, \
+             or ask for fewer histograms or bins",
+            human_bytes(size),
+            human_bytes(max_message_bytes)
+        ),
+    })
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{} KiB", n.div_ceil(1024))
+    }
 }
 
 /// The `outcome` label of a finished query.

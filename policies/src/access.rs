@@ -5,6 +5,7 @@
 use crate::Policy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use verbund_proto::v1 as pb;
 
 /// One `[[project]]` of a site policy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +74,35 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Per project this policy names, the part of `catalogue` the project may use: its
+    /// datasets, each with the allowed columns (and always the patient key, usable only
+    /// as `count(DISTINCT ...)`). Researchers are shown only their project's view.
+    pub fn project_views(&self, catalogue: &pb::Catalogue) -> Vec<pb::ProjectView> {
+        self.projects
+            .iter()
+            .map(|rule| {
+                let datasets = catalogue
+                    .datasets
+                    .iter()
+                    .filter(|d| rule.datasets.iter().any(|r| r == "*" || *r == d.name))
+                    .map(|d| {
+                        let allowed = rule.columns.get(&d.name);
+                        let columns = d
+                            .columns
+                            .iter()
+                            .filter(|c| c.name == d.patient_key || allowed.is_none_or(|a| a.contains(&c.name)))
+                            .cloned()
+                            .collect();
+                        pb::DatasetInfo { name: d.name.clone(), patient_key: d.patient_key.clone(), columns }
+                    })
+                    .collect();
+                pb::ProjectView { project: rule.name.clone(), catalogue: Some(pb::Catalogue { datasets }) }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +143,33 @@ columns = { patients = ["sex", "age"] }
         assert!(
             p.authorize(&access("oncology", &token, &roles), "patients", &[]).unwrap_err().contains("does not grant")
         );
+    }
+
+    #[test]
+    fn a_project_sees_only_what_it_may_use() {
+        let p = Policy::from_toml(POLICY).unwrap();
+        let col = |n: &str| pb::ColumnInfo { name: n.into(), r#type: pb::ColumnType::String as i32 };
+        let dataset = |name: &str, cols: &[&str]| pb::DatasetInfo {
+            name: name.into(),
+            patient_key: "pid".into(),
+            columns: cols.iter().map(|c| col(c)).collect(),
+        };
+        let catalogue = pb::Catalogue {
+            datasets: vec![
+                dataset("patients", &["pid", "sex", "age", "region"]),
+                dataset("conditions", &["pid", "icd10"]),
+                dataset("genomes", &["pid", "variant"]),
+            ],
+        };
+        let views = p.project_views(&catalogue);
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].project, "diabetes");
+        let seen = views[0].catalogue.clone().unwrap();
+        let names: Vec<&str> = seen.datasets.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["patients", "conditions"], "genomes is not the project's");
+        let cols: Vec<&str> = seen.datasets[0].columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(cols, ["pid", "sex", "age"], "region is not allowed; the patient key stays");
+        assert_eq!(seen.datasets[1].columns.len(), 2, "no column list: every column");
     }
 
     #[test]

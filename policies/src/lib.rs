@@ -6,7 +6,7 @@ mod access;
 mod output;
 
 pub use access::{Access, ProjectRule};
-pub use output::{CandidateAggregate, CandidateGroup, release};
+pub use output::{CandidateAggregate, CandidateGroup, empty_result, release, release_group};
 
 use serde::Deserialize;
 
@@ -24,14 +24,18 @@ pub const DEFAULT_MIN_CELL_SIZE: u32 = 5;
 pub const DEFAULT_MAX_GROUPS: u32 = 10_000;
 pub const DEFAULT_MAX_CONCURRENT_QUERIES: u32 = 8;
 pub const DEFAULT_MAX_QUEUED_QUERIES: u32 = 64;
+pub const DEFAULT_MAX_QUERY_MEMORY_MB: u32 = 512;
+pub const DEFAULT_MAX_CELLS: u64 = 10_000_000;
 
 /// The rules a site's own staff set. Every field has a safe default, so an empty file is
 /// a valid (strict enough) policy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
-    /// Minimum number of distinct patients in a released cell (group or histogram bin).
-    /// A cell with 1..k-1 patients is withheld entirely.
+    /// Minimum number of distinct patients behind every released number: a group, a
+    /// histogram bin, and each value over the rows where its column is set. A cell with
+    /// 0..k-1 such patients is withheld (an empty cell looks the same as a small one).
+    /// A row without a patient key counts as a patient of its own.
     pub min_cell_size: u32,
     /// Upper bound on the number of groups in one answer; more is refused.
     pub max_groups: u32,
@@ -40,6 +44,13 @@ pub struct Policy {
     /// Queries that may wait for a free slot (first come, first served, each until its
     /// deadline); more are refused as overloaded.
     pub max_queued_queries: u32,
+    /// Memory one query may use for execution (DataFusion's hash tables, sorts); a query
+    /// that needs more is refused as too large, and other queries are unaffected.
+    pub max_query_memory_mb: u32,
+    /// Upper bound on the numbers one query may compute before it runs: possible groups ×
+    /// (aggregates + histogram bins), where the possible groups are the product of the bin
+    /// counts of binned groupings, capped by `max_groups`.
+    pub max_cells: u64,
     /// Which projects may ask what. No rule: nobody may ask anything.
     #[serde(rename = "project")]
     pub projects: Vec<ProjectRule>,
@@ -52,6 +63,8 @@ impl Default for Policy {
             max_groups: DEFAULT_MAX_GROUPS,
             max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
             max_queued_queries: DEFAULT_MAX_QUEUED_QUERIES,
+            max_query_memory_mb: DEFAULT_MAX_QUERY_MEMORY_MB,
+            max_cells: DEFAULT_MAX_CELLS,
             projects: Vec::new(),
         }
     }
@@ -87,6 +100,12 @@ impl Policy {
         if self.max_concurrent_queries == 0 {
             return Err(Error::Invalid("max_concurrent_queries must be at least 1".into()));
         }
+        if self.max_query_memory_mb == 0 {
+            return Err(Error::Invalid("max_query_memory_mb must be at least 1".into()));
+        }
+        if self.max_cells == 0 {
+            return Err(Error::Invalid("max_cells must be at least 1".into()));
+        }
         let mut names = std::collections::HashSet::new();
         for p in &self.projects {
             if p.name.trim().is_empty() {
@@ -102,11 +121,12 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether a cell of `patients` distinct patients may be released. An empty cell (0)
-    /// is released: it names no one, and in a grouped answer an empty group is visible by
-    /// its absence anyway.
+    /// Whether a number with `patients` distinct contributing patients may be released.
+    /// An empty cell (0) is withheld like a small one: were it released as 0 while 1..k-1
+    /// is withheld, the difference would tell whether a person is among the patients. With
+    /// k = 1 there is no small cell to hide, and an empty one is released.
     pub fn releasable(&self, patients: u64) -> bool {
-        patients == 0 || patients >= u64::from(self.min_cell_size)
+        self.min_cell_size <= 1 || patients >= u64::from(self.min_cell_size)
     }
 }
 
@@ -137,7 +157,7 @@ mod tests {
     #[test]
     fn releasable_threshold() {
         let p = Policy::with_min_cell_size(5).unwrap();
-        assert!(p.releasable(0));
+        assert!(!p.releasable(0), "an empty cell looks like a small one");
         assert!(!p.releasable(1));
         assert!(!p.releasable(4));
         assert!(p.releasable(5));

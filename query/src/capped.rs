@@ -1,10 +1,14 @@
-//! `distinct_up_to(x, k)`: the number of distinct non-null values of `x`, counted only up to
-//! `k`. A site needs to know whether a cell has at least `min_cell_size` patients, not how
-//! many: `min(distinct, k)` decides exactly the same, yet needs at most `k` values per group
-//! instead of every patient key. This is what keeps the cell-size check cheap on millions of
-//! rows (an exact `count(DISTINCT patient_id)` keeps a hash set of all of them).
+//! `patients_up_to(key, k [, column, ...])`: the distinct patients among the rows where every
+//! given column is set, counted only up to `k`. A site needs to know whether the rows behind
+//! a number hold at least `min_cell_size` patients, not how many: `min(distinct, k)` decides
+//! exactly the same, yet needs at most `k` values per group instead of every patient key.
+//! This is what keeps the cell-size check cheap on millions of rows (an exact
+//! `count(DISTINCT patient_id)` keeps a hash set of all of them).
 //!
-//! Values are compared by a 64-bit hash. Two different patients with the same hash would
+//! A row whose key is NULL or an empty string (an unlinked lab value, say) counts as a
+//! patient of its own: were it counted as no one, unlinked rows would be released one by one.
+//!
+//! Keys are compared by a 64-bit hash. Two different patients with the same hash would
 //! count once: the count can only come out lower, so a collision can withhold a cell but
 //! never release one (and at 64 bits it is vanishingly rare).
 
@@ -19,15 +23,16 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Literal;
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const DISTINCT_UP_TO: &str = "distinct_up_to";
+pub const PATIENTS_UP_TO: &str = "patients_up_to";
 
-pub fn distinct_up_to_udaf() -> AggregateUDF {
-    AggregateUDF::from(DistinctUpTo { signature: Signature::any(2, Volatility::Immutable) })
+pub fn patients_up_to_udaf() -> AggregateUDF {
+    AggregateUDF::from(PatientsUpTo { signature: Signature::variadic_any(Volatility::Immutable) })
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct DistinctUpTo {
+struct PatientsUpTo {
     signature: Signature,
 }
 
@@ -48,10 +53,45 @@ fn state_type() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::UInt64, true)))
 }
 
-fn hashes(values: &ArrayRef) -> Result<Vec<u64>> {
-    let mut buffer = vec![0; values.len()];
-    create_hashes([values], &HLL_RANDOM_STATE, &mut buffer)?;
-    Ok(buffer)
+/// A hash no real key is expected to have, new at every call: an unlinked row's patient.
+fn unlinked_patient() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // splitmix64 of a counter: distinct for distinct counters.
+    let mut z = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Whether each row's key is missing: NULL, or an empty string.
+fn unlinked(key: &ArrayRef, row: usize) -> bool {
+    if key.is_null(row) {
+        return true;
+    }
+    match key.data_type() {
+        DataType::Utf8 => key.as_string::<i32>().value(row).is_empty(),
+        DataType::LargeUtf8 => key.as_string::<i64>().value(row).is_empty(),
+        DataType::Utf8View => key.as_string_view().value(row).is_empty(),
+        _ => false,
+    }
+}
+
+/// Per row, the patient it belongs to (a fresh one for unlinked rows), or `None` when the
+/// row does not count: a gating column is NULL, or the aggregate's filter excludes it.
+fn patients(values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<Option<u64>>> {
+    let Some(key) = values.first() else { return Ok(Vec::new()) };
+    let mut buffer = vec![0; key.len()];
+    create_hashes([key], &HLL_RANDOM_STATE, &mut buffer)?;
+    let gates = values.get(2..).unwrap_or_default();
+    Ok(buffer
+        .into_iter()
+        .enumerate()
+        .map(|(row, hash)| {
+            let counts =
+                gates.iter().all(|g| g.is_valid(row)) && opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+            counts.then(|| if unlinked(key, row) { unlinked_patient() } else { hash })
+        })
+        .collect())
 }
 
 fn state_array(sets: &[Capped]) -> ArrayRef {
@@ -70,13 +110,13 @@ fn cap_of(args: &AccumulatorArgs) -> Result<usize> {
     });
     match cap {
         Some(k) if (1..=10_000).contains(&k) => Ok(k),
-        _ => plan_err!("{DISTINCT_UP_TO}(x, k) needs a constant k from 1 to 10000"),
+        _ => plan_err!("{PATIENTS_UP_TO}(key, k, ...) needs a constant k from 1 to 10000"),
     }
 }
 
-impl AggregateUDFImpl for DistinctUpTo {
+impl AggregateUDFImpl for PatientsUpTo {
     fn name(&self) -> &str {
-        DISTINCT_UP_TO
+        PATIENTS_UP_TO
     }
 
     fn signature(&self) -> &Signature {
@@ -117,14 +157,11 @@ struct Single {
 
 impl Accumulator for Single {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let Some(x) = values.first() else { return Ok(()) };
         if self.set.0.len() >= self.cap {
             return Ok(());
         }
-        for (row, hash) in hashes(x)?.into_iter().enumerate() {
-            if x.is_valid(row) {
-                self.set.insert(hash, self.cap);
-            }
+        for hash in patients(values, None)?.into_iter().flatten() {
+            self.set.insert(hash, self.cap);
         }
         Ok(())
     }
@@ -167,14 +204,11 @@ impl GroupsAccumulator for Grouped {
         total_num_groups: usize,
     ) -> Result<()> {
         self.sets.resize_with(total_num_groups, Capped::default);
-        let Some(x) = values.first() else { return Ok(()) };
-        let hashes = hashes(x)?;
         let cap = self.cap;
-        for (row, (&group, hash)) in group_indices.iter().zip(hashes).enumerate() {
-            if x.is_null(row) || opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
-                continue;
+        for (&group, patient) in group_indices.iter().zip(patients(values, opt_filter)?) {
+            if let Some(hash) = patient {
+                self.sets[group].insert(hash, cap);
             }
-            self.sets[group].insert(hash, cap);
         }
         Ok(())
     }
@@ -204,16 +238,8 @@ impl GroupsAccumulator for Grouped {
 
     /// Each input row as a state of its own (for skipping partial aggregation).
     fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
-        let Some(x) = values.first() else { return Ok(vec![state_array(&[])]) };
-        let hashes = hashes(x)?;
-        let sets: Vec<Capped> = hashes
-            .into_iter()
-            .enumerate()
-            .map(|(row, hash)| {
-                let keep = x.is_valid(row) && opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
-                Capped(if keep { vec![hash] } else { Vec::new() })
-            })
-            .collect();
+        let sets: Vec<Capped> =
+            patients(values, opt_filter)?.into_iter().map(|p| Capped(p.into_iter().collect())).collect();
         Ok(vec![state_array(&sets)])
     }
 
@@ -230,37 +256,53 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
-    /// Compares `min(count(DISTINCT p), k)` with distinct_up_to over several partitions, with
-    /// and without groups, NULLs and duplicates.
+    /// Compares `min(count(DISTINCT p) + rows without p, k)` with patients_up_to over several
+    /// partitions, with and without groups, gating columns, missing keys and duplicates.
     #[tokio::test]
     async fn equals_capped_exact_distinct() {
-        let schema =
-            Arc::new(Schema::new(vec![Field::new("g", DataType::Int64, false), Field::new("p", DataType::Utf8, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Int64, false),
+            Field::new("p", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
         let partitions: Vec<Vec<RecordBatch>> = (0..3)
             .map(|part| {
                 let n = 500;
                 let g = Int64Array::from_iter_values((0..n).map(|i| (i * 7 + part) % 13));
-                let p = StringArray::from_iter(
-                    (0..n).map(|i| if i % 11 == 0 { None } else { Some(format!("p{}", (i * 31 + part) % 40)) }),
-                );
-                vec![RecordBatch::try_new(schema.clone(), vec![Arc::new(g), Arc::new(p)]).unwrap()]
+                let p = StringArray::from_iter((0..n).map(|i| match i % 23 {
+                    0 => None,
+                    1 => Some(String::new()),
+                    _ => Some(format!("p{}", (i * 31 + part) % 40)),
+                }));
+                let v = Int64Array::from_iter((0..n).map(|i| (i % 3 != 0).then_some(i)));
+                vec![RecordBatch::try_new(schema.clone(), vec![Arc::new(g), Arc::new(p), Arc::new(v)]).unwrap()]
             })
             .collect();
         let ctx = SessionContext::new();
-        ctx.register_udaf(distinct_up_to_udaf());
+        ctx.register_udaf(patients_up_to_udaf());
         ctx.register_table("t", Arc::new(MemTable::try_new(schema, partitions).unwrap())).unwrap();
+        // Exact: linked patients, plus one patient per row without a key.
+        let exact = |k: u32, gate: &str| {
+            format!(
+                "least(count(DISTINCT CASE WHEN {gate} THEN nullif(p, '') END) \
+                 + sum(CASE WHEN {gate} AND nullif(p, '') IS NULL THEN 1 ELSE 0 END), {k})"
+            )
+        };
         for k in [1, 3, 5, 20, 100] {
+            let (all, gated) = (exact(k, "true"), exact(k, "v IS NOT NULL"));
             for sql in [
-                format!("SELECT g, distinct_up_to(p, {k}) AS c, least(count(DISTINCT p), {k}) AS e FROM t GROUP BY g"),
-                format!("SELECT distinct_up_to(p, {k}) AS c, least(count(DISTINCT p), {k}) AS e FROM t"),
-                format!("SELECT distinct_up_to(p, {k}) AS c, least(count(DISTINCT p), {k}) AS e FROM t WHERE g > 99"),
+                format!("SELECT g, patients_up_to(p, {k}) AS c, {all} AS e FROM t GROUP BY g"),
+                format!("SELECT patients_up_to(p, {k}) AS c, {all} AS e FROM t"),
+                format!("SELECT g, patients_up_to(p, {k}, v) AS c, {gated} AS e FROM t GROUP BY g"),
+                format!("SELECT patients_up_to(p, {k}, v) AS c, {gated} AS e FROM t"),
             ] {
                 let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
                 let mut rows = 0;
                 for b in &batches {
                     let c = b.column_by_name("c").unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                    let e = b.column_by_name("e").unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                    assert_eq!(c, e, "{sql}");
+                    let e = b.column_by_name("e").unwrap();
+                    let e = datafusion::arrow::compute::cast(e, &DataType::Int64).unwrap();
+                    assert_eq!(c, e.as_primitive::<datafusion::arrow::datatypes::Int64Type>(), "{sql}");
                     rows += b.num_rows();
                 }
                 assert!(rows > 0, "{sql}");

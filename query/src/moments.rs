@@ -3,9 +3,11 @@
 //! raw sums of squares, this keeps full precision for large values with a small spread
 //! (e.g. 1e9 + N(0, 1)), where `sum(x²) - n·mean²` cancels catastrophically.
 //!
-//! The mean is kept relative to a `shift` (the first value seen): near 1e9 an f64 resolves
-//! only ~1e-7, and rounding the running mean there would cost the variance about that much
-//! relative precision. Differences of nearby values are exact, so shifted sums stay exact.
+//! The mean is kept relative to a `shift` (while accumulating, the first value seen): near
+//! 1e9 an f64 resolves only ~1e-7, and rounding the running mean there would cost the
+//! variance about that much relative precision. Differences of nearby values are exact, so
+//! shifted sums stay exact. Before a state leaves a node it is [`Moments::recentred`] on its
+//! own mean, so that no single patient's value travels as the shift.
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Moments {
@@ -44,6 +46,20 @@ impl Moments {
         self.mean += delta * nb / n;
         self.m2 += other.m2 + delta * delta * na * nb / n;
         self.count += other.count;
+    }
+
+    /// The same moments with the shift moved to the mean itself (rounded to f64) and the
+    /// rounding residual kept as the relative mean: full precision is kept, and the shift is
+    /// an aggregate of all values instead of the first value seen.
+    pub fn recentred(&self) -> Moments {
+        if self.count == 0 {
+            return Moments::default();
+        }
+        let shift = self.shift + self.mean;
+        // (old shift - new shift) is exact when they are close (Sterbenz); the residual is
+        // what the rounded new shift misses of the true mean.
+        let mean = (self.shift - shift) + self.mean;
+        Moments { count: self.count, shift, mean, m2: self.m2 }
     }
 
     /// The mean; `None` without values.
@@ -97,6 +113,20 @@ mod tests {
         assert_eq!(e, m);
         assert_eq!(Moments::default().variance_population(), None);
         assert_eq!(of(&[1.0]).variance_sample(), None);
+    }
+
+    #[test]
+    fn recentring_hides_the_first_value_and_keeps_precision() {
+        let offsets = [-1.5, -0.5, 0.0, 0.25, 0.5, 1.25, -0.75, 0.75, 0.125];
+        let xs: Vec<f64> = offsets.iter().map(|o| 1e9 + 7.0 + o).collect();
+        let (a, b) = (of(&xs[..4]).recentred(), of(&xs[4..]).recentred());
+        assert!(!xs.contains(&a.shift) && !xs.contains(&b.shift), "a shift is a patient's value");
+        assert!((a.shift - (1e9 + 7.0 - 0.4375)).abs() < 1e-6, "the shift is the group's mean: {}", a.shift);
+        let mut m = a;
+        m.merge(&b);
+        let exact = of(&offsets).variance_sample().unwrap();
+        assert!(((m.variance_sample().unwrap() - exact) / exact).abs() < 1e-12);
+        assert_eq!(Moments::default().recentred(), Moments::default());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use verbund_proto::v1 as pb;
 pub const MAX_FILTER_NODES: usize = 1000;
 pub const MAX_FILTER_DEPTH: usize = 32;
 pub const MAX_IN_LIST: usize = 1000;
+/// Constants in one filter, the values of every IN list included.
+pub const MAX_FILTER_LITERALS: usize = 4096;
 pub const MAX_GROUPINGS: usize = 8;
 pub const MAX_AGGREGATES: usize = 32;
 
@@ -191,7 +193,7 @@ pub fn check(query: &pb::AggregateQuery, catalogue: &pb::Catalogue) -> Result<Ch
 
     let filter = match &query.filter {
         Some(f) => {
-            let mut budget = MAX_FILTER_NODES;
+            let mut budget = Budget { nodes: MAX_FILTER_NODES, literals: MAX_FILTER_LITERALS };
             Some(check_filter(f, &columns, 0, &mut budget)?)
         }
         None => None,
@@ -283,20 +285,42 @@ fn check_aggregate(a: &pb::Aggregate, columns: &Columns) -> Result<CheckedAggreg
     })
 }
 
+/// What is left of a filter's allowance of conditions and constants.
+struct Budget {
+    nodes: usize,
+    literals: usize,
+}
+
+impl Budget {
+    fn spend_literals(&mut self, n: usize) -> Result<(), InvalidRequest> {
+        self.literals = self.literals.checked_sub(n).ok_or_else(|| {
+            InvalidRequest(format!("the filter has more than {MAX_FILTER_LITERALS} constants (IN lists included)"))
+        })?;
+        Ok(())
+    }
+}
+
+use pb::filter::Kind;
+
 fn check_filter(
     f: &pb::Filter,
     columns: &Columns,
     depth: usize,
-    budget: &mut usize,
+    budget: &mut Budget,
 ) -> Result<CheckedFilter, InvalidRequest> {
     if depth > MAX_FILTER_DEPTH {
         return invalid(format!("the filter is nested deeper than {MAX_FILTER_DEPTH} levels"));
     }
-    if *budget == 0 {
+    if budget.nodes == 0 {
         return invalid(format!("the filter has more than {MAX_FILTER_NODES} conditions"));
     }
-    *budget -= 1;
-    use pb::filter::Kind;
+    budget.nodes -= 1;
+    match &f.kind {
+        Some(Kind::Compare(_)) => budget.spend_literals(1)?,
+        Some(Kind::Between(_)) => budget.spend_literals(2)?,
+        Some(Kind::InList(l)) => budget.spend_literals(l.values.len())?,
+        _ => {}
+    }
     let lit = |l: &Option<pb::Literal>, column: &str, t: pb::ColumnType| -> Result<ScalarValue, InvalidRequest> {
         let Some(l) = l else { return invalid(format!("a condition on '{column}' has no value")) };
         literal_for_column(l, t).map_err(|e| InvalidRequest(format!("column '{column}': {e}")))
@@ -496,5 +520,20 @@ mod tests {
             f = pb::Filter { kind: Some(Kind::Not(Box::new(f))) };
         }
         assert!(err(&count_query(Some(f))).contains("nested deeper"));
+    }
+
+    #[test]
+    fn the_values_of_in_lists_count_against_the_filter_budget() {
+        let list = |n: i64| pb::Filter {
+            kind: Some(Kind::InList(pb::InList {
+                column: "age".into(),
+                values: (0..n).map(|v| pb::Literal { value: Some(Value::Int64(v)) }).collect(),
+                negated: false,
+            })),
+        };
+        let and = |lists: Vec<pb::Filter>| pb::Filter { kind: Some(Kind::And(pb::Conjunction { operands: lists })) };
+        assert!(check(&count_query(Some(and(vec![list(1000), list(1000)]))), &catalogue()).is_ok());
+        let e = err(&count_query(Some(and((0..5).map(|_| list(1000)).collect()))));
+        assert!(e.contains("constants"), "{e}");
     }
 }

@@ -23,7 +23,7 @@ pub struct Query {
     pub raw_sql: String,
     /// The raw SQL plus an exact distinct-patient count per cell.
     pub raw_k_sql: Option<String>,
-    /// The raw SQL plus `distinct_up_to(patient_id, 5)` per cell: the cell-size check as the
+    /// The raw SQL plus `patients_up_to(patient_id, 5)` per cell: the cell-size check as the
     /// node computes it (run with verbund's functions registered), to separate that cost
     /// from the rest of the node's overhead.
     pub raw_cap_sql: Option<String>,
@@ -48,7 +48,7 @@ pub fn queries() -> Vec<Query> {
     let products_k =
         |patients: &str| format!("SELECT {}, {patients} FROM t WHERE {}", sums.join(", "), complete.join(" AND "));
     const EXACT: &str = "count(DISTINCT patient_id)";
-    const CAPPED: &str = "distinct_up_to(patient_id, 5)";
+    const CAPPED: &str = "patients_up_to(patient_id, 5)";
     let distinct = "SELECT region, sex, count(DISTINCT patient_id) FROM t GROUP BY region, sex".to_string();
     vec![
         Query {
@@ -138,7 +138,7 @@ impl Figures {
         json!({
             "query": self.query, "what": self.what,
             "raw": stats(&self.raw), "raw_with_exact_patient_counts": stats(&self.raw_k),
-            "raw_with_distinct_up_to_5": stats(&self.raw_cap),
+            "raw_with_patients_up_to_5": stats(&self.raw_cap),
             "node": stats(&self.node), "coordinator_planning": stats(&self.plan),
             "ratio_node_to_raw": if !self.measured() { Value::Null } else { json!(crate::sys::round(self.ratio(), 3)) },
             "ratio_node_to_raw_minima": if !self.measured() { Value::Null } else { json!(crate::sys::round(min(&self.node) / min(&self.raw), 3)) },
@@ -164,7 +164,7 @@ async fn run_node(node: &Node, q: &pb::NodeQuery) -> (Duration, pb::query_result
 pub struct Setup {
     pub node: Node,
     pub raw: datafusion::prelude::SessionContext,
-    /// Like `raw`, with verbund's functions and `distinct_up_to` registered.
+    /// Like `raw`, with verbund's functions and `patients_up_to` registered.
     pub raw_cap: datafusion::prelude::SessionContext,
     pub token: String,
 }
@@ -178,7 +178,7 @@ pub async fn setup(pki: &verbund_tests::Pki, path: &Path) -> anyhow::Result<Setu
     raw.register_parquet(crate::data::TABLE, path_str, datafusion::prelude::ParquetReadOptions::default()).await?;
     let raw_cap = datafusion::prelude::SessionContext::new();
     verbund_query::functions::register_all(&raw_cap);
-    raw_cap.register_udaf(verbund_query::capped::distinct_up_to_udaf());
+    raw_cap.register_udaf(verbund_query::capped::patients_up_to_udaf());
     raw_cap.register_parquet(crate::data::TABLE, path_str, datafusion::prelude::ParquetReadOptions::default()).await?;
     Ok(Setup { node, raw, raw_cap, token: pki.token() })
 }
@@ -314,7 +314,7 @@ pub async fn measure(setup: &Setup, q: &Query, iterations: usize, side: Side) ->
 
 pub fn markdown(figures: &[Figures]) -> String {
     let mut out = String::from(
-        "| query | raw DataFusion ms (median / min) | raw + exact patient count per cell ms | raw + distinct_up_to(patient_id, 5) per cell ms | node ms (median / min) | ratio node/raw (medians) | ratio (minima) | target ≤ 1.2 (medians) | coordinator planning ms |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| query | raw DataFusion ms (median / min) | raw + exact patient count per cell ms | raw + patients_up_to(patient_id, 5) per cell ms | node ms (median / min) | ratio node/raw (medians) | ratio (minima) | target ≤ 1.2 (medians) | coordinator planning ms |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let pair = |v: &[Duration]| {
         if v.is_empty() { "–".to_string() } else { format!("{:.1} / {:.1}", median(v), min(v)) }

@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_queries;
+mod disclosure;
 mod exactness;
+mod hostile_inputs;
 mod operations;
 mod resilience;
 mod security;

@@ -81,8 +81,13 @@ async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_wh
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::NotConnected);
     let token = network.pki.token();
-    let listed =
-        network.client().await.list_sites(with_token(pb::ListSitesRequest {}, &token)).await.unwrap().into_inner();
+    let listed = network
+        .client()
+        .await
+        .list_sites(with_token(pb::ListSitesRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
     let b = listed.sites.iter().find(|s| s.site == "b").unwrap();
     assert!(!b.connected);
     assert!(b.last_seen_unix_ms > 0);
@@ -213,7 +218,7 @@ async fn nodes_redial_a_restarted_coordinator() {
     let listed = network
         .client()
         .await
-        .list_sites(with_token(pb::ListSitesRequest {}, &network.pki.token()))
+        .list_sites(with_token(pb::ListSitesRequest::default(), &network.pki.token()))
         .await
         .unwrap()
         .into_inner();

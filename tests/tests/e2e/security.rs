@@ -309,7 +309,7 @@ async fn projects_are_decided_by_each_site() {
     assert!(status.message().contains("does not grant project"), "{}", status.message());
 
     // Listing sites needs a valid token too.
-    let status = network.client().await.list_sites(pb::ListSitesRequest {}).await.unwrap_err();
+    let status = network.client().await.list_sites(pb::ListSitesRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
 
@@ -320,7 +320,13 @@ async fn certificates_rotate_while_the_network_runs() {
     network.add_node(node).await;
     let token = network.pki.token();
     let list = || async {
-        network.client().await.list_sites(with_token(pb::ListSitesRequest {}, &token)).await.unwrap().into_inner()
+        network
+            .client()
+            .await
+            .list_sites(with_token(pb::ListSitesRequest::default(), &token))
+            .await
+            .unwrap()
+            .into_inner()
     };
     let before = list().await;
     let site_expiry = before.sites[0].certificate_not_after_unix;
@@ -426,8 +432,13 @@ async fn a_reload_request_takes_up_a_renewed_site_certificate_at_once() {
     network.add_node_with(node.clone(), options).await;
     let token = network.pki.token();
     let expiry = || async {
-        let sites =
-            network.client().await.list_sites(with_token(pb::ListSitesRequest {}, &token)).await.unwrap().into_inner();
+        let sites = network
+            .client()
+            .await
+            .list_sites(with_token(pb::ListSitesRequest::default(), &token))
+            .await
+            .unwrap()
+            .into_inner();
         (sites.sites[0].connected, sites.sites[0].certificate_not_after_unix)
     };
     let (_, before) = expiry().await;
