@@ -43,9 +43,10 @@ pub const QUERIES: &[(&str, &str)] = &[
         "SELECT region, sex, smoker, count(DISTINCT patient_id) AS patients FROM patients WHERE age >= 90 GROUP BY region, sex, smoker",
     ),
     (
-        "Each number needs 5 patients behind it: a mean over few recorded values is withheld even in a big group",
-        "SELECT region, count(*) AS patients, count(bmi) AS with_bmi, avg(bmi) AS mean_bmi FROM patients \
-         WHERE age >= 95 GROUP BY region",
+        "Each number needs 5 patients behind it: smoking is recorded from age 14 only, so among children \
+         the smoking counts are withheld even where the group is big enough",
+        "SELECT region, sex, count(*) AS patients, count(smoker) AS smoking_recorded, avg(bmi) AS mean_bmi \
+         FROM patients WHERE age BETWEEN 8 AND 14 GROUP BY region, sex",
     ),
     ("A row-level query is refused", "SELECT patient_id, age FROM patients WHERE age > 90"),
     (
