@@ -67,25 +67,24 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
     let node_addr = node_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let config = CoordinatorConfig::from_toml(
-        &setup::coordinator_config_toml(&layout, "127.0.0.1:0", "127.0.0.1:0"),
-        dir.path(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let text = setup::coordinator_config(&layout, any_port, any_port).to_toml().map_err(anyhow::Error::msg)?;
+    let config = CoordinatorConfig::from_toml(&text, dir.path()).map_err(anyhow::Error::msg)?;
     let coordinator = Coordinator::new(config).await?;
     let server = tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
 
     let link = format!("https://127.0.0.1:{}", node_addr.port());
+    let link_url = link.parse()?;
     for (i, site) in layout.sites.iter().enumerate() {
         let path = dir.path().join(format!("{}.toml", site.site));
-        std::fs::write(&path, setup::node_config_toml(&layout, i, &link))?;
+        setup::write_config(&path, &setup::node_config(&layout, i, &link_url).to_toml()?)?;
         let config = NodeConfig::load(&path)?;
         let node = Arc::new(Node::from_config(&config).await?);
         println!("  node {:<18} {} datasets, min cell size 5, mutual TLS to {link}", site.site, config.datasets.len());
         tokio::spawn(node.run(verbund_node::link_options(&config)?, shutdown.child_token()));
     }
     let site_names: Vec<&str> = layout.sites.iter().map(|s| s.site.as_str()).collect();
-    if !coordinator.registry().wait_for(&site_names, Duration::from_secs(20)).await {
+    if !coordinator.sites().wait_for(&site_names, Duration::from_secs(20)).await {
         bail!("the demo nodes did not connect to the coordinator within 20 s");
     }
     println!("Coordinator: sites link to {node_addr}, researchers ask at https://{api_addr}\n");

@@ -6,6 +6,7 @@ pub mod setup;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use verbund_coordinator::{Coordinator, CoordinatorConfig};
 use verbund_node::{Node, NodeConfig};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::researcher_client::ResearcherClient;
+use verbund_security::files::{Overwrite, write_secret};
 use verbund_security::pki::{NetworkCa, Validity};
 
 #[derive(Debug, Parser)]
@@ -236,32 +238,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&render::sites(&sites, format)?)
         }
         Command::Pki(PkiCommand::Init { dir, network, coordinator_names, days }) => {
-            let ca_cert = dir.join("ca.pem");
-            if ca_cert.exists() {
-                bail!(
-                    "{} exists already; a network keeps its CA (use `verbund pki site` to issue more)",
-                    ca_cert.display()
-                );
+            // Nothing is written unless all is new: a network keeps its CA.
+            for file in ["ca.pem", "ca.key"].map(|name| dir.join(name)) {
+                if file.exists() {
+                    bail!(
+                        "{} exists already; a network keeps its CA (use `verbund pki site` to issue more)",
+                        file.display()
+                    );
+                }
+            }
+            for file in ["coordinator.pem", "coordinator.key"].map(|name| dir.join(name)) {
+                if file.exists() {
+                    bail!(
+                        "{} exists already; move it away first, or create the network in another --dir",
+                        file.display()
+                    );
+                }
             }
             let ca = NetworkCa::create(&network, Validity::days(days * 5))?;
             let (cert, key) = ca.write(&dir)?;
-            let (ccert, ckey) =
-                ca.issue_coordinator(&coordinator_names, Validity::days(days))?.write(&dir, "coordinator")?;
+            let (ccert, ckey) = ca.issue_coordinator(&coordinator_names, Validity::days(days))?.write(
+                &dir,
+                "coordinator",
+                Overwrite::Refuse,
+            )?;
             println!("CA: {} (key {} — keep it offline)", cert.display(), key.display());
             println!("coordinator: {} {}", ccert.display(), ckey.display());
             Ok(())
         }
         Command::Pki(PkiCommand::Site { dir, site, days }) => {
             let ca = NetworkCa::load(&dir.join("ca.pem"), &dir.join("ca.key"))?;
-            let (cert, key) = ca.issue_site(&site, Validity::days(days))?.write(&dir, &site)?;
+            // Re-issuing a site's certificate replaces its key.
+            let (cert, key) = ca.issue_site(&site, Validity::days(days))?.write(&dir, &site, Overwrite::Replace)?;
             println!("site {site}: {} {} (give both, and ca.pem, to the site)", cert.display(), key.display());
             Ok(())
         }
         Command::Token(TokenCommand::Keygen { dir, kid }) => {
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let issuer = verbund_security::token::DevIssuer::generate(&kid, setup::DEV_ISSUER, setup::AUDIENCE)?;
             let key = dir.join("dev-signing.key");
-            std::fs::write(&key, &issuer.key_pem)?;
+            write_secret(&key, issuer.key_pem.as_bytes(), Overwrite::Refuse)?;
             issuer.write_jwks(&dir.join("jwks.json"))?;
             println!("signing key {} and {}/jwks.json", key.display(), dir.display());
             Ok(())
@@ -289,29 +305,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 DataFormat::Parquet => verbund_synth::Format::Parquet,
                 DataFormat::Csv => verbund_synth::Format::Csv,
             };
-            for (flag, value) in [("--node-listen", &node_listen), ("--api-listen", &api_listen)]
-                .into_iter()
-                .chain(ops_listen.as_ref().map(|o| ("--ops-listen", o)))
-            {
+            let address = |flag: &str, value: &str| {
                 value
-                    .parse::<std::net::SocketAddr>()
-                    .with_context(|| format!("{flag} '{value}' is not an address like 0.0.0.0:7070"))?;
-            }
-            if !coordinator_url.starts_with("https://") {
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("{flag} '{value}' is not an address like 0.0.0.0:7070"))
+            };
+            let node_listen = address("--node-listen", &node_listen)?;
+            let api_listen = address("--api-listen", &api_listen)?;
+            let ops_listen = ops_listen.as_deref().map(|o| address("--ops-listen", o)).transpose()?;
+            let coordinator_url = verbund_security::settings::parse_url("--coordinator-url", &coordinator_url)
+                .map_err(anyhow::Error::msg)?;
+            if coordinator_url.scheme_str() != Some("https") {
                 bail!("--coordinator-url must start with https:// (verbund never speaks in clear text)");
             }
-            let ops = |text: String| match &ops_listen {
-                Some(address) => setup::with_top_level_key(&text, "ops_listen", address),
-                None => text,
-            };
             let layout = setup::write_network(&out, seed, scale, format, &coordinator_names)?;
-            let coordinator = out.join("coordinator.toml");
-            std::fs::write(&coordinator, ops(setup::coordinator_config_toml(&layout, &node_listen, &api_listen)))?;
-            println!("coordinator config: {}", coordinator.display());
+            let mut coordinator = setup::coordinator_config(&layout, node_listen, api_listen);
+            coordinator.ops_listen = ops_listen;
+            let path = out.join("coordinator.toml");
+            setup::write_config(&path, &coordinator.to_toml().map_err(anyhow::Error::msg)?)?;
+            println!("coordinator config: {}", path.display());
             for (i, site) in layout.sites.iter().enumerate() {
+                let mut node = setup::node_config(&layout, i, &coordinator_url);
+                node.ops_listen = ops_listen;
                 let path = out.join(format!("{}.toml", site.site));
-                std::fs::write(&path, ops(setup::node_config_toml(&layout, i, &coordinator_url)))
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                setup::write_config(&path, &node.to_toml()?)?;
                 println!("node config for {}: {}", site.site, path.display());
             }
             println!("researcher token: {} (project {})", layout.token_file.display(), setup::DEMO_PROJECT);
@@ -348,7 +365,8 @@ async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     let config = NodeConfig::load(&config_path)?;
     let options = verbund_node::link_options(&config)?;
     let node = Arc::new(Node::from_config(&config).await?);
-    tracing::info!(site = %node.site(), coordinator = %config.coordinator, datasets = config.datasets.len(), "node started");
+    let coordinator = verbund_security::settings::url_text(&config.coordinator);
+    tracing::info!(site = %node.site(), %coordinator, datasets = config.datasets.len(), "node started");
     let shutdown = CancellationToken::new();
     // The probes outlive the drain, so they can report it.
     let ops_stop = CancellationToken::new();
@@ -426,7 +444,7 @@ pub async fn connect_with(
         tonic::transport::Endpoint::from_shared(address.to_string())?.tls_config(tls)?.connect().await.with_context(
             || format!("cannot reach the coordinator at {address}; is it running, and is {} its CA?", ca.display()),
         )?;
-    Ok(ResearcherClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    Ok(ResearcherClient::new(channel).max_decoding_message_size(verbund_proto::MAX_MESSAGE_BYTES))
 }
 
 /// A request carrying the researcher's token.
@@ -466,5 +484,69 @@ mod deploy_examples {
         assert!(verbund_node::link_options(&node).is_ok());
         let coordinator = verbund_coordinator::CoordinatorConfig::load(&dir.join("coordinator.toml")).unwrap();
         assert!(!coordinator.sites.is_empty() && coordinator.ops_listen.is_some());
+    }
+}
+
+#[cfg(all(test, unix))]
+mod secret_files {
+    use super::{Cli, run};
+    use clap::Parser;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    async fn verbund(args: &[&str]) -> anyhow::Result<()> {
+        run(Cli::try_parse_from(std::iter::once("verbund").chain(args.iter().copied()))?).await
+    }
+
+    /// Every file under `dir`.
+    fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() { found.extend(files(&path)?) } else { found.push(path) }
+        }
+        Ok(found)
+    }
+
+    /// Every key and token that `generate`, `pki init`, `pki site` and `token keygen` write is
+    /// readable by its owner only; none of them replaces a key it should not.
+    #[tokio::test]
+    async fn keys_and_tokens_are_written_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |p: &str| dir.path().join(p).display().to_string();
+        let (net, pki, auth) = (path("net"), path("pki"), path("auth"));
+        verbund(&["generate", "--out", &net, "--scale", "0.01", "--format", "csv"]).await.unwrap();
+        verbund(&["pki", "init", "--dir", &pki, "--coordinator-name", "localhost"]).await.unwrap();
+        verbund(&["pki", "site", "--dir", &pki, "--site", "uniklinik-nord"]).await.unwrap();
+        let key = dir.path().join("pki/uniklinik-nord.key");
+        let first = std::fs::read(&key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        verbund(&["pki", "site", "--dir", &pki, "--site", "uniklinik-nord"]).await.unwrap();
+        assert_ne!(std::fs::read(&key).unwrap(), first, "re-issuing a site's certificate replaces its key");
+        verbund(&["token", "keygen", "--dir", &auth]).await.unwrap();
+
+        let secrets: Vec<PathBuf> = files(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "key" || e == "token"))
+            .collect();
+        // generate: CA, coordinator, 3 sites, dev signing key, researcher token; pki: CA,
+        // coordinator, a site; token keygen: a signing key.
+        assert_eq!(secrets.len(), 11, "{secrets:?}");
+        assert!(secrets.contains(&dir.path().join("net/auth/researcher.token")));
+        for file in &secrets {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+        }
+
+        let ca_key = std::fs::read(dir.path().join("pki/ca.key")).unwrap();
+        std::fs::remove_file(dir.path().join("pki/ca.pem")).unwrap();
+        let e = verbund(&["pki", "init", "--dir", &pki, "--coordinator-name", "localhost"]).await.unwrap_err();
+        assert!(e.to_string().contains("ca.key exists already"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join("pki/ca.key")).unwrap(), ca_key, "pki init never replaces ca.key");
+        let e = verbund(&["token", "keygen", "--dir", &auth]).await.unwrap_err().to_string();
+        assert!(e.contains("dev-signing.key exists already"), "{e}");
+        let e = verbund(&["generate", "--out", &net, "--scale", "0.01", "--format", "csv"]).await.unwrap_err();
+        assert!(e.to_string().contains("holds a network already"), "{e}");
     }
 }

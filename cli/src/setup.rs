@@ -2,9 +2,16 @@
 //! PKI, a development identity provider (signing key, JWKS, a researcher token), site
 //! policies, and configuration files for the coordinator and every node.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tonic::transport::Uri;
+use verbund_coordinator::CoordinatorConfig;
+use verbund_node::NodeConfig;
+use verbund_node::config::{DatasetConfig, NodeTls};
+use verbund_policies::{Policy, ProjectRule};
+use verbund_security::files::{Overwrite, write_secret};
 use verbund_security::pki::{NetworkCa, Validity};
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::{DevIssuer, TokenConfig};
@@ -25,7 +32,8 @@ pub struct NetworkLayout {
     pub policy_files: Vec<PathBuf>,
 }
 
-/// Writes data, PKI, identity provider, policies and the researcher token under `dir`.
+/// Writes data, PKI, identity provider, policies and the researcher token under `dir`. A
+/// directory that holds a network already (its CA key) is refused: its keys are not replaced.
 pub fn write_network(
     dir: &Path,
     seed: u64,
@@ -33,33 +41,40 @@ pub fn write_network(
     format: verbund_synth::Format,
     coordinator_names: &[String],
 ) -> anyhow::Result<NetworkLayout> {
-    let sites = verbund_synth::write_all(&dir.join("data"), seed, scale, format)?;
     let pki = dir.join("pki");
+    if pki.join("ca.key").exists() {
+        bail!(
+            "{} holds a network already (its CA key {}); its keys are never replaced: \
+             delete the directory to generate it anew, or choose another one",
+            dir.display(),
+            pki.join("ca.key").display()
+        );
+    }
+    let sites = verbund_synth::write_all(&dir.join("data"), seed, scale, format)?;
     let ca = NetworkCa::create("verbund demo", Validity::days(365))?;
     let (ca_path, _) = ca.write(&pki)?;
-    let (cert, key) = ca.issue_coordinator(coordinator_names, Validity::days(90))?.write(&pki, "coordinator")?;
+    let (cert, key) =
+        ca.issue_coordinator(coordinator_names, Validity::days(90))?.write(&pki, "coordinator", Overwrite::Refuse)?;
     let coordinator_tls = TlsFiles { ca: ca_path.clone(), cert, key };
     let mut site_tls = Vec::new();
     let mut policy_files = Vec::new();
+    let policy = demo_policy().to_toml()?;
     for site in &sites {
-        let (cert, key) = ca.issue_site(&site.site, Validity::days(90))?.write(&pki, &site.site)?;
+        let (cert, key) = ca.issue_site(&site.site, Validity::days(90))?.write(&pki, &site.site, Overwrite::Refuse)?;
         site_tls.push(TlsFiles { ca: ca_path.clone(), cert, key });
-        let policy = dir.join("data").join(&site.site).join("policy.toml");
-        std::fs::write(&policy, demo_policy()).with_context(|| format!("cannot write {}", policy.display()))?;
-        policy_files.push(policy);
+        let path = dir.join("data").join(&site.site).join("policy.toml");
+        std::fs::write(&path, &policy).with_context(|| format!("cannot write {}", path.display()))?;
+        policy_files.push(path);
     }
 
     let auth_dir = dir.join("auth");
-    std::fs::create_dir_all(&auth_dir)?;
+    std::fs::create_dir_all(&auth_dir).with_context(|| format!("cannot create {}", auth_dir.display()))?;
     let issuer = DevIssuer::generate("dev-1", DEV_ISSUER, AUDIENCE)?;
-    let key_path = auth_dir.join("dev-signing.key");
-    std::fs::write(&key_path, &issuer.key_pem)?;
-    restrict(&key_path)?;
+    write_secret(&auth_dir.join("dev-signing.key"), issuer.key_pem.as_bytes(), Overwrite::Refuse)?;
     let auth = issuer.write_jwks(&auth_dir.join("jwks.json"))?;
     let token = issuer.issue("demo-researcher", &[DEMO_PROJECT], &["researcher"], Duration::from_secs(12 * 3600));
     let token_file = auth_dir.join("researcher.token");
-    std::fs::write(&token_file, &token)?;
-    restrict(&token_file)?;
+    write_secret(&token_file, token.as_bytes(), Overwrite::Refuse)?;
     Ok(NetworkLayout {
         dir: dir.to_path_buf(),
         sites,
@@ -72,120 +87,124 @@ pub fn write_network(
     })
 }
 
-fn restrict(path: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let _ = path;
-    Ok(())
-}
-
-pub fn demo_policy() -> String {
-    format!(
-        "# Site policy for the demo network.\nmin_cell_size = 5\n\n[[project]]\nname = \"{DEMO_PROJECT}\"\nroles = [\"researcher\"]\ndatasets = [\"*\"]\n"
-    )
-}
-
-fn quote(p: &Path) -> String {
-    format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+/// The demo sites' policy: minimum cell size 5, the demo project may ask about everything.
+pub fn demo_policy() -> Policy {
+    let mut policy = Policy::default();
+    policy.projects.push(ProjectRule { roles: vec!["researcher".into()], ..ProjectRule::everything(DEMO_PROJECT) });
+    policy
 }
 
 impl NetworkLayout {
     /// A path as written into a configuration file that lives in the layout's directory:
     /// relative to it, so the directory can move as a whole.
-    fn path(&self, p: &Path) -> String {
-        quote(p.strip_prefix(&self.dir).unwrap_or(p))
+    fn path(&self, p: &Path) -> PathBuf {
+        p.strip_prefix(&self.dir).unwrap_or(p).to_path_buf()
+    }
+
+    fn tls(&self, files: &TlsFiles) -> TlsFiles {
+        TlsFiles { ca: self.path(&files.ca), cert: self.path(&files.cert), key: self.path(&files.key) }
+    }
+
+    /// The token settings, with the JWKS file relative to the layout's directory.
+    fn auth(&self) -> TokenConfig {
+        let mut auth = self.auth.clone();
+        auth.jwks_file = auth.jwks_file.as_deref().map(|p| self.path(p));
+        auth
     }
 }
 
-/// A node configuration for a generated site, to be written into the layout's directory.
-pub fn node_config_toml(layout: &NetworkLayout, index: usize, coordinator: &str) -> String {
+/// A node configuration for a generated site, to be written into the layout's directory
+/// (with [`NodeConfig::to_toml`]).
+pub fn node_config(layout: &NetworkLayout, index: usize, coordinator: &Uri) -> NodeConfig {
     let site = &layout.sites[index];
-    let tls = &layout.site_tls[index];
-    let mut out = format!(
-        "# verbund node configuration for {name}\nsite = \"{name}\"\ncoordinator = \"{coordinator}\"\npolicy = {policy}\n\n\
-         [tls]\nca = {ca}\ncert = {cert}\nkey = {key}\n\n[auth]\nissuer = \"{iss}\"\naudience = \"{aud}\"\njwks_file = {jwks}\n",
-        name = site.site,
-        policy = layout.path(&layout.policy_files[index]),
-        ca = layout.path(&tls.ca),
-        cert = layout.path(&tls.cert),
-        key = layout.path(&tls.key),
-        iss = layout.auth.issuer,
-        aud = layout.auth.audience,
-        jwks = layout.path(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
-    );
-    for t in &site.tables {
-        let columns: Vec<String> = t.columns.iter().map(|c| format!("\"{c}\"")).collect();
-        out.push_str(&format!(
-            "\n[[dataset]]\nname = \"{}\"\npath = {}\npatient_key = \"{}\"\ncolumns = [{}]\n",
-            t.name,
-            layout.path(&t.path),
-            t.patient_key,
-            columns.join(", ")
-        ));
-    }
-    out
+    let files = layout.tls(&layout.site_tls[index]);
+    let tls = NodeTls { ca: files.ca, cert: files.cert, key: files.key, coordinator_name: None };
+    let mut config = NodeConfig::new(&site.site, coordinator.clone(), tls, layout.auth());
+    config.policy = Some(layout.path(&layout.policy_files[index]));
+    config.datasets = site
+        .tables
+        .iter()
+        .map(|t| DatasetConfig {
+            name: t.name.clone(),
+            path: layout.path(&t.path),
+            format: None,
+            patient_key: t.patient_key.clone(),
+            columns: t.columns.clone(),
+        })
+        .collect();
+    config
 }
 
-/// The coordinator's configuration for a generated network, to be written into its directory.
-pub fn coordinator_config_toml(layout: &NetworkLayout, node_listen: &str, api_listen: &str) -> String {
-    let sites: Vec<String> = layout.sites.iter().map(|s| format!("\"{}\"", s.site)).collect();
-    format!(
-        "# verbund coordinator configuration\nnode_listen = \"{node_listen}\"\napi_listen = \"{api_listen}\"\nsites = [{sites}]\n\n\
-         [tls]\nca = {ca}\ncert = {cert}\nkey = {key}\n\n[auth]\nissuer = \"{iss}\"\naudience = \"{aud}\"\njwks_file = {jwks}\n",
-        sites = sites.join(", "),
-        ca = layout.path(&layout.coordinator_tls.ca),
-        cert = layout.path(&layout.coordinator_tls.cert),
-        key = layout.path(&layout.coordinator_tls.key),
-        iss = layout.auth.issuer,
-        aud = layout.auth.audience,
-        jwks = layout.path(layout.auth.jwks_file.as_deref().unwrap_or(Path::new("jwks.json"))),
-    )
+/// The coordinator's configuration for a generated network, to be written into its directory
+/// (with [`CoordinatorConfig::to_toml`]).
+pub fn coordinator_config(
+    layout: &NetworkLayout,
+    node_listen: SocketAddr,
+    api_listen: SocketAddr,
+) -> CoordinatorConfig {
+    let sites = layout.sites.iter().map(|s| s.site.clone()).collect();
+    let mut config = CoordinatorConfig::new(sites, layout.tls(&layout.coordinator_tls), layout.auth());
+    config.node_listen = node_listen;
+    config.api_listen = api_listen;
+    config
 }
 
-/// Adds `key = "value"` to a generated configuration's top-level keys (before its first table).
-pub fn with_top_level_key(toml: &str, key: &str, value: &str) -> String {
-    let line = format!("{key} = \"{}\"\n", value.replace('\\', "\\\\").replace('"', "\\\""));
-    match toml.find("\n[") {
-        Some(i) => format!("{}{line}{}", &toml[..=i], &toml[i + 1..]),
-        None => format!("{toml}{line}"),
-    }
+/// Writes a configuration file.
+pub fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verbund_node::NodeConfig;
 
     #[test]
-    fn generated_configs_are_valid() {
+    fn generated_configs_are_valid_and_read_back_as_written() {
         verbund_security::install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_string()];
         let layout = write_network(dir.path(), 1, 0.01, verbund_synth::Format::Csv, &names).unwrap();
+        let coordinator: Uri = "https://localhost:7070".parse().unwrap();
         for i in 0..layout.sites.len() {
+            let mut written = node_config(&layout, i, &coordinator);
+            if i == 0 {
+                written.ops_listen = Some("[::]:9090".parse().unwrap());
+            }
+            let text = written.to_toml().unwrap();
+            assert!(!text.contains(&dir.path().display().to_string()), "paths are relative:\n{text}");
+            assert_eq!(NodeConfig::from_toml(&text).unwrap(), written, "{text}");
+
             let path = dir.path().join(format!("node-{i}.toml"));
-            assert!(
-                !node_config_toml(&layout, i, "https://localhost:7070").contains(&dir.path().display().to_string())
-            );
-            std::fs::write(&path, node_config_toml(&layout, i, "https://localhost:7070")).unwrap();
+            write_config(&path, &text).unwrap();
             let config = NodeConfig::load(&path).unwrap();
+            let mut expected = written.clone();
+            expected.resolve_paths(dir.path());
+            assert_eq!(config, expected);
             assert_eq!(config.site, layout.sites[i].site);
             assert!(config.datasets.iter().all(|d| d.path.exists()));
             assert!(config.tls.cert.exists() && config.auth.jwks_file.as_ref().is_some_and(|p| p.exists()));
+            let policy = std::fs::read_to_string(config.policy.as_ref().unwrap()).unwrap();
+            assert_eq!(Policy::from_toml(&policy).unwrap(), demo_policy());
         }
+        let first = NodeConfig::load(&dir.path().join("node-0.toml")).unwrap();
+        assert_eq!(first.ops_listen, Some("[::]:9090".parse().unwrap()));
+
+        let mut written =
+            coordinator_config(&layout, "127.0.0.1:7070".parse().unwrap(), "127.0.0.1:7071".parse().unwrap());
+        written.ops_listen = Some("0.0.0.0:9090".parse().unwrap());
+        let text = written.to_toml().unwrap();
+        assert!(!text.contains(&dir.path().display().to_string()), "paths are relative:\n{text}");
+        assert_eq!(CoordinatorConfig::from_toml(&text, Path::new("")).unwrap(), written, "{text}");
         let path = dir.path().join("coordinator.toml");
-        let text = coordinator_config_toml(&layout, "127.0.0.1:7070", "127.0.0.1:7071");
-        std::fs::write(&path, with_top_level_key(&text, "ops_listen", "0.0.0.0:9090")).unwrap();
-        let config = verbund_coordinator::CoordinatorConfig::load(&path).unwrap();
+        write_config(&path, &text).unwrap();
+        let config = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(config, CoordinatorConfig::from_toml(&text, dir.path()).unwrap());
         assert_eq!(config.sites.len(), 3);
         assert_eq!(config.ops_listen, Some("0.0.0.0:9090".parse().unwrap()));
-        let text =
-            with_top_level_key(&node_config_toml(&layout, 0, "https://localhost:7070"), "ops_listen", "[::]:9090");
-        std::fs::write(dir.path().join("node-ops.toml"), text).unwrap();
-        let config = NodeConfig::load(&dir.path().join("node-ops.toml")).unwrap();
-        assert_eq!(config.ops_listen, Some("[::]:9090".parse().unwrap()));
+        assert!(config.tls.key.exists());
+
+        // The directory holds a network now: generating into it again replaces no key.
+        let e = write_network(dir.path(), 2, 0.01, verbund_synth::Format::Csv, &names).err().unwrap().to_string();
+        assert!(e.contains("holds a network already"), "{e}");
     }
 }

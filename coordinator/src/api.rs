@@ -3,8 +3,8 @@
 
 use crate::fanout::{SiteOutcome, fan_out};
 use crate::merge::Merger;
-use crate::registry::View;
-use crate::{Coordinator, Error};
+use crate::sites::View;
+use crate::{Coordinator, RequestError as Error};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl Coordinator {
         // The sites see an id of the coordinator's own: a researcher's id is theirs alone.
         let wire_id = uuid::Uuid::new_v4().to_string();
         // What the project may query at each site: nothing more is planned against or shown.
-        let known = self.registry().list_for(&View::Projects(std::slice::from_ref(&request.project)));
+        let known = self.sites().list_for(&View::Projects(std::slice::from_ref(&request.project)));
         let targets: Vec<String> = if request.sites.is_empty() {
             known.iter().map(|s| s.site.clone()).collect()
         } else {
@@ -136,7 +136,7 @@ impl Coordinator {
             query: Some(plan.request.clone()),
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut outcomes = fan_out(&self.registry_arc(), &targets, node_query, deadline, &cancel)
+        let mut outcomes = fan_out(&self.sites_arc(), &targets, node_query, deadline, &cancel)
             .instrument(tracing::info_span!("query", query_id = %wire_id))
             .await;
 
@@ -161,7 +161,7 @@ impl Coordinator {
             self.metrics().site_result(&o.site, status_label(o.outcome), groups + bins + values);
             info!(query_id = %wire_id, site = %o.site, outcome = status_label(o.outcome), withheld_groups = groups, withheld_bins = bins, withheld_values = values, "site result");
         }
-        let batch = merger.finish().map_err(Error::Merge)?;
+        let batch = merger.finish()?;
         let notes = notes(&plan, &outcomes);
         info!(query_id = %wire_id, rows = batch.num_rows(), "federated query done");
         Ok(pb::QueryResponse {
@@ -246,9 +246,10 @@ fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec
 
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
     let mut buf = Vec::new();
-    let mut writer = StreamWriter::try_new(&mut buf, &batch.schema()).map_err(|e| Error::Merge(e.to_string()))?;
-    writer.write(batch).map_err(|e| Error::Merge(e.to_string()))?;
-    writer.finish().map_err(|e| Error::Merge(e.to_string()))?;
+    let encode = |e: datafusion::arrow::error::ArrowError| Error::Merge(crate::merge::MergeError::Encode(e));
+    let mut writer = StreamWriter::try_new(&mut buf, &batch.schema()).map_err(encode)?;
+    writer.write(batch).map_err(encode)?;
+    writer.finish().map_err(encode)?;
     drop(writer);
     Ok(buf)
 }
@@ -262,18 +263,15 @@ impl Researcher for ResearcherService {
         let result = match authenticate(c, &request) {
             Err(e) => Err(e),
             Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
-            Ok((claims, token)) => c.query(request.into_inner(), &claims, &token).await,
+            Ok((claims, token)) => {
+                let _tracked = c.track_query();
+                c.query(request.into_inner(), &claims, &token).await
+            }
         };
         let outcome = match &result {
             Ok(r) if r.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
             Ok(_) => "partial",
-            Err(Error::Query(_) | Error::UnknownSite { .. } | Error::InvalidQueryId | Error::DuplicateQueryId(_)) => {
-                "rejected"
-            }
-            Err(Error::Unauthenticated(_)) => "unauthenticated",
-            Err(Error::PermissionDenied(_)) => "forbidden",
-            Err(Error::NoSites | Error::ShuttingDown) => "unavailable",
-            Err(Error::Merge(_) | Error::Serve(_) | Error::Security(_)) => "failed",
+            Err(e) => e.outcome(),
         };
         c.metrics().query_finished(outcome, started.elapsed());
         Ok(Response::new(result?))
@@ -315,7 +313,7 @@ impl Researcher for ResearcherService {
             .into());
         };
         Ok(Response::new(pb::ListSitesResponse {
-            sites: self.coordinator.registry().list_for(&view),
+            sites: self.coordinator.sites().list_for(&view),
             coordinator_certificate_not_after_unix: self.coordinator.certificate_not_after(),
         }))
     }

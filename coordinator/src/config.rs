@@ -1,9 +1,10 @@
 //! The coordinator's configuration file (TOML).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use verbund_security::settings;
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::TokenConfig;
 
@@ -15,20 +16,7 @@ fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7071))
 }
 
-mod seconds {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = u64::deserialize(d)?;
-        if s == 0 {
-            return Err(serde::de::Error::custom("must be at least 1 second"));
-        }
-        Ok(Duration::from_secs(s))
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// Where sites connect (mutual TLS).
@@ -39,24 +27,25 @@ pub struct CoordinatorConfig {
     pub api_listen: SocketAddr,
     /// The sites of this network, as their certificates name them.
     pub sites: Vec<String>,
-    /// Deadline of a query whose researcher named none, in seconds.
-    #[serde(default = "default_timeout", rename = "default_timeout_seconds", with = "seconds")]
+    /// Deadline of a query whose researcher named none (`default_timeout_seconds`).
+    #[serde(default = "default_timeout", rename = "default_timeout_seconds", with = "settings::seconds")]
     pub default_timeout: Duration,
-    /// Longest deadline a researcher may ask for, in seconds.
-    #[serde(default = "max_timeout", rename = "max_timeout_seconds", with = "seconds")]
+    /// Longest deadline a researcher may ask for (`max_timeout_seconds`).
+    #[serde(default = "max_timeout", rename = "max_timeout_seconds", with = "settings::seconds")]
     pub max_timeout: Duration,
-    /// How often to look for renewed TLS files, in seconds (SIGHUP reloads at once).
-    #[serde(default = "tls_reload", rename = "tls_reload_seconds", with = "seconds")]
+    /// How often to look for renewed TLS files (`tls_reload_seconds`; SIGHUP reloads at once).
+    #[serde(default = "tls_reload", rename = "tls_reload_seconds", with = "settings::seconds")]
     pub tls_reload: Duration,
+    /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<SocketAddr>,
+    /// On shutdown, how long running queries may take to finish (`drain_seconds`; new ones
+    /// are refused).
+    #[serde(default = "drain", rename = "drain_seconds", with = "settings::seconds")]
+    pub drain: Duration,
     /// `ca`: the CA site certificates must chain to; `cert`/`key`: the coordinator's own.
     pub tls: TlsFiles,
     pub auth: TokenConfig,
-    /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
-    #[serde(default)]
-    pub ops_listen: Option<SocketAddr>,
-    /// On shutdown, how long running queries may take to finish (new ones are refused).
-    #[serde(default = "drain", rename = "drain_seconds", with = "seconds")]
-    pub drain: Duration,
 }
 
 fn drain() -> Duration {
@@ -76,13 +65,30 @@ fn tls_reload() -> Duration {
 }
 
 impl CoordinatorConfig {
+    /// A configuration with the defaults of every optional setting (listen addresses,
+    /// deadlines, no ops endpoint).
+    pub fn new(sites: Vec<String>, tls: TlsFiles, auth: TokenConfig) -> Self {
+        Self {
+            node_listen: default_node_listen(),
+            api_listen: default_api_listen(),
+            sites,
+            default_timeout: default_timeout(),
+            max_timeout: max_timeout(),
+            tls_reload: tls_reload(),
+            ops_listen: None,
+            drain: drain(),
+            tls,
+            auth,
+        }
+    }
+
+    /// Reads a configuration; relative paths are resolved against `base` (the directory of
+    /// the file).
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, String> {
         let mut config: CoordinatorConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
         config.tls.resolve(base);
         config.auth.resolve(base);
-        if config.sites.is_empty() {
-            return Err("sites lists no site: name the sites (as their certificates do) that may connect".into());
-        }
         Ok(config)
     }
 
@@ -90,6 +96,30 @@ impl CoordinatorConfig {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::from_toml(&text, path.parent().unwrap_or(Path::new(".")))
             .map_err(|e| format!("coordinator config {}: {e}", path.display()))
+    }
+
+    /// The configuration as a file holds it (paths as they are here: relative ones are read
+    /// against the directory of the file).
+    pub fn to_toml(&self) -> Result<String, String> {
+        self.validate()?;
+        toml::to_string_pretty(self).map_err(|e| format!("cannot write the coordinator config: {e}"))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sites.is_empty() {
+            return Err("sites lists no site: name the sites (as their certificates do) that may connect".into());
+        }
+        for (setting, duration) in [
+            ("default_timeout_seconds", self.default_timeout),
+            ("max_timeout_seconds", self.max_timeout),
+            ("tls_reload_seconds", self.tls_reload),
+            ("drain_seconds", self.drain),
+        ] {
+            if duration.is_zero() {
+                return Err(format!("{setting} must be at least 1 second"));
+            }
+        }
+        self.auth.validate().map_err(|e| format!("[auth]: {e}"))
     }
 }
 
@@ -122,5 +152,16 @@ jwks_file = "jwks.json"
         let e =
             CoordinatorConfig::from_toml(&GOOD.replace("\"uniklinik-nord\", \"klinikum-sued\"", ""), Path::new("."));
         assert!(e.unwrap_err().contains("sites"));
+        let e = CoordinatorConfig::from_toml(&GOOD.replace("= 20", "= 0"), Path::new(".")).unwrap_err();
+        assert!(e.contains("default_timeout_seconds must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn what_is_written_reads_back_the_same() {
+        let mut c = CoordinatorConfig::from_toml(GOOD, Path::new("")).unwrap();
+        c.ops_listen = Some("[::]:9090".parse().unwrap());
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("default_timeout_seconds = 20\n") && text.contains("key = \"pki/coordinator.key\"\n"));
+        assert_eq!(CoordinatorConfig::from_toml(&text, Path::new("")).unwrap(), c, "{text}");
     }
 }

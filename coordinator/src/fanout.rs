@@ -2,7 +2,7 @@
 //! deadline and by the researcher's cancel. A site that is gone, slow or cancelled costs at
 //! most the deadline, and is told to stop working on the query.
 
-use crate::registry::{DispatchError, Registry, SiteReply};
+use crate::sites::{DispatchError, SiteRegistry, SiteReply};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ impl SiteOutcome {
 /// Tells the site to stop unless the answer arrived (also when the researcher's request is
 /// dropped mid-flight).
 struct CancelOnDrop<'a> {
-    registry: &'a Registry,
+    registry: &'a SiteRegistry,
     site: &'a str,
     query_id: &'a str,
     reason: &'static str,
@@ -49,7 +49,7 @@ impl Drop for CancelOnDrop<'_> {
 }
 
 pub async fn fan_out(
-    registry: &Arc<Registry>,
+    registry: &Arc<SiteRegistry>,
     sites: &[String],
     query: pb::NodeQuery,
     deadline: tokio::time::Instant,
@@ -60,7 +60,7 @@ pub async fn fan_out(
 }
 
 async fn ask(
-    registry: &Registry,
+    registry: &SiteRegistry,
     site: &str,
     query: pb::NodeQuery,
     deadline: tokio::time::Instant,

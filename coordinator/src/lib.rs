@@ -7,15 +7,17 @@ pub mod fanout;
 pub mod frontend;
 pub mod link;
 pub mod merge;
-pub mod registry;
+pub mod sites;
 
-use registry::Registry;
+use parking_lot::Mutex;
+use sites::SiteRegistry;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 use verbund_ops::CoordinatorMetrics;
 use verbund_ops::prometheus_client::registry::Registry as MetricsRegistry;
@@ -24,10 +26,22 @@ use verbund_proto::v1::researcher_server::ResearcherServer;
 use verbund_security::tls::{ClientAuth, ReloadingServerConfig, TlsFiles};
 use verbund_security::token::{TokenError, Verifier};
 
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+use verbund_proto::MAX_MESSAGE_BYTES;
 
+/// Why the coordinator could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Security(#[from] verbund_security::Error),
+}
+
+/// Why a researcher's request got no answer. [`RequestError::code`] and
+/// [`RequestError::outcome`] are the one place that maps each to its gRPC code and its
+/// metrics label.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
     #[error("{0}")]
     Query(#[from] frontend::Unsupported),
     #[error("unknown site '{site}'; known sites: {known}")]
@@ -39,11 +53,7 @@ pub enum Error {
     #[error("you already have a query with id '{0}' running; choose another id")]
     DuplicateQueryId(String),
     #[error("the answers could not be merged: {0}")]
-    Merge(String),
-    #[error("server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
-    #[error(transparent)]
-    Security(#[from] verbund_security::Error),
+    Merge(#[from] merge::MergeError),
     #[error("{0}")]
     Unauthenticated(#[from] TokenError),
     #[error("{0}")]
@@ -52,17 +62,39 @@ pub enum Error {
     ShuttingDown,
 }
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Self {
-        let message = e.to_string();
-        match e {
-            Error::Query(_) | Error::UnknownSite { .. } | Error::InvalidQueryId => Status::invalid_argument(message),
-            Error::NoSites | Error::ShuttingDown => Status::unavailable(message),
-            Error::DuplicateQueryId(_) => Status::already_exists(message),
-            Error::Merge(_) | Error::Serve(_) | Error::Security(_) => Status::internal(message),
-            Error::Unauthenticated(_) => Status::unauthenticated(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
+impl RequestError {
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            RequestError::Query(_) | RequestError::UnknownSite { .. } | RequestError::InvalidQueryId => {
+                Code::InvalidArgument
+            }
+            RequestError::NoSites | RequestError::ShuttingDown => Code::Unavailable,
+            RequestError::DuplicateQueryId(_) => Code::AlreadyExists,
+            RequestError::Merge(_) => Code::Internal,
+            RequestError::Unauthenticated(_) => Code::Unauthenticated,
+            RequestError::PermissionDenied(_) => Code::PermissionDenied,
         }
+    }
+
+    /// The `outcome` label of `verbund_coordinator_queries_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RequestError::Query(_)
+            | RequestError::UnknownSite { .. }
+            | RequestError::InvalidQueryId
+            | RequestError::DuplicateQueryId(_) => "rejected",
+            RequestError::Unauthenticated(_) => "unauthenticated",
+            RequestError::PermissionDenied(_) => "forbidden",
+            RequestError::NoSites | RequestError::ShuttingDown => "unavailable",
+            RequestError::Merge(_) => "failed",
+        }
+    }
+}
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Self {
+        Status::new(e.code(), e.to_string())
     }
 }
 
@@ -75,8 +107,8 @@ pub use config::CoordinatorConfig;
 pub struct RunningQueries(Mutex<HashMap<(String, String), CancellationToken>>);
 
 impl RunningQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), CancellationToken>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(String, String), CancellationToken>> {
+        self.0.lock()
     }
 
     /// Registers `owner`'s query `id`; false if the owner already runs a query with that id.
@@ -99,6 +131,11 @@ impl RunningQueries {
         self.lock().get(&(owner.to_string(), id.to_string())).cloned()
     }
 
+    /// Who runs which query now (researcher, query id), for the log.
+    pub fn describe(&self) -> Vec<String> {
+        self.lock().keys().map(|(owner, id)| format!("{owner}/{id}")).collect()
+    }
+
     /// Cancels every running query (their researchers get what the sites sent so far).
     pub fn cancel_all(&self) {
         for token in self.lock().values() {
@@ -116,7 +153,7 @@ impl RunningQueries {
 }
 
 pub struct Coordinator {
-    registry: Arc<Registry>,
+    sites: Arc<SiteRegistry>,
     running: RunningQueries,
     config: CoordinatorConfig,
     tokens: Arc<Verifier>,
@@ -129,6 +166,11 @@ pub struct Coordinator {
     serving: AtomicBool,
     draining: AtomicBool,
     planner: frontend::Planner,
+    /// Researchers' queries in progress: shutdown waits for them (up to the drain time).
+    queries: TaskTracker,
+    /// Background tasks (site links, TLS reloads, connection acceptors): shutdown waits for
+    /// them after the servers stopped, and says which were still running.
+    tasks: TaskTracker,
 }
 
 impl Coordinator {
@@ -144,12 +186,14 @@ impl Coordinator {
         let mut metrics_registry = MetricsRegistry::default();
         let metrics = CoordinatorMetrics::new(&mut metrics_registry, config.sites.len());
         Ok(Arc::new(Self {
-            registry: Arc::new(Registry::with_gauge(metrics.sites_connected())),
+            sites: Arc::new(SiteRegistry::with_gauge(metrics.sites_connected())),
             metrics,
             metrics_registry: Arc::new(metrics_registry),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             planner: frontend::Planner::default(),
+            queries: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             running: RunningQueries::default(),
             config,
             tokens,
@@ -172,12 +216,13 @@ impl Coordinator {
         self.api_tls.cert_info().not_after_unix
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// The sites this coordinator knows, connected or not.
+    pub fn sites(&self) -> &SiteRegistry {
+        &self.sites
     }
 
-    pub(crate) fn registry_arc(&self) -> Arc<Registry> {
-        self.registry.clone()
+    pub(crate) fn sites_arc(&self) -> Arc<SiteRegistry> {
+        self.sites.clone()
     }
 
     pub fn running(&self) -> &RunningQueries {
@@ -213,33 +258,46 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Counts a researcher's query as running until the returned token is dropped.
+    pub(crate) fn track_query(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.queries.token()
+    }
+
+    /// Spawns a background task that shutdown waits for.
+    pub(crate) fn spawn_task<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
     /// After `shutdown`: refuses new queries, waits up to the drain time for running ones,
     /// then tells the servers to stop.
     async fn drain(self: Arc<Self>, shutdown: CancellationToken, stop: CancellationToken) {
         shutdown.cancelled().await;
         self.draining.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + self.config.drain;
-        if !self.running.is_empty() {
+        self.queries.close();
+        if !self.queries.is_empty() {
             tracing::info!(
-                running = self.running.len(),
+                running = self.queries.len(),
                 drain_seconds = self.config.drain.as_secs(),
                 "shutting down: finishing running queries, refusing new ones"
             );
         }
-        while !self.running.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !self.running.is_empty() {
-            tracing::warn!(running = self.running.len(), "drain time over; cancelling the remaining queries");
+        if tokio::time::timeout(self.config.drain, self.queries.wait()).await.is_err() {
+            tracing::warn!(
+                running = self.queries.len(),
+                queries = ?self.running.describe(),
+                "drain time over; cancelling the remaining queries"
+            );
             self.running.cancel_all();
             // Give the cancelled queries a moment to answer their researchers.
-            let grace = tokio::time::Instant::now() + Duration::from_secs(2);
-            while !self.running.is_empty() && tokio::time::Instant::now() < grace {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::timeout(Duration::from_secs(2), self.queries.wait()).await.is_err() {
+                tracing::warn!(queries = ?self.running.describe(), "queries still running after their cancel");
             }
         }
         // Long-lived site links would hold a graceful server shutdown open forever.
-        self.registry.close_all();
+        self.sites.close_all();
         stop.cancel();
     }
 
@@ -255,8 +313,8 @@ impl Coordinator {
         let stop = CancellationToken::new();
         tokio::spawn(self.clone().drain(shutdown.clone(), stop.clone()));
         let shutdown = stop;
-        self.link_tls.watch(self.config.tls_reload, shutdown.clone());
-        self.api_tls.watch(self.config.tls_reload, shutdown.clone());
+        self.link_tls.watch(self.config.tls_reload, shutdown.clone(), &self.tasks);
+        self.api_tls.watch(self.config.tls_reload, shutdown.clone(), &self.tasks);
         let link = NodeLinkServer::new(link::LinkService::new(self.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -268,16 +326,20 @@ impl Coordinator {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(link)
             .serve_with_incoming_shutdown(
-                verbund_security::tls::incoming(node_listener, self.link_tls.clone(), shutdown.clone()),
+                verbund_security::tls::incoming(node_listener, self.link_tls.clone(), shutdown.clone(), &self.tasks),
                 shutdown.clone().cancelled_owned(),
             );
         let api_server = tonic::transport::Server::builder().add_service(api).serve_with_incoming_shutdown(
-            verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone()),
+            verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone(), &self.tasks),
             shutdown.cancelled_owned(),
         );
         self.serving.store(true, Ordering::SeqCst);
         let served = tokio::try_join!(link_server, api_server);
         self.serving.store(false, Ordering::SeqCst);
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await.is_err() {
+            tracing::warn!(remaining = self.tasks.len(), "background tasks still running at shutdown are dropped");
+        }
         served?;
         Ok(())
     }

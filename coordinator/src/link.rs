@@ -82,12 +82,12 @@ impl NodeLink for LinkService {
             })),
         };
         tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("link closed"))?;
-        let registry = self.coordinator.registry_arc();
+        let registry = self.coordinator.sites_arc();
         let connection = registry.attach(&hello, remote.clone(), cert_not_after, tx);
         let datasets = hello.catalogue.as_ref().map(|c| c.datasets.len()).unwrap_or(0);
         info!(site = %site, remote = %remote, datasets, min_cell_size = hello.min_cell_size, "site connected");
 
-        tokio::spawn(async move {
+        self.coordinator.spawn_task(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {

@@ -14,7 +14,7 @@ use verbund_proto::v1 as pb;
 use verbund_proto::v1::literal::Value;
 use verbund_proto::v1::partial_aggregate::State;
 use verbund_query::Moments;
-use verbund_query::literal::literal_to_scalar;
+use verbund_query::literal::{literal_to_scalar, type_name};
 
 /// A group key value with a total order (NULL last), so merged groups come out sorted.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +81,52 @@ impl Acc {
     }
 }
 
+/// What is wrong with a site's answer: it is discarded, and the site marked failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MalformedAnswer {
+    #[error("a group has {got} keys, expected {expected}")]
+    KeyCount { got: usize, expected: usize },
+    #[error("group key {position} should be of type {expected}")]
+    KeyType { position: usize, expected: &'static str },
+    #[error("a group has {got} aggregates, expected {expected}")]
+    AggregateCount { got: usize, expected: usize },
+    #[error("an aggregate does not match the request ({0:?})")]
+    Aggregate(pb::AggregateKind),
+}
+
+/// Why checked answers could not become the merged table.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("the query selects no column")]
+    NoColumns,
+    #[error("{0} overflows a 64-bit integer")]
+    Overflow(&'static str),
+    #[error("no merged value for {0:?}")]
+    NoValue(pb::AggregateKind),
+    #[error("a group key cannot be converted: {0}")]
+    Key(#[from] verbund_query::Error),
+    #[error(transparent)]
+    Value(#[from] datafusion::error::DataFusionError),
+    #[error("the table cannot be built: {0}")]
+    Table(#[from] datafusion::arrow::error::ArrowError),
+    #[error("the table cannot be encoded: {0}")]
+    Encode(datafusion::arrow::error::ArrowError),
+}
+
+/// Whether a site's group key has the type the plan expects (NULL fits every type).
+fn key_fits(key: &pb::Literal, expected: pb::ColumnType) -> bool {
+    use pb::ColumnType as T;
+    matches!(
+        (&key.value, expected),
+        (None, _)
+            | (Some(Value::Int64(_)), T::Int64)
+            | (Some(Value::Float64(_)), T::Float64)
+            | (Some(Value::String(_)), T::String)
+            | (Some(Value::Bool(_)), T::Bool)
+            | (Some(Value::Date(_)), T::Date)
+    )
+}
+
 /// What a merge needs to know about each requested aggregate.
 fn expected(aggregate: &pb::Aggregate) -> (pb::AggregateKind, usize) {
     let bins =
@@ -100,15 +146,23 @@ impl<'a> Merger<'a> {
 
     /// Checks that a site's answer has the shape the request asked for, so a faulty or
     /// hostile node cannot corrupt the merged answer. Returns what is wrong.
-    pub fn check_shape(&self, partial: &pb::PartialResult) -> Result<(), String> {
+    pub fn check_shape(&self, partial: &pb::PartialResult) -> Result<(), MalformedAnswer> {
         use pb::AggregateKind as K;
         let ngroups = self.plan.request.group_by.len();
         for g in &partial.groups {
             if g.keys.len() != ngroups {
-                return Err(format!("a group has {} keys, expected {ngroups}", g.keys.len()));
+                return Err(MalformedAnswer::KeyCount { got: g.keys.len(), expected: ngroups });
+            }
+            for (i, (key, expected)) in g.keys.iter().zip(&self.plan.group_types).enumerate() {
+                if !key_fits(key, *expected) {
+                    return Err(MalformedAnswer::KeyType { position: i + 1, expected: type_name(*expected) });
+                }
             }
             if g.aggregates.len() != self.plan.request.aggregates.len() {
-                return Err("a group has the wrong number of aggregates".into());
+                return Err(MalformedAnswer::AggregateCount {
+                    got: g.aggregates.len(),
+                    expected: self.plan.request.aggregates.len(),
+                });
             }
             for (a, p) in self.plan.request.aggregates.iter().zip(&g.aggregates) {
                 let (kind, bins) = expected(a);
@@ -130,7 +184,7 @@ impl<'a> Merger<'a> {
                     _ => false,
                 };
                 if !ok {
-                    return Err(format!("an aggregate does not match the request ({kind:?})"));
+                    return Err(MalformedAnswer::Aggregate(kind));
                 }
             }
         }
@@ -183,7 +237,7 @@ impl<'a> Merger<'a> {
     }
 
     /// The merged table.
-    pub fn finish(self) -> Result<RecordBatch, String> {
+    pub fn finish(self) -> Result<RecordBatch, MergeError> {
         let schema = self.plan.schema.clone();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.outputs.len());
         for (i, source) in self.plan.outputs.iter().enumerate() {
@@ -192,21 +246,21 @@ impl<'a> Merger<'a> {
                 .groups
                 .iter()
                 .map(|(key, accs)| match source {
-                    Source::Group(g) => literal_to_scalar(&key[*g].0, data_type).map_err(|e| e.to_string()),
+                    Source::Group(g) => Ok(literal_to_scalar(&key[*g].0, data_type)?),
                     Source::Aggregate(a) => finish_aggregate(&self.plan.request.aggregates[*a], &accs[*a], data_type),
                 })
-                .collect::<Result<Vec<ScalarValue>, String>>()?;
+                .collect::<Result<Vec<ScalarValue>, MergeError>>()?;
             let array = if values.is_empty() {
                 datafusion::arrow::array::new_empty_array(data_type)
             } else {
-                ScalarValue::iter_to_array(values).map_err(|e| e.to_string())?
+                ScalarValue::iter_to_array(values)?
             };
             columns.push(array);
         }
         if columns.is_empty() {
-            return Err("the query selects no column".into());
+            return Err(MergeError::NoColumns);
         }
-        RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     pub fn group_count(&self) -> usize {
@@ -218,16 +272,18 @@ fn finish_aggregate(
     aggregate: &pb::Aggregate,
     acc: &Acc,
     data_type: &datafusion::arrow::datatypes::DataType,
-) -> Result<ScalarValue, String> {
+) -> Result<ScalarValue, MergeError> {
     use pb::AggregateKind as K;
     let value = match (aggregate.kind(), acc) {
-        (_, Acc::Count(n)) => ScalarValue::Int64(n.map(i64::try_from).transpose().map_err(|_| "count overflows")?),
+        (_, Acc::Count(n)) => {
+            ScalarValue::Int64(n.map(i64::try_from).transpose().map_err(|_| MergeError::Overflow("a merged count"))?)
+        }
         (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, is_float }) => match (*count, *is_float) {
             (0, _) => ScalarValue::Float64(None),
             (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
-            (_, false) => ScalarValue::Int64(Some(
-                i64::try_from(*int).map_err(|_| "the merged sum overflows a 64-bit integer".to_string())?,
-            )),
+            (_, false) => {
+                ScalarValue::Int64(Some(i64::try_from(*int).map_err(|_| MergeError::Overflow("the merged sum"))?))
+            }
         },
         (K::Mean, Acc::Sum { count, int, float, is_float }) => ScalarValue::Float64(match *count {
             0 => None,
@@ -243,12 +299,12 @@ fn finish_aggregate(
             let list = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(counts)]);
             ScalarValue::List(Arc::new(list))
         }
-        (kind, _) => return Err(format!("no merged value for {kind:?}")),
+        (kind, _) => return Err(MergeError::NoValue(kind)),
     };
     if &value.data_type() == data_type || value.is_null() && data_type.is_null() {
         return Ok(value);
     }
-    value.cast_to(data_type).map_err(|e| e.to_string())
+    Ok(value.cast_to(data_type)?)
 }
 
 #[cfg(test)]
@@ -289,6 +345,7 @@ mod tests {
             },
             outputs: std::iter::once(Source::Group(0)).chain((0..6).map(Source::Aggregate)).collect(),
             schema: Arc::new(Schema::new(fields)),
+            group_types: vec![pb::ColumnType::String],
         }
     }
 
@@ -366,6 +423,13 @@ mod tests {
             state: Some(State::Histogram(pb::HistogramState { counts: vec![1; 7], withheld_bins: vec![] })),
         };
         assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_err());
+        let mut g = partial("a", &[1]);
+        g.keys[0] = pb::Literal { value: Some(Value::Int64(7)) };
+        let e = merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).unwrap_err();
+        assert_eq!(e, MalformedAnswer::KeyType { position: 1, expected: "string" });
+        let mut g = partial("a", &[1]);
+        g.keys[0] = pb::Literal { value: None };
+        assert!(merger.check_shape(&pb::PartialResult { groups: vec![g], ..Default::default() }).is_ok());
         let mut g = partial("a", &[1, 2]);
         g.aggregates[3] = pb::PartialAggregate {
             state: Some(State::Moments(pb::MomentsState { count: 2, shift: 0.0, mean: f64::NAN, m2: 1.0 })),

@@ -2,55 +2,76 @@
 //! of the configuration file, so a site's config and data can move together.
 
 use crate::{Error, Result};
-use serde::Deserialize;
+use http::Uri;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use verbund_security::settings;
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::TokenConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This site's name, as researchers see it in results.
     pub site: String,
     /// The coordinator's node-link address, e.g. `https://coordinator.example.org:7070`.
-    pub coordinator: String,
+    #[serde(deserialize_with = "coordinator_url", serialize_with = "settings::serialize_url")]
+    pub coordinator: Uri,
     /// Outbound HTTP proxy (HTTP CONNECT), e.g. `http://proxy.hospital.local:3128`.
-    #[serde(default)]
-    pub proxy: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "proxy_url",
+        serialize_with = "settings::serialize_optional_url"
+    )]
+    pub proxy: Option<Uri>,
     /// The site policy file; the built-in defaults (minimum cell size 5) when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PathBuf>,
-    /// Seconds between heartbeats on the link.
-    #[serde(default = "default_heartbeat")]
-    pub heartbeat_seconds: u64,
-    /// Seconds between checks whether the TLS files changed (a renewed certificate is then
-    /// used at once).
-    #[serde(default = "default_reload")]
-    pub tls_reload_seconds: u64,
+    /// Time between heartbeats on the link (`heartbeat_seconds`).
+    #[serde(default = "default_heartbeat", rename = "heartbeat_seconds", with = "settings::seconds")]
+    pub heartbeat: Duration,
+    /// How often to check whether the TLS files changed (`tls_reload_seconds`); a renewed
+    /// certificate is then used at once.
+    #[serde(default = "default_reload", rename = "tls_reload_seconds", with = "settings::seconds")]
+    pub tls_reload: Duration,
+    /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<std::net::SocketAddr>,
+    /// On shutdown, how long running queries may take to finish before they are stopped
+    /// (`drain_seconds`).
+    #[serde(default = "default_drain", rename = "drain_seconds", with = "settings::seconds")]
+    pub drain: Duration,
     /// Mutual TLS with the coordinator.
     pub tls: NodeTls,
     /// How researchers' tokens are verified here.
     pub auth: TokenConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
-    /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
-    #[serde(default)]
-    pub ops_listen: Option<std::net::SocketAddr>,
-    /// On shutdown, how long running queries may take to finish before they are stopped.
-    #[serde(default = "default_drain")]
-    pub drain_seconds: u64,
 }
 
-fn default_drain() -> u64 {
-    30
+fn coordinator_url<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Uri, D::Error> {
+    settings::deserialize_url(d, "coordinator")
 }
 
-fn default_reload() -> u64 {
-    30
+fn proxy_url<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Uri>, D::Error> {
+    settings::deserialize_optional_url(d, "proxy")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeTls {
     /// The network CA that the coordinator's certificate must chain to.
@@ -60,7 +81,7 @@ pub struct NodeTls {
     /// This site's private key.
     pub key: PathBuf,
     /// The name the coordinator's certificate must carry; the host of `coordinator` by default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator_name: Option<String>,
 }
 
@@ -70,18 +91,14 @@ impl NodeTls {
     }
 }
 
-fn default_heartbeat() -> u64 {
-    15
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     Parquet,
     Csv,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     /// Name researchers use in FROM.
@@ -89,7 +106,7 @@ pub struct DatasetConfig {
     /// A Parquet or CSV file (or a directory of them).
     pub path: PathBuf,
     /// Taken from the file extension when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<FileFormat>,
     /// The column identifying a patient.
     pub patient_key: String,
@@ -115,6 +132,24 @@ impl DatasetConfig {
 }
 
 impl NodeConfig {
+    /// A configuration with the defaults of every optional setting (no policy file, no
+    /// proxy, no ops endpoint) and no dataset yet.
+    pub fn new(site: impl Into<String>, coordinator: Uri, tls: NodeTls, auth: TokenConfig) -> Self {
+        Self {
+            site: site.into(),
+            coordinator,
+            proxy: None,
+            policy: None,
+            heartbeat: default_heartbeat(),
+            tls_reload: default_reload(),
+            ops_listen: None,
+            drain: default_drain(),
+            tls,
+            auth,
+            datasets: Vec::new(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read node config {}: {e}", path.display())))?;
@@ -131,7 +166,15 @@ impl NodeConfig {
         Ok(config)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    /// The configuration as a file holds it (paths as they are here: relative ones are read
+    /// against the directory of the file).
+    pub fn to_toml(&self) -> Result<String> {
+        self.validate()?;
+        toml::to_string_pretty(self).map_err(|e| Error::Config(format!("cannot write the node config: {e}")))
+    }
+
+    /// Makes relative paths relative to `base` (the directory of the configuration file).
+    pub fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
         self.policy = self.policy.as_ref().map(resolve);
         self.tls.ca = resolve(&self.tls.ca);
@@ -147,12 +190,15 @@ impl NodeConfig {
         if self.site.trim().is_empty() {
             return Err(Error::Config("site must not be empty".into()));
         }
-        if !self.coordinator.starts_with("https://") {
-            return Err(Error::Config(format!(
-                "coordinator must be an https:// address (the link is always mutual TLS), got '{}'",
-                self.coordinator
-            )));
+        settings::require_https("coordinator", &self.coordinator, "the link is always mutual TLS")
+            .map_err(Error::Config)?;
+        self.coordinator_name()?;
+        if let Some(proxy) = &self.proxy
+            && proxy.host().is_none()
+        {
+            return Err(Error::Config(format!("proxy '{proxy}' has no host")));
         }
+        self.auth.validate().map_err(|e| Error::Config(format!("[auth]: {e}")))?;
         if self.datasets.is_empty() {
             return Err(Error::Config("no [[dataset]] declared: a node without data has nothing to answer".into()));
         }
@@ -166,14 +212,10 @@ impl NodeConfig {
             }
             d.format()?;
         }
-        if self.heartbeat_seconds == 0 || self.tls_reload_seconds == 0 {
+        if self.heartbeat.is_zero() || self.tls_reload.is_zero() {
             return Err(Error::Config("heartbeat_seconds and tls_reload_seconds must be at least 1".into()));
         }
         Ok(())
-    }
-
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_seconds)
     }
 
     /// The name the coordinator's certificate must carry.
@@ -181,11 +223,10 @@ impl NodeConfig {
         if let Some(name) = &self.tls.coordinator_name {
             return Ok(name.clone());
         }
-        let uri: http::Uri =
-            self.coordinator.parse().map_err(|e| Error::Config(format!("coordinator address: {e}")))?;
-        uri.host()
+        self.coordinator
+            .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-            .ok_or_else(|| Error::Config("the coordinator address has no host".into()))
+            .ok_or_else(|| Error::Config(format!("the coordinator address '{}' has no host", self.coordinator)))
     }
 }
 
@@ -237,5 +278,43 @@ columns = ["patient_id", "sex", "age"]
         assert!(e.contains("format"), "{e}");
         let e = NodeConfig::from_toml(&GOOD.replace("patient_key", "patientkey")).unwrap_err().to_string();
         assert!(e.contains("patientkey"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("https://127.0.0.1:7070", "https://127.0.0 .1")).unwrap_err();
+        assert!(e.to_string().contains("coordinator 'https://127.0.0 .1' is not a URL"), "{e}");
+        let proxy = GOOD.replace("policy =", "proxy = \"http://\"\npolicy =");
+        let e = NodeConfig::from_toml(&proxy).unwrap_err().to_string();
+        assert!(e.contains("proxy 'http://'"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("jwks_file = \"jwks.json\"", "jwks_url = \"http://idp/certs\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jwks_url must be an https://"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("policy =", "heartbeat_seconds = 0\npolicy =")).unwrap_err();
+        assert!(e.to_string().contains("heartbeat_seconds"), "{e}");
+    }
+
+    #[test]
+    fn urls_and_durations_are_parsed_once_when_read() {
+        let text = GOOD.replace("policy =", "proxy = \"http://proxy.local:3128\"\nheartbeat_seconds = 5\npolicy =");
+        let c = NodeConfig::from_toml(&text).unwrap();
+        assert_eq!(c.coordinator.scheme_str(), Some("https"));
+        assert_eq!(c.proxy.as_ref().and_then(|p| p.port_u16()), Some(3128));
+        assert_eq!((c.heartbeat, c.tls_reload, c.drain), (Duration::from_secs(5), default_reload(), default_drain()));
+    }
+
+    #[test]
+    fn what_is_written_reads_back_the_same() {
+        let mut c = NodeConfig::from_toml(GOOD).unwrap();
+        c.proxy = Some("http://proxy.local:3128".parse().unwrap());
+        c.ops_listen = Some("127.0.0.1:9090".parse().unwrap());
+        c.datasets[0].format = Some(FileFormat::Parquet);
+        let text = c.to_toml().unwrap();
+        assert!(
+            text.contains("heartbeat_seconds = 15\n") && text.contains("coordinator = \"https://127.0.0.1:7070\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("policy = \"policy.toml\"\n"), "relative paths stay relative:\n{text}");
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), c, "{text}");
+
+        c.tls_reload = Duration::from_millis(200);
+        assert!(c.to_toml().unwrap_err().to_string().contains("whole number of seconds"));
     }
 }

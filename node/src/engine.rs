@@ -2,7 +2,7 @@
 //! local tables, execute it, and pass every computed number through the policy's output
 //! checker. Nothing leaves this module except what `verbund_policies::release` built.
 
-use crate::catalog::Catalog;
+use crate::catalogue::Catalogue;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue};
@@ -37,7 +37,7 @@ pub enum Refusal {
     InvalidRequest(String),
     /// The site's policy does not allow this project / role / dataset / column.
     #[error("{0}")]
-    PermissionDenied(String),
+    PermissionDenied(#[from] verbund_policies::AccessDenied),
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
@@ -70,7 +70,7 @@ fn internal(e: DataFusionError) -> Refusal {
 }
 
 pub struct Engine {
-    catalog: Catalog,
+    catalog: Catalogue,
     policy: Policy,
     running: Semaphore,
     /// Queries waiting for a slot in `running`.
@@ -109,7 +109,7 @@ fn contributors_alias(i: usize) -> String {
 }
 
 impl Engine {
-    pub fn new(catalog: Catalog, policy: Policy) -> Self {
+    pub fn new(catalog: Catalogue, policy: Policy) -> Self {
         let running = Semaphore::new(policy.max_concurrent_queries as usize);
         Self { catalog, policy, running, waiting: AtomicU32::new(0) }
     }
@@ -126,7 +126,7 @@ impl Engine {
     /// future stops the execution.
     pub async fn answer(&self, query: &pb::AggregateQuery, access: &Access<'_>) -> Result<pb::PartialResult, Refusal> {
         let checked = check(query, self.catalogue()).map_err(|e| Refusal::InvalidRequest(e.0))?;
-        self.policy.authorize(access, &checked.dataset, &checked.columns()).map_err(Refusal::PermissionDenied)?;
+        self.policy.authorize(access, &checked.dataset, &checked.columns())?;
         self.check_cells(&checked)?;
         let _permit = match self.running.try_acquire() {
             Ok(permit) => permit,

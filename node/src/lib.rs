@@ -1,13 +1,13 @@
 //! A verbund node: runs beside one institution's data, dials out to the coordinator, and
 //! answers typed aggregate requests from local data under the site's own policy.
 
-pub mod catalog;
+pub mod catalogue;
 pub mod config;
 pub mod engine;
 pub mod link;
 pub mod proxy;
 
-pub use catalog::Catalog;
+pub use catalogue::Catalogue;
 pub use config::NodeConfig;
 pub use engine::{Engine, Refusal};
 pub use link::LinkOptions;
@@ -47,7 +47,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(site: impl Into<String>, catalog: Catalog, policy: Policy, tokens: Arc<Verifier>) -> Self {
+    pub fn new(site: impl Into<String>, catalog: Catalogue, policy: Policy, tokens: Arc<Verifier>) -> Self {
         let mut registry = Registry::default();
         let metrics = NodeMetrics::new(&mut registry);
         Self {
@@ -122,7 +122,7 @@ impl Node {
             }
             None => Policy::default(),
         };
-        let catalog = Catalog::open(&config.datasets).await?;
+        let catalog = Catalogue::open(&config.datasets).await?;
         Ok(Self::new(config.site.clone(), catalog, policy, tokens))
     }
 
@@ -196,17 +196,10 @@ impl Node {
 
 /// Builds link options from a configuration.
 pub fn link_options(config: &NodeConfig) -> Result<LinkOptions> {
-    let mut options = LinkOptions::new(config.coordinator.clone(), config.tls.files(), config.coordinator_name()?);
-    options.heartbeat = config.heartbeat();
-    options.tls_reload = std::time::Duration::from_secs(config.tls_reload_seconds);
-    options.drain = std::time::Duration::from_secs(config.drain_seconds);
-    if let Some(proxy) = &config.proxy {
-        let uri: http::Uri =
-            proxy.parse().map_err(|e| Error::Config(format!("proxy '{proxy}' is not an address: {e}")))?;
-        if uri.host().is_none() {
-            return Err(Error::Config(format!("proxy '{proxy}' has no host")));
-        }
-        options.proxy = Some(uri);
-    }
+    let mut options = LinkOptions::new(config.coordinator.to_string(), config.tls.files(), config.coordinator_name()?);
+    options.heartbeat = config.heartbeat;
+    options.tls_reload = config.tls_reload;
+    options.drain = config.drain;
+    options.proxy = config.proxy.clone();
     Ok(options)
 }

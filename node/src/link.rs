@@ -5,13 +5,15 @@
 use crate::Node;
 use crate::proxy::connect_via_proxy;
 use http::Uri;
+use parking_lot::Mutex;
 use rand::RngExt;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 use verbund_proto::v1 as pb;
@@ -20,8 +22,7 @@ use verbund_security::tls::{TlsFiles, node_client_tls};
 
 /// The longest a node works on one query, whatever the coordinator asks for.
 pub const MAX_QUERY_TIME: Duration = Duration::from_secs(300);
-/// The largest message on the link (the coordinator accepts as much).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub use verbund_proto::MAX_MESSAGE_BYTES;
 /// Room for the envelope around a partial answer (query id, elapsed time, framing).
 const ENVELOPE_BYTES: usize = 1024;
 
@@ -79,10 +80,6 @@ enum LinkError {
     Tls(#[from] verbund_security::Error),
     #[error("the TLS files changed; reconnecting with them")]
     Renewed,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Keeps the link up until `shutdown` is cancelled.
@@ -157,34 +154,42 @@ async fn session(
     let connection = CancellationToken::new();
     let _stop_queries = connection.clone().drop_guard();
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    // The queries of this connection; shutdown waits for them (up to the drain time).
+    let queries = TaskTracker::new();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut drain_check = tokio::time::interval(Duration::from_millis(20));
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tls_check = tokio::time::interval(options.tls_reload);
     tls_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        let drain_over = async {
+            match drain_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled(), if drain_deadline.is_none() => {
                 node.set_draining();
-                let n = lock(&running).len();
-                if n == 0 {
-                    return Ok(());
+                queries.close();
+                if queries.is_empty() {
+                    break;
                 }
-                info!(site = %node.site(), running = n, drain_seconds = options.drain.as_secs(), "shutting down: finishing running queries, refusing new ones");
+                info!(site = %node.site(), running = queries.len(), drain_seconds = options.drain.as_secs(), "shutting down: finishing running queries, refusing new ones");
                 drain_deadline = Some(tokio::time::Instant::now() + options.drain);
             }
-            _ = drain_check.tick(), if drain_deadline.is_some() => {
-                let n = lock(&running).len();
-                if n == 0 {
-                    info!(site = %node.site(), "running queries finished");
-                    return Ok(());
-                }
-                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    warn!(site = %node.site(), running = n, "drain time over; stopping the remaining queries");
-                    return Ok(());
-                }
+            _ = queries.wait(), if drain_deadline.is_some() => {
+                info!(site = %node.site(), "running queries finished");
+                break;
+            }
+            _ = drain_over => {
+                let ids: Vec<String> = running.lock().keys().cloned().collect();
+                warn!(site = %node.site(), running = ids.len(), query_ids = ?ids, "drain time over; stopping the remaining queries");
+                // Stopped queries still tell the coordinator so, if they can in a moment.
+                connection.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(1), queries.wait()).await;
+                break;
             }
             _ = node.tls_check_requested() => {
                 if options.tls.stamp() != stamp {
@@ -200,7 +205,7 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let beat = pb::NodeMessage { kind: Some(pb::node_message::Kind::Heartbeat(pb::Heartbeat { unix_ms: now_ms() })) };
+                let beat = pb::NodeMessage { kind: Some(pb::node_message::Kind::Heartbeat(pb::Heartbeat { unix_ms: verbund_proto::unix_ms() })) };
                 tx.send(beat).await.map_err(|_| LinkError::SendClosed)?;
             }
             message = inbound.message() => {
@@ -226,12 +231,12 @@ async fn session(
                     }
                     Some(pb::coordinator_message::Kind::Query(q)) => {
                         let token = connection.child_token();
-                        lock(&running).insert(q.query_id.clone(), token.clone());
+                        running.lock().insert(q.query_id.clone(), token.clone());
                         let limit = options.max_message_bytes;
-                        tokio::spawn(answer(node.clone(), q, token, tx.clone(), running.clone(), limit));
+                        queries.spawn(answer(node.clone(), q, token, tx.clone(), running.clone(), limit));
                     }
                     Some(pb::coordinator_message::Kind::Cancel(c)) => {
-                        if let Some(token) = lock(&running).get(&c.query_id) {
+                        if let Some(token) = running.lock().get(&c.query_id) {
                             info!(query_id = %c.query_id, reason = %c.reason, "cancelling query");
                             token.cancel();
                         }
@@ -241,10 +246,12 @@ async fn session(
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    // Close this side after the answers already queued, and give the coordinator a moment to
+    // read them and close its side: returning at once could drop answers still in the queue.
+    drop(tx);
+    let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
+    Ok(())
 }
 
 /// Runs one query until it finishes, times out or is cancelled; dropping the engine's
@@ -277,7 +284,7 @@ async fn answer(
             refusal(pb::RefusalCode::TimedOut, "the query ran past its deadline and was stopped")
         }
     };
-    lock(&running).remove(&q.query_id);
+    running.lock().remove(&q.query_id);
     let (withheld_groups, withheld_bins) = match &outcome {
         pb::query_result::Outcome::Answer(p) => (p.withheld_groups, p.withheld_bins),
         pb::query_result::Outcome::Refusal(_) => (0, 0),

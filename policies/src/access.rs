@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use verbund_proto::v1 as pb;
 
 /// One `[[project]]` of a site policy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectRule {
     pub name: String,
@@ -40,38 +40,49 @@ pub struct Access<'a> {
 impl Policy {
     /// Whether `access` may read `columns` of `dataset`. The refusal names the project,
     /// dataset, column or role: what an honest researcher needs to ask the site for.
-    pub fn authorize(&self, access: &Access<'_>, dataset: &str, columns: &[&str]) -> Result<(), String> {
-        let project = access.project;
+    pub fn authorize(&self, access: &Access<'_>, dataset: &str, columns: &[&str]) -> Result<(), AccessDenied> {
+        let project = access.project.to_string();
         if project.is_empty() {
-            return Err("the query names no project; ask within one of your token's projects".into());
+            return Err(AccessDenied::NoProject);
         }
-        if !access.token_projects.iter().any(|p| p == project) {
-            return Err(format!("your token does not grant project '{project}'"));
+        if !access.token_projects.contains(&project) {
+            return Err(AccessDenied::NotGranted { project });
         }
-        let site = access.site;
+        let site = access.site.to_string();
         let Some(rule) = self.projects.iter().find(|r| r.name == project) else {
-            return Err(format!("project '{project}' is not allowed at site {site}"));
+            return Err(AccessDenied::Project { project, site });
         };
         if !rule.roles.is_empty() && !rule.roles.iter().any(|r| access.roles.contains(r)) {
-            return Err(format!(
-                "project '{project}' at site {site} needs one of the roles: {}",
-                rule.roles.join(", ")
-            ));
+            return Err(AccessDenied::Role { project, site, roles: rule.roles.clone() });
         }
-        if !rule.datasets.iter().any(|d| d == "*" || d == dataset) {
-            return Err(format!("project '{project}' may not query dataset '{dataset}' at site {site}"));
+        let dataset = dataset.to_string();
+        if !rule.datasets.iter().any(|d| d == "*" || *d == dataset) {
+            return Err(AccessDenied::Dataset { project, site, dataset });
         }
-        if let Some(allowed) = rule.columns.get(dataset) {
-            for c in columns {
-                if !allowed.iter().any(|a| a == c) {
-                    return Err(format!(
-                        "project '{project}' may not use column '{c}' of dataset '{dataset}' at site {site}"
-                    ));
-                }
-            }
+        let allowed = rule.columns.get(&dataset);
+        if let Some(column) = columns.iter().find(|c| allowed.is_some_and(|a| !a.iter().any(|n| n == *c))) {
+            return Err(AccessDenied::Column { project, site, dataset, column: column.to_string() });
         }
         Ok(())
     }
+}
+
+/// Why a site's policy does not let a researcher ask: what an honest researcher needs to
+/// ask the site for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessDenied {
+    #[error("the query names no project; ask within one of your token's projects")]
+    NoProject,
+    #[error("your token does not grant project '{project}'")]
+    NotGranted { project: String },
+    #[error("project '{project}' is not allowed at site {site}")]
+    Project { project: String, site: String },
+    #[error("project '{project}' at site {site} needs one of the roles: {}", roles.join(", "))]
+    Role { project: String, site: String, roles: Vec<String> },
+    #[error("project '{project}' may not query dataset '{dataset}' at site {site}")]
+    Dataset { project: String, site: String, dataset: String },
+    #[error("project '{project}' may not use column '{column}' of dataset '{dataset}' at site {site}")]
+    Column { project: String, site: String, dataset: String, column: String },
 }
 
 impl Policy {
@@ -130,18 +141,25 @@ columns = { patients = ["sex", "age"] }
         assert!(p.authorize(&ok, "patients", &["sex", "age"]).is_ok());
         assert!(p.authorize(&ok, "conditions", &["icd10"]).is_ok(), "no column list: all columns");
         let e = p.authorize(&ok, "patients", &["region"]).unwrap_err();
+        assert!(matches!(&e, AccessDenied::Column { column, .. } if column == "region"));
+        let e = e.to_string();
         assert!(e.contains("column 'region'"), "{e}");
-        assert!(p.authorize(&ok, "observations", &[]).unwrap_err().contains("dataset 'observations'"));
+        assert!(p.authorize(&ok, "observations", &[]).unwrap_err().to_string().contains("dataset 'observations'"));
         let no_role: Vec<String> = vec![];
-        assert!(p.authorize(&access("diabetes", &token, &no_role), "patients", &[]).unwrap_err().contains("roles"));
+        assert!(matches!(
+            p.authorize(&access("diabetes", &token, &no_role), "patients", &[]),
+            Err(AccessDenied::Role { .. })
+        ));
         let other = vec!["oncology".to_string()];
         assert!(
             p.authorize(&access("oncology", &other, &roles), "patients", &[])
                 .unwrap_err()
+                .to_string()
                 .contains("not allowed at site")
         );
         assert!(
-            p.authorize(&access("oncology", &token, &roles), "patients", &[]).unwrap_err().contains("does not grant")
+            p.authorize(&access("oncology", &token, &roles), "patients", &[]).unwrap_err()
+                == AccessDenied::NotGranted { project: "oncology".into() }
         );
     }
 

@@ -5,10 +5,10 @@
 mod access;
 mod output;
 
-pub use access::{Access, ProjectRule};
+pub use access::{Access, AccessDenied, ProjectRule};
 pub use output::{CandidateAggregate, CandidateGroup, empty_result, release, release_group};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +16,8 @@ pub enum Error {
     Parse(#[from] toml::de::Error),
     #[error("policy is not valid: {0}")]
     Invalid(String),
+    #[error("policy cannot be written: {0}")]
+    Write(#[from] toml::ser::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -29,7 +31,7 @@ pub const DEFAULT_MAX_CELLS: u64 = 10_000_000;
 
 /// The rules a site's own staff set. Every field has a safe default, so an empty file is
 /// a valid (strict enough) policy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Minimum number of distinct patients behind every released number: a group, a
@@ -75,6 +77,12 @@ impl Policy {
         let policy: Policy = toml::from_str(text)?;
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// The policy as a file holds it.
+    pub fn to_toml(&self) -> Result<String> {
+        self.validate()?;
+        Ok(toml::to_string_pretty(self)?)
     }
 
     /// A policy with minimum cell size `k` and defaults otherwise (no project allowed yet).
@@ -152,6 +160,20 @@ mod tests {
         for text in [include_str!("../examples/default.toml"), include_str!("../examples/registry-strict.toml")] {
             Policy::from_toml(text).unwrap();
         }
+    }
+
+    #[test]
+    fn what_is_written_reads_back_the_same() {
+        for text in [include_str!("../examples/default.toml"), include_str!("../examples/registry-strict.toml")] {
+            let policy = Policy::from_toml(text).unwrap();
+            let written = policy.to_toml().unwrap();
+            assert_eq!(Policy::from_toml(&written).unwrap(), policy, "{written}");
+        }
+        let open = Policy::with_min_cell_size(3).unwrap().allowing("study");
+        let written = open.to_toml().unwrap();
+        assert!(written.starts_with("min_cell_size = 3\n") && written.contains("[[project]]"), "{written}");
+        assert_eq!(Policy::from_toml(&written).unwrap(), open);
+        assert!(Policy { min_cell_size: 0, ..open }.to_toml().is_err(), "an invalid policy is not written");
     }
 
     #[test]

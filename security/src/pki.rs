@@ -3,6 +3,7 @@
 //! URI). Institutions with their own PKI use their files instead; see the README.
 
 use crate::certs::SITE_URI_PREFIX;
+use crate::files::{Overwrite, write_secret};
 use crate::{Error, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -19,28 +20,16 @@ pub struct Issued {
 }
 
 impl Issued {
-    /// Writes `<dir>/<name>.pem` and `<dir>/<name>.key` (the key readable by its owner only).
-    pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+    /// Writes `<dir>/<name>.key` (readable by its owner only from the start; an existing key
+    /// is replaced only with [`Overwrite::Replace`]), then `<dir>/<name>.pem`.
+    pub fn write(&self, dir: &Path, name: &str, overwrite: Overwrite) -> Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir).map_err(|error| Error::Write { path: dir.to_path_buf(), error })?;
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
-        write_file(&cert, &self.cert_pem, false)?;
-        write_file(&key, &self.key_pem, true)?;
+        write_secret(&key, self.key_pem.as_bytes(), overwrite)?;
+        std::fs::write(&cert, &self.cert_pem).map_err(|error| Error::Write { path: cert.clone(), error })?;
         Ok((cert, key))
     }
-}
-
-fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
-    std::fs::write(path, text).map_err(|error| Error::Write { path: path.to_path_buf(), error })?;
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|error| Error::Write { path: path.to_path_buf(), error })?;
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    Ok(())
 }
 
 /// Validity of an issued certificate, relative to now.
@@ -134,8 +123,10 @@ impl NetworkCa {
         self.sign(params)
     }
 
+    /// Writes `<dir>/ca.key` and `<dir>/ca.pem`. A network keeps its CA: an existing
+    /// `ca.key` is never replaced.
     pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
-        Issued { cert_pem: self.cert_pem.clone(), key_pem: self.key_pem() }.write(dir, "ca")
+        Issued { cert_pem: self.cert_pem.clone(), key_pem: self.key_pem() }.write(dir, "ca", Overwrite::Refuse)
     }
 }
 
@@ -176,5 +167,8 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         }
+        let again = NetworkCa::create("test", Validity::days(10)).unwrap();
+        assert!(matches!(again.write(dir.path()), Err(Error::Exists { .. })), "a CA key is never replaced");
+        assert_eq!(NetworkCa::load(&cert, &key).unwrap().key_pem(), ca.key_pem());
     }
 }

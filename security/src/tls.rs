@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where a party's TLS files are. Paths, never the secrets themselves.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -141,10 +142,10 @@ impl ReloadingServerConfig {
         }
     }
 
-    /// Checks the files every `interval` and on SIGHUP until `shutdown`.
-    pub fn watch(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+    /// Checks the files every `interval` and on SIGHUP until `shutdown`, as a task of `tasks`.
+    pub fn watch(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken, tasks: &TaskTracker) {
         let this = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             #[cfg(unix)]
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut ticker = tokio::time::interval(interval);
@@ -180,9 +181,11 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ReloadingServerConfig>,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    let handshakes = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -199,7 +202,7 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.current());
             let tx = tx.clone();
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;

@@ -3,6 +3,7 @@
 //! asymmetric algorithms from an allow-list are accepted; issuer, audience, expiry and
 //! not-before are checked with a small leeway; every token must name its key (`kid`).
 
+use crate::settings::{self, Uri};
 use crate::{Error, Result};
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -13,12 +14,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-fn default_leeway() -> u64 {
-    30
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
 }
 
-fn default_refresh() -> u64 {
-    300
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -26,7 +27,7 @@ fn default_algorithms() -> Vec<String> {
 }
 
 /// How tokens are checked (the `[auth]` section of node and coordinator configuration).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The `iss` every token must carry, e.g. `https://keycloak.example.org/realms/verbund`.
@@ -34,23 +35,33 @@ pub struct TokenConfig {
     /// The `aud` every token must carry.
     pub audience: String,
     /// The identity provider's JWKS document (public keys), as a file ...
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
-    /// ... or fetched from the provider (e.g. Keycloak's `.../protocol/openid-connect/certs`).
-    #[serde(default)]
-    pub jwks_url: Option<String>,
+    /// ... or fetched from the provider (e.g. Keycloak's `.../protocol/openid-connect/certs`);
+    /// `https://` only.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "jwks_url",
+        serialize_with = "settings::serialize_optional_url"
+    )]
+    pub jwks_url: Option<Uri>,
     /// CA bundle for the provider's HTTPS certificate; the system's roots when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_ca: Option<PathBuf>,
-    /// How often keys fetched from `jwks_url` are fetched again, in seconds.
-    #[serde(default = "default_refresh")]
-    pub jwks_refresh_seconds: u64,
-    /// Seconds of clock skew tolerated for `exp` and `nbf`.
-    #[serde(default = "default_leeway")]
-    pub leeway_seconds: u64,
+    /// How often keys fetched from `jwks_url` are fetched again (`jwks_refresh_seconds`).
+    #[serde(default = "default_refresh", rename = "jwks_refresh_seconds", with = "settings::seconds")]
+    pub jwks_refresh: Duration,
+    /// Clock skew tolerated for `exp` and `nbf` (`leeway_seconds`).
+    #[serde(default = "default_leeway", rename = "leeway_seconds", with = "settings::seconds")]
+    pub leeway: Duration,
     /// Accepted signature algorithms (asymmetric only).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+}
+
+fn jwks_url<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Uri>, D::Error> {
+    settings::deserialize_optional_url(d, "jwks_url")
 }
 
 impl TokenConfig {
@@ -59,6 +70,18 @@ impl TokenConfig {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+    }
+
+    /// Checks what reading the file cannot: exactly one source of keys, and an `https://`
+    /// `jwks_url`.
+    pub fn validate(&self) -> Result<()> {
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), None) => Ok(()),
+            (None, Some(url)) => {
+                settings::require_https("jwks_url", url, "keys come only over TLS").map_err(Error::TokenConfig)
+            }
+            _ => Err(Error::TokenConfig("set exactly one of jwks_file and jwks_url".into())),
         }
     }
 }
@@ -165,11 +188,8 @@ fn parse_jwks(jwks: &str) -> Result<HashMap<String, DecodingKey>> {
     Ok(keys)
 }
 
-/// Fetches a JWKS document over HTTPS.
-async fn fetch_jwks(url: &str, ca: Option<&Path>) -> Result<String> {
-    if !url.starts_with("https://") {
-        return Err(Error::TokenConfig(format!("jwks_url must be https://, got '{url}'")));
-    }
+/// Fetches a JWKS document over HTTPS (the URL was checked with [`TokenConfig::validate`]).
+async fn fetch_jwks(url: &Uri, ca: Option<&Path>) -> Result<String> {
     let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
     if let Some(ca) = ca {
         let certs = crate::certs::load_certs(ca)?
@@ -180,7 +200,7 @@ async fn fetch_jwks(url: &str, ca: Option<&Path>) -> Result<String> {
     }
     let client = builder.build().map_err(|e| Error::TokenConfig(format!("HTTPS client: {e}")))?;
     let response = client
-        .get(url)
+        .get(url.to_string())
         .send()
         .await
         .map_err(|e| Error::TokenConfig(format!("cannot fetch {url}: {e}")))?
@@ -193,15 +213,14 @@ impl Verifier {
     /// Loads the keys from `jwks_file`, or fetches them from `jwks_url` (and keeps fetching
     /// them every `jwks_refresh_seconds`, so that the provider can rotate its keys).
     pub async fn from_config(config: &TokenConfig) -> Result<std::sync::Arc<Self>> {
-        let verifier = std::sync::Arc::new(match (&config.jwks_file, &config.jwks_url) {
-            (Some(_), None) => Self::load(config)?,
-            (None, Some(url)) => Self::from_jwks(&fetch_jwks(url, config.jwks_ca.as_deref()).await?, config)?,
-            _ => return Err(Error::TokenConfig("set exactly one of jwks_file and jwks_url".into())),
+        config.validate()?;
+        let verifier = std::sync::Arc::new(match &config.jwks_url {
+            None => Self::load(config)?,
+            Some(url) => Self::from_jwks(&fetch_jwks(url, config.jwks_ca.as_deref()).await?, config)?,
         });
         if let Some(url) = config.jwks_url.clone() {
             let weak = std::sync::Arc::downgrade(&verifier);
-            let (ca, every) =
-                (config.jwks_ca.clone(), std::time::Duration::from_secs(config.jwks_refresh_seconds.max(1)));
+            let (ca, every) = (config.jwks_ca.clone(), config.jwks_refresh.max(Duration::from_secs(1)));
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
@@ -240,7 +259,7 @@ impl Verifier {
             keys: std::sync::RwLock::new(parse_jwks(jwks)?),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
-            leeway: config.leeway_seconds,
+            leeway: config.leeway.as_secs(),
             algorithms,
         })
     }
@@ -380,8 +399,8 @@ impl DevIssuer {
             jwks_file: Some(jwks_file.to_path_buf()),
             jwks_url: None,
             jwks_ca: None,
-            jwks_refresh_seconds: default_refresh(),
-            leeway_seconds: default_leeway(),
+            jwks_refresh: default_refresh(),
+            leeway: default_leeway(),
             algorithms: default_algorithms(),
         })
     }
@@ -406,13 +425,35 @@ mod tests {
         let (issuer, _) = setup();
         let dir = tempfile::tempdir().unwrap();
         let mut config = issuer.write_jwks(&dir.path().join("jwks.json")).unwrap();
-        config.jwks_url = Some("https://idp.test/certs".into());
+        config.jwks_url = Some("https://idp.test/certs".parse().unwrap());
         let e = rt.block_on(Verifier::from_config(&config)).unwrap_err().to_string();
         assert!(e.contains("exactly one"), "{e}");
         config.jwks_file = None;
-        config.jwks_url = Some("http://idp.test/certs".into());
+        config.jwks_url = Some("http://idp.test/certs".parse().unwrap());
         let e = rt.block_on(Verifier::from_config(&config)).unwrap_err().to_string();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn the_auth_section_reads_and_writes_the_same() {
+        let text = r#"{"issuer": "https://idp.test", "audience": "verbund",
+                       "jwks_url": "https://idp.test/certs", "leeway_seconds": 5}"#;
+        let config: TokenConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(config.jwks_url.as_ref().unwrap().host(), Some("idp.test"));
+        assert_eq!((config.leeway, config.jwks_refresh), (Duration::from_secs(5), default_refresh()));
+        config.validate().unwrap();
+        let written = serde_json::to_value(&config).unwrap();
+        assert_eq!(written["jwks_url"], "https://idp.test/certs");
+        assert_eq!(written["jwks_refresh_seconds"], 300);
+        assert!(written.get("jwks_file").is_none());
+        assert_eq!(serde_json::from_value::<TokenConfig>(written).unwrap(), config);
+
+        let bad = text.replace("https://idp.test/certs", "https://idp test/certs");
+        let e = serde_json::from_str::<TokenConfig>(&bad).unwrap_err().to_string();
+        assert!(e.contains("jwks_url"), "{e}");
+        let plain: TokenConfig =
+            serde_json::from_str(&text.replace("https://idp.test/certs", "http://idp.test")).unwrap();
+        assert!(plain.validate().unwrap_err().to_string().contains("jwks_url must be an https://"));
     }
 
     #[test]
@@ -433,8 +474,8 @@ mod tests {
             jwks_file: Some("x".into()),
             jwks_url: None,
             jwks_ca: None,
-            jwks_refresh_seconds: 1,
-            leeway_seconds: 0,
+            jwks_refresh: Duration::from_secs(1),
+            leeway: Duration::ZERO,
             algorithms: vec!["HS256".into()],
         };
         assert!(Verifier::from_jwks(r#"{"keys":[]}"#, &config).unwrap_err().to_string().contains("symmetric"));

@@ -74,16 +74,43 @@ pub fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * scale || (a - b).abs() < 1e-12
 }
 
-/// Asserts the federated result equals the pooled one. `keys` is the number of leading
-/// group columns.
-pub fn assert_same(sql: &str, federated: &RecordBatch, pooled: &RecordBatch, keys: usize) {
+/// What a comparison expects of an answer, stated by the test (never guessed from the SQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    /// The number of leading group columns; rows are matched on them.
+    pub keys: usize,
+    /// The answer has no rows (a group-by nothing matches). Otherwise an empty answer fails:
+    /// a test query that returns nothing compares nothing.
+    pub empty: bool,
+}
+
+impl Expect {
+    /// Rows grouped by the first `keys` columns (0: one row of totals).
+    pub const fn keys(keys: usize) -> Self {
+        Self { keys, empty: false }
+    }
+
+    /// No rows at all.
+    pub const fn empty(self) -> Self {
+        Self { empty: true, ..self }
+    }
+}
+
+/// Asserts the federated result equals the pooled one, and has rows unless `expect` says
+/// it has none.
+pub fn assert_same(sql: &str, federated: &RecordBatch, pooled: &RecordBatch, expect: Expect) {
+    let Expect { keys, empty } = expect;
     assert_eq!(federated.num_columns(), pooled.num_columns(), "{sql}: column count");
     for (f, p) in federated.schema().fields().iter().zip(pooled.schema().fields()) {
         assert_eq!(f.name(), p.name(), "{sql}: column names");
     }
     let (fr, pr) = (rows(federated, keys), rows(pooled, keys));
     assert_eq!(fr.len(), pr.len(), "{sql}: row count\nfederated {fr:?}\npooled {pr:?}");
-    assert!(!fr.is_empty() || sql.contains("200"), "{sql}: a test query should return rows");
+    if empty {
+        assert!(fr.is_empty(), "{sql}: expected no rows, got {fr:?}");
+    } else {
+        assert!(!fr.is_empty(), "{sql}: a test query should return rows");
+    }
     for (f, p) in fr.iter().zip(&pr) {
         for (i, (a, b)) in f.iter().zip(p).enumerate() {
             let same = match (a, b) {

@@ -17,10 +17,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use verbund_coordinator::{Coordinator, CoordinatorConfig};
-use verbund_node::{Catalog, LinkOptions, Node};
+use verbund_node::{Catalogue, LinkOptions, Node};
 use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::researcher_client::ResearcherClient;
+use verbund_security::files::Overwrite;
 use verbund_security::pki::{NetworkCa, Validity};
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::{DevIssuer, TokenConfig, Verifier};
@@ -50,8 +51,11 @@ impl Pki {
         let ca = NetworkCa::create("test", Validity::days(30)).unwrap();
         let (ca_path, _) = ca.write(dir.path()).unwrap();
         let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        let (cert, key) =
-            ca.issue_coordinator(&names, Validity::days(10)).unwrap().write(dir.path(), "coordinator").unwrap();
+        let (cert, key) = ca
+            .issue_coordinator(&names, Validity::days(10))
+            .unwrap()
+            .write(dir.path(), "coordinator", Overwrite::Refuse)
+            .unwrap();
         let issuer = DevIssuer::generate("test-key", "https://idp.test", "verbund").unwrap();
         let auth = issuer.write_jwks(&dir.path().join("jwks.json")).unwrap();
         Self { coordinator: TlsFiles { ca: ca_path.clone(), cert, key }, dir, ca, ca_path, issuer, auth }
@@ -63,7 +67,8 @@ impl Pki {
     }
 
     pub fn site_with(&self, site: &str, validity: Validity) -> TlsFiles {
-        let (cert, key) = self.ca.issue_site(site, validity).unwrap().write(self.dir.path(), site).unwrap();
+        let (cert, key) =
+            self.ca.issue_site(site, validity).unwrap().write(self.dir.path(), site, Overwrite::Replace).unwrap();
         TlsFiles { ca: self.ca_path.clone(), cert, key }
     }
 
@@ -156,9 +161,18 @@ pub struct Network {
     server: Option<NodeProcess>,
 }
 
+/// Where a coordinator listens.
+enum Listeners {
+    /// Listeners bound once, by the caller, and handed over as they are (no port is released
+    /// and bound again, so no other test can take it in between).
+    Bound { node: std::net::TcpListener, api: std::net::TcpListener },
+    /// Bind the configured addresses again (after a restart: the old process's ports).
+    Rebind,
+}
+
 /// Runs a coordinator on a runtime of its own (so that stopping it drops every connection,
 /// as a crashed or restarted process would).
-async fn start_coordinator(config: CoordinatorConfig) -> (Arc<Coordinator>, NodeProcess) {
+async fn start_coordinator(config: CoordinatorConfig, listeners: Listeners) -> (Arc<Coordinator>, NodeProcess) {
     let (kill, killed) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let shutdown = CancellationToken::new();
@@ -168,16 +182,29 @@ async fn start_coordinator(config: CoordinatorConfig) -> (Arc<Coordinator>, Node
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let shutdown = stop;
         let coordinator = runtime.block_on(async {
-            // The old process's port may take a moment to be free again.
-            let mut tries = 0;
-            let (node_listener, api_listener) = loop {
-                match (TcpListener::bind(config.node_listen).await, TcpListener::bind(config.api_listen).await) {
-                    (Ok(n), Ok(a)) => break (n, a),
-                    _ if tries < 100 => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+            let (node_listener, api_listener) = match listeners {
+                Listeners::Bound { node, api } => {
+                    // Registered with this runtime's reactor, which serves them from now on.
+                    let adopt = |listener: std::net::TcpListener| {
+                        listener.set_nonblocking(true).unwrap();
+                        TcpListener::from_std(listener).unwrap()
+                    };
+                    (adopt(node), adopt(api))
+                }
+                Listeners::Rebind => {
+                    // The old process's port may take a moment to be free again.
+                    let mut tries = 0;
+                    loop {
+                        match (TcpListener::bind(config.node_listen).await, TcpListener::bind(config.api_listen).await)
+                        {
+                            (Ok(n), Ok(a)) => break (n, a),
+                            _ if tries < 100 => {
+                                tries += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            (n, a) => panic!("cannot bind: {:?} {:?}", n.err(), a.err()),
+                        }
                     }
-                    (n, a) => panic!("cannot bind: {:?} {:?}", n.err(), a.err()),
                 }
             };
             let coordinator = Coordinator::new(config).await.unwrap();
@@ -204,9 +231,11 @@ impl Network {
     /// A coordinator (mutual TLS, tokens) that accepts the named sites.
     pub async fn start(sites: &[&str]) -> Self {
         let pki = Pki::new();
-        // Reserve two loopback ports for the coordinator.
-        let node_listen = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let api_listen = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        // The coordinator's two loopback listeners, bound here once and kept: the coordinator
+        // serves on these very sockets.
+        let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (node_listen, api_listen) = (node.local_addr().unwrap(), api.local_addr().unwrap());
         let config = CoordinatorConfig {
             node_listen,
             api_listen,
@@ -219,7 +248,7 @@ impl Network {
             ops_listen: None,
             drain: Duration::from_secs(5),
         };
-        let (coordinator, server) = start_coordinator(config.clone()).await;
+        let (coordinator, server) = start_coordinator(config.clone(), Listeners::Bound { node, api }).await;
         Self {
             pki,
             coordinator,
@@ -236,7 +265,7 @@ impl Network {
         if let Some(server) = self.server.take() {
             server.kill();
         }
-        let (coordinator, server) = start_coordinator(self.config.clone()).await;
+        let (coordinator, server) = start_coordinator(self.config.clone(), Listeners::Rebind).await;
         self.coordinator = coordinator;
         self.server = Some(server);
     }
@@ -247,7 +276,7 @@ impl Network {
     }
 
     /// A node of this network (its verifier trusts this network's identity provider).
-    pub fn node(&self, site: &str, catalog: Catalog, policy: Policy) -> Node {
+    pub fn node(&self, site: &str, catalog: Catalogue, policy: Policy) -> Node {
         Node::new(site, catalog, policy, self.pki.verifier())
     }
 
@@ -274,7 +303,7 @@ impl Network {
         let process = NodeProcess::start(node, options);
         self.nodes.insert(site.clone(), process);
         assert!(
-            self.coordinator.registry().wait_for(&[site.as_str()], Duration::from_secs(10)).await,
+            self.coordinator.sites().wait_for(&[site.as_str()], Duration::from_secs(10)).await,
             "site {site} did not connect"
         );
     }
@@ -417,7 +446,7 @@ impl Synthetic {
                 columns: t.columns.clone(),
             })
             .collect();
-        let catalog = Catalog::open(&datasets).await.context("open site data")?;
+        let catalog = Catalogue::open(&datasets).await.context("open site data")?;
         Ok(network.node(&site.site, catalog, policy))
     }
 

@@ -11,7 +11,7 @@ use crate::sys::{median, min};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use verbund_node::{Catalog, Node};
+use verbund_node::{Catalogue, Node};
 use verbund_proto::v1 as pb;
 
 pub struct Query {
@@ -171,7 +171,7 @@ pub struct Setup {
 
 pub async fn setup(pki: &verbund_tests::Pki, path: &Path) -> anyhow::Result<Setup> {
     let dataset = crate::net::dataset_config(crate::data::TABLE, path)?;
-    let catalog = Catalog::open(&[dataset]).await?;
+    let catalog = Catalogue::open(&[dataset]).await?;
     let node = Node::new("bench-site", catalog, verbund_tests::open_policy(5), pki.verifier());
     let raw = datafusion::prelude::SessionContext::new();
     let path_str = path.to_str().ok_or_else(|| anyhow::anyhow!("data path is not UTF-8"))?;

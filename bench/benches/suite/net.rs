@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use verbund_node::config::DatasetConfig;
-use verbund_node::{Catalog, Node};
-use verbund_policies::Policy;
+use verbund_node::config::{DatasetConfig, NodeTls};
+use verbund_node::{Catalogue, Node, NodeConfig};
+use verbund_policies::{Policy, ProjectRule};
 use verbund_proto::v1 as pb;
 use verbund_tests::{Network, PROJECT, with_token};
 
@@ -31,28 +31,15 @@ pub const LIGHT_SQL: &str = "SELECT count(*) FROM t WHERE age >= 65";
 /// The queries of the latency runs: (name, SQL).
 pub const LATENCY_QUERIES: [(&str, &str); 2] = [("typical", SQL), ("light", LIGHT_SQL)];
 
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn toml_path(p: &Path) -> anyhow::Result<String> {
-    Ok(toml_string(p.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", p.display()))?))
-}
-
-fn dataset_toml(name: &str, path: &Path) -> anyhow::Result<String> {
-    let columns: Vec<String> = crate::data::COLUMNS.iter().map(|c| toml_string(c)).collect();
-    Ok(format!(
-        "name = {}\npath = {}\npatient_key = {}\ncolumns = [{}]\n",
-        toml_string(name),
-        toml_path(path)?,
-        toml_string(crate::data::PATIENT_KEY),
-        columns.join(", ")
-    ))
-}
-
 /// A dataset declaration as a node configuration file would hold it.
 pub fn dataset_config(name: &str, path: &Path) -> anyhow::Result<DatasetConfig> {
-    Ok(toml::from_str(&dataset_toml(name, path)?)?)
+    Ok(DatasetConfig {
+        name: name.into(),
+        path: path.to_path_buf(),
+        format: None,
+        patient_key: crate::data::PATIENT_KEY.into(),
+        columns: crate::data::COLUMNS.iter().map(|c| c.to_string()).collect(),
+    })
 }
 
 /// The site policy of the network runs, as a hospital might write it.
@@ -64,26 +51,30 @@ pub struct PolicyValues {
 }
 
 impl PolicyValues {
-    pub fn toml(&self) -> String {
-        format!(
-            "min_cell_size = {}\nmax_groups = {}\nmax_concurrent_queries = {}\n\n[[project]]\nname = \"{PROJECT}\"\nroles = [\"researcher\"]\ndatasets = [\"*\"]\n",
-            self.min_cell_size, self.max_groups, self.max_concurrent_queries
-        )
-    }
-
     pub fn policy(&self) -> anyhow::Result<Policy> {
-        Ok(Policy::from_toml(&self.toml())?)
+        let mut policy = Policy {
+            min_cell_size: self.min_cell_size,
+            max_groups: self.max_groups,
+            max_concurrent_queries: self.max_concurrent_queries,
+            ..Policy::default()
+        };
+        policy.projects.push(ProjectRule { roles: vec!["researcher".into()], ..ProjectRule::everything(PROJECT) });
+        policy.validate()?;
+        Ok(policy)
     }
 
     /// Every limit of the policy as the node reads it, including the defaults of fields the
-    /// file leaves out.
+    /// file leaves out: `name: value` for each of the policy file's top-level settings.
     pub fn effective(self) -> String {
-        match self.policy() {
-            Ok(p) => {
-                let text = format!("{p:?}");
-                let text = text.split(", projects").next().unwrap_or(&text);
-                text.trim_start_matches("Policy {").trim().to_string()
-            }
+        let limits = self.policy().and_then(|p| Ok(toml::to_string(&Policy { projects: Vec::new(), ..p })?));
+        match limits {
+            Ok(text) => text
+                .lines()
+                .filter_map(|line| line.split_once(" = "))
+                .filter(|(name, _)| *name != "project")
+                .map(|(name, value)| format!("{name}: {value}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             Err(e) => format!("invalid: {e}"),
         }
     }
@@ -116,7 +107,7 @@ pub fn site_files(cache_dir: &Path, sites: usize, rows: usize, seed: u64) -> any
 }
 
 async fn site_node(network: &Network, site: &str, file: &Path, policy: &Policy) -> anyhow::Result<Node> {
-    let catalog = Catalog::open(&[dataset_config(crate::data::TABLE, file)?]).await?;
+    let catalog = Catalogue::open(&[dataset_config(crate::data::TABLE, file)?]).await?;
     Ok(network.node(site, catalog, policy.clone()))
 }
 
@@ -147,27 +138,15 @@ impl NodeChild {
         policy: PolicyValues,
     ) -> anyhow::Result<Self> {
         let policy_path = dir.join(format!("{site}-policy.toml"));
-        std::fs::write(&policy_path, policy.toml())?;
+        std::fs::write(&policy_path, policy.policy()?.to_toml()?)?;
         let tls = network.pki.site(site);
-        let auth = &network.pki.auth;
-        let jwks = auth.jwks_file.as_deref().ok_or_else(|| anyhow::anyhow!("the test PKI has no JWKS file"))?;
-        let config = format!(
-            "site = {}\ncoordinator = {}\npolicy = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\ncoordinator_name = \"127.0.0.1\"\n\n\
-             [auth]\nissuer = {}\naudience = {}\njwks_file = {}\n\n[[dataset]]\n{}",
-            toml_string(site),
-            toml_string(&network.link),
-            toml_path(&policy_path)?,
-            toml_path(&tls.ca)?,
-            toml_path(&tls.cert)?,
-            toml_path(&tls.key)?,
-            toml_string(&auth.issuer),
-            toml_string(&auth.audience),
-            toml_path(jwks)?,
-            dataset_toml(crate::data::TABLE, file)?,
-        );
+        let tls = NodeTls { ca: tls.ca, cert: tls.cert, key: tls.key, coordinator_name: Some("127.0.0.1".into()) };
+        let mut config = NodeConfig::new(site, network.link.parse()?, tls, network.pki.auth.clone());
+        config.policy = Some(policy_path);
+        config.datasets = vec![dataset_config(crate::data::TABLE, file)?];
         let config_path = dir.join(format!("{site}.toml"));
-        std::fs::write(&config_path, config)?;
-        verbund_node::NodeConfig::load(&config_path).context("the node configuration written for the child")?;
+        std::fs::write(&config_path, config.to_toml()?)?;
+        NodeConfig::load(&config_path).context("the node configuration written for the child")?;
         let log = dir.join(format!("{site}.log"));
         let child = std::process::Command::new(std::env::current_exe()?)
             .arg(CHILD_ARG)
@@ -179,7 +158,7 @@ impl NodeChild {
             .context("cannot start the node process")?;
         let pid = child.id();
         let guard = Self { child, pid, log };
-        if !network.coordinator.registry().wait_for(&[site], Duration::from_secs(60)).await {
+        if !network.coordinator.sites().wait_for(&[site], Duration::from_secs(60)).await {
             let text = std::fs::read_to_string(&guard.log).unwrap_or_default();
             bail!("the node process for {site} did not connect within 60 s; its log:\n{text}");
         }

@@ -81,7 +81,7 @@ async fn a_site_missing_a_column_refuses_and_the_rest_answer() {
         ("sex", Arc::new(StringArray::from(vec!["female", "male"])) as _),
     ])
     .unwrap();
-    let mut catalog = verbund_node::Catalog::new();
+    let mut catalog = verbund_node::Catalogue::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("patients", Arc::new(table), "patient_id", &["sex".into()]).unwrap();
     let node = network.node("practice", catalog, open_policy(1));

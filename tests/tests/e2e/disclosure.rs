@@ -8,7 +8,7 @@ use datafusion::datasource::MemTable;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use verbund_node::Catalog;
+use verbund_node::Catalogue;
 use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::{Cell, rows};
@@ -44,8 +44,8 @@ fn padded_ward() -> RecordBatch {
     .unwrap()
 }
 
-fn catalog_of(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Catalog {
-    let mut catalog = Catalog::new();
+fn catalog_of(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Catalogue {
+    let mut catalog = Catalogue::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     catalog.add_table(dataset, Arc::new(table), "patient_id", &columns).unwrap();

@@ -6,58 +6,88 @@ use datafusion::datasource::MemTable;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use std::sync::Arc;
-use verbund_node::Catalog;
-use verbund_tests::compare::assert_same;
+use verbund_node::Catalogue;
+use verbund_tests::compare::{Expect, assert_same};
 use verbund_tests::{Network, Synthetic, open_policy, run_sql};
 
-/// (number of leading group columns, SQL)
-const QUERIES: &[(usize, &str)] = &[
-    (0, "SELECT count(*) AS n FROM patients"),
-    (1, "SELECT sex, count(*) AS n, count(DISTINCT patient_id) AS patients FROM patients GROUP BY sex"),
-    (1, "SELECT region, avg(bmi) AS mean_bmi, count(bmi) AS n FROM patients WHERE bmi IS NOT NULL GROUP BY region"),
-    (1, "SELECT sex, count(*) AS missing_bmi FROM patients WHERE bmi IS NULL GROUP BY sex"),
+/// (what the answer looks like: leading group columns, or no rows; SQL)
+const QUERIES: &[(Expect, &str)] = &[
+    (Expect::keys(0), "SELECT count(*) AS n FROM patients"),
+    (Expect::keys(1), "SELECT sex, count(*) AS n, count(DISTINCT patient_id) AS patients FROM patients GROUP BY sex"),
     (
-        1,
+        Expect::keys(1),
+        "SELECT region, avg(bmi) AS mean_bmi, count(bmi) AS n FROM patients WHERE bmi IS NOT NULL GROUP BY region",
+    ),
+    (Expect::keys(1), "SELECT sex, count(*) AS missing_bmi FROM patients WHERE bmi IS NULL GROUP BY sex"),
+    (
+        Expect::keys(1),
         "SELECT icd10_group, count(DISTINCT patient_id) AS patients FROM conditions WHERE age > 65 GROUP BY icd10_group",
     ),
-    (1, "SELECT sex, sum(age) AS s, avg(age) AS a FROM patients WHERE age >= 18 AND age < 65 GROUP BY sex"),
-    (0, "SELECT count(*) AS n FROM patients WHERE age <= 10 OR age >= 90"),
-    (1, "SELECT region, count(*) AS n FROM patients WHERE region != 'Hamburg' GROUP BY region"),
-    (1, "SELECT icd10, count(*) AS n FROM conditions WHERE icd10 IN ('E11.9', 'I10.90', 'J45.9') GROUP BY icd10"),
     (
-        1,
+        Expect::keys(1),
+        "SELECT sex, sum(age) AS s, avg(age) AS a FROM patients WHERE age >= 18 AND age < 65 GROUP BY sex",
+    ),
+    (Expect::keys(0), "SELECT count(*) AS n FROM patients WHERE age <= 10 OR age >= 90"),
+    (Expect::keys(1), "SELECT region, count(*) AS n FROM patients WHERE region != 'Hamburg' GROUP BY region"),
+    (
+        Expect::keys(1),
+        "SELECT icd10, count(*) AS n FROM conditions WHERE icd10 IN ('E11.9', 'I10.90', 'J45.9') GROUP BY icd10",
+    ),
+    (
+        Expect::keys(1),
         "SELECT icd10_group, count(*) AS n FROM conditions WHERE icd10_group NOT IN ('E11', 'I10') GROUP BY icd10_group",
     ),
     (
-        1,
+        Expect::keys(1),
         "SELECT sex, var_samp(value) AS vs, var_pop(value) AS vp, stddev_samp(value) AS ss, stddev_pop(value) AS sp \
          FROM observations WHERE name = 'hba1c' GROUP BY sex",
     ),
-    (1, "SELECT bin(age, 0, 10, 10) AS decade, count(DISTINCT patient_id) AS patients FROM patients GROUP BY decade"),
-    (2, "SELECT bin_edges(age, 0, 18, 40, 65, 80, 120) AS band, sex, avg(bmi) AS bmi FROM patients GROUP BY band, sex"),
-    (1, "SELECT sex, histogram(bmi, 10, 5, 8) AS h FROM patients GROUP BY sex"),
-    (0, "SELECT histogram_edges(value, 4, 5.7, 6.5, 8, 15) AS h FROM observations WHERE name = 'hba1c'"),
-    (1, "SELECT name, sum(value) AS s, avg(value) AS a FROM observations WHERE age BETWEEN 40 AND 60 GROUP BY name"),
-    (1, "SELECT name, count(*) AS n FROM observations WHERE age NOT BETWEEN 18 AND 80 GROUP BY name"),
-    (1, "SELECT smoker, count(*) AS n, avg(bmi) AS bmi FROM patients WHERE smoker IS NOT NULL GROUP BY smoker"),
-    (0, "SELECT count(*) AS smokers FROM patients WHERE smoker"),
-    (0, "SELECT count(*) AS n, avg(age) AS a FROM patients WHERE NOT (sex = 'female' OR age < 30)"),
     (
-        1,
+        Expect::keys(1),
+        "SELECT bin(age, 0, 10, 10) AS decade, count(DISTINCT patient_id) AS patients FROM patients GROUP BY decade",
+    ),
+    (
+        Expect::keys(2),
+        "SELECT bin_edges(age, 0, 18, 40, 65, 80, 120) AS band, sex, avg(bmi) AS bmi FROM patients GROUP BY band, sex",
+    ),
+    (Expect::keys(1), "SELECT sex, histogram(bmi, 10, 5, 8) AS h FROM patients GROUP BY sex"),
+    (Expect::keys(0), "SELECT histogram_edges(value, 4, 5.7, 6.5, 8, 15) AS h FROM observations WHERE name = 'hba1c'"),
+    (
+        Expect::keys(1),
+        "SELECT name, sum(value) AS s, avg(value) AS a FROM observations WHERE age BETWEEN 40 AND 60 GROUP BY name",
+    ),
+    (Expect::keys(1), "SELECT name, count(*) AS n FROM observations WHERE age NOT BETWEEN 18 AND 80 GROUP BY name"),
+    (
+        Expect::keys(1),
+        "SELECT smoker, count(*) AS n, avg(bmi) AS bmi FROM patients WHERE smoker IS NOT NULL GROUP BY smoker",
+    ),
+    (Expect::keys(0), "SELECT count(*) AS smokers FROM patients WHERE smoker"),
+    (Expect::keys(0), "SELECT count(*) AS n, avg(age) AS a FROM patients WHERE NOT (sex = 'female' OR age < 30)"),
+    (
+        Expect::keys(1),
         "SELECT icd10_group, count(*) AS n FROM conditions \
          WHERE onset_date >= DATE '2020-01-01' AND onset_date < '2023-06-30' GROUP BY icd10_group",
     ),
-    (1, "SELECT deceased, count(*) AS n, avg(age) AS a, var_pop(age) AS v FROM patients GROUP BY deceased"),
-    (1, "SELECT birth_date, count(*) AS n FROM patients WHERE birth_date > '2024-06-01' GROUP BY birth_date"),
-    (0, "SELECT count(*) AS n FROM patients WHERE 65 < age"),
-    (2, "SELECT loinc, unit, count(value) AS n, sum(value) AS s FROM observations GROUP BY loinc, unit"),
-    (0, "SELECT count(*) AS n FROM observations WHERE value > -1 AND age >= 0"),
-    (1, "SELECT p.sex, count(*) AS n FROM patients p WHERE p.age < 18 GROUP BY p.sex"),
-    (0, "SELECT count(*) AS n, sum(age) AS s, avg(bmi) AS b, var_samp(bmi) AS v FROM patients WHERE age > 200"),
-    (1, "SELECT sex, count(*) AS n FROM patients WHERE age > 200 GROUP BY sex"),
+    (
+        Expect::keys(1),
+        "SELECT deceased, count(*) AS n, avg(age) AS a, var_pop(age) AS v FROM patients GROUP BY deceased",
+    ),
+    (
+        Expect::keys(1),
+        "SELECT birth_date, count(*) AS n FROM patients WHERE birth_date > '2024-06-01' GROUP BY birth_date",
+    ),
+    (Expect::keys(0), "SELECT count(*) AS n FROM patients WHERE 65 < age"),
+    (Expect::keys(2), "SELECT loinc, unit, count(value) AS n, sum(value) AS s FROM observations GROUP BY loinc, unit"),
+    (Expect::keys(0), "SELECT count(*) AS n FROM observations WHERE value > -1 AND age >= 0"),
+    (Expect::keys(1), "SELECT p.sex, count(*) AS n FROM patients p WHERE p.age < 18 GROUP BY p.sex"),
+    (
+        Expect::keys(0),
+        "SELECT count(*) AS n, sum(age) AS s, avg(bmi) AS b, var_samp(bmi) AS v FROM patients WHERE age > 200",
+    ),
+    (Expect::keys(1).empty(), "SELECT sex, count(*) AS n FROM patients WHERE age > 200 GROUP BY sex"),
     // Cross-products for regression (X'X): float*float, int*float, int*int.
     (
-        1,
+        Expect::keys(1),
         "SELECT sex, count(*) AS n, sum(bmi * bmi) AS bb, sum(age * bmi) AS ab, sum(age * age) AS aa \
          FROM patients WHERE bmi IS NOT NULL GROUP BY sex",
     ),
@@ -67,14 +97,14 @@ const QUERIES: &[(usize, &str)] = &[
 async fn federated_answers_equal_pooled_answers() {
     let data = Synthetic::new(20261123, 0.12).await.unwrap();
     let network = data.network(open_policy(1), &[]).await.unwrap();
-    for (keys, sql) in QUERIES {
+    for (expect, sql) in QUERIES {
         let (federated, response) = network.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         for s in &response.sites {
             assert_eq!(s.outcome(), verbund_proto::v1::SiteOutcome::Answered, "{sql}: {} {}", s.site, s.message);
         }
         assert!(!response.notes.iter().any(|n| n.contains("withheld at sites")), "{sql}: k = 1 withholds nothing");
         let pooled = data.pooled(sql).await.unwrap();
-        assert_same(sql, &federated, &pooled, *keys);
+        assert_same(sql, &federated, &pooled, *expect);
     }
 }
 
@@ -97,7 +127,7 @@ async fn variance_of_large_values_with_small_spread_is_exact() {
         .unwrap();
         all.push(batch.clone());
         per_site.push(values);
-        let mut catalog = Catalog::new();
+        let mut catalog = Catalogue::new();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
         catalog.add_table("devices", Arc::new(table), "patient_id", &["value".into()]).unwrap();
         let node = network.node(site, catalog, open_policy(1));

@@ -10,7 +10,7 @@ use datafusion::datasource::MemTable;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use verbund_node::{Catalog, Node};
+use verbund_node::{Catalogue, Node};
 use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
@@ -44,7 +44,7 @@ fn site_names(data: &Synthetic) -> Vec<&str> {
 fn link_of(network: &Network, site: &str) -> pb::SiteInfo {
     network
         .coordinator
-        .registry()
+        .sites()
         .list()
         .into_iter()
         .find(|s| s.site == site)
@@ -53,7 +53,7 @@ fn link_of(network: &Network, site: &str) -> pb::SiteInfo {
 
 /// Every site the coordinator accepts still has its link.
 fn assert_all_connected(network: &Network) {
-    let sites = network.coordinator.registry().list();
+    let sites = network.coordinator.sites().list();
     assert!(!sites.is_empty());
     for s in &sites {
         assert!(s.connected, "site {} lost its link: {s:?}", s.site);
@@ -132,7 +132,7 @@ fn coded_node(network: &Network, site: &str, groups: usize, per_group: usize, po
         })
         .collect();
     let table = MemTable::try_new(schema, vec![batches]).unwrap();
-    let mut catalog = Catalog::new();
+    let mut catalog = Catalogue::new();
     catalog.add_table("visits", Arc::new(table), "patient_id", &["code".into(), "value".into()]).unwrap();
     network.node(site, catalog, policy)
 }

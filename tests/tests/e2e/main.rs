@@ -5,6 +5,7 @@ mod bad_queries;
 mod disclosure;
 mod exactness;
 mod hostile_inputs;
+mod misbehaving;
 mod operations;
 mod resilience;
 mod security;

@@ -77,7 +77,7 @@ async fn metrics_and_probes_report_queries_sites_and_withheld_cells() {
 
     network.kill("a");
     let c = network.coordinator.clone();
-    wait_until("the coordinator counts a gone", Duration::from_secs(5), || !c.registry().is_connected("a")).await;
+    wait_until("the coordinator counts a gone", Duration::from_secs(5), || !c.sites().is_connected("a")).await;
     let (_, text) = get(&format!("{coordinator}/metrics")).await;
     assert_eq!(sample(&text, "verbund_coordinator_sites_connected"), Some(1.0));
 }
@@ -127,5 +127,5 @@ async fn a_node_shutting_down_finishes_its_query_and_refuses_new_ones() {
     let process = &network.nodes["b"];
     wait_until("the node stopped", Duration::from_secs(5), || process.finished()).await;
     let c = network.coordinator.clone();
-    wait_until("the coordinator saw the node go", Duration::from_secs(5), || !c.registry().is_connected("b")).await;
+    wait_until("the coordinator saw the node go", Duration::from_secs(5), || !c.sites().is_connected("b")).await;
 }

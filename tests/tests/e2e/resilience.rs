@@ -5,7 +5,7 @@ use datafusion::datasource::MemTable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use verbund_node::{Catalog, Node};
+use verbund_node::{Catalogue, Node};
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
 use verbund_tests::proxy::Proxy;
@@ -24,7 +24,7 @@ pub(crate) fn fast_node_with(network: &Network, site: &str, rows: i64, policy: v
         vec![Arc::new(StringArray::from(ids)), Arc::new(Int64Array::from_iter_values(0..rows))],
     )
     .unwrap();
-    let mut catalog = Catalog::new();
+    let mut catalog = Catalogue::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
     network.node(site, catalog, policy)
@@ -43,7 +43,7 @@ fn slow_node_with(
     policy: verbund_policies::Policy,
 ) -> (Node, Arc<Progress>) {
     let (table, progress) = slow_table(batches, delay);
-    let mut catalog = Catalog::new();
+    let mut catalog = Catalogue::new();
     catalog.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
     (network.node(site, catalog, policy), progress)
 }
@@ -75,7 +75,7 @@ async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_wh
     assert!(response.notes.iter().any(|n| n.contains("2 of 3 sites")), "{:?}", response.notes);
 
     // The coordinator knows b is gone, and says so without waiting for a deadline.
-    assert!(network.coordinator.registry().wait_for_disconnect("b", Duration::from_secs(5)).await);
+    assert!(network.coordinator.sites().wait_for_disconnect("b", Duration::from_secs(5)).await);
     let started = Instant::now();
     let (_, response) = network.query(COUNT).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -179,7 +179,7 @@ async fn a_proxy_that_refuses_keeps_the_node_out() {
     let mut options = network.link_options("refused");
     options.proxy = Some(proxy.address.parse().unwrap());
     let _node = verbund_tests::NodeProcess::start(fast_node(&network, "refused", 3), options);
-    let connected = network.coordinator.registry().wait_for(&["refused"], Duration::from_millis(800)).await;
+    let connected = network.coordinator.sites().wait_for(&["refused"], Duration::from_millis(800)).await;
     assert!(!connected);
     assert_eq!(proxy.tunnel_count(), 0);
 }
@@ -209,7 +209,7 @@ async fn nodes_redial_a_restarted_coordinator() {
     network.add_node(node).await;
     network.restart_coordinator().await;
     assert!(
-        network.coordinator.registry().wait_for(&["a", "c"], Duration::from_secs(10)).await,
+        network.coordinator.sites().wait_for(&["a", "c"], Duration::from_secs(10)).await,
         "the nodes did not come back to the new coordinator"
     );
     let (table, response) = network.query(COUNT).await.unwrap();

@@ -7,23 +7,24 @@ use datafusion::datasource::MemTable;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
-use verbund_node::Catalog;
+use verbund_node::Catalogue;
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::node_link_client::NodeLinkClient;
+use verbund_security::files::Overwrite;
 use verbund_security::pki::{NetworkCa, Validity};
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::{DevIssuer, now_unix};
 use verbund_tests::compare::ints;
 use verbund_tests::{Network, PROJECT, open_policy, status, with_token};
 
-fn catalog(rows: i64) -> Catalog {
+fn catalog(rows: i64) -> Catalogue {
     let ids: Vec<String> = (0..rows).map(|i| format!("p{i}")).collect();
     let batch = RecordBatch::try_from_iter([
         ("patient_id", Arc::new(StringArray::from(ids)) as _),
         ("value", Arc::new(Int64Array::from_iter_values(0..rows)) as _),
     ])
     .unwrap();
-    let mut catalog = Catalog::new();
+    let mut catalog = Catalogue::new();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
     catalog
@@ -31,38 +32,108 @@ fn catalog(rows: i64) -> Catalog {
 
 const COUNT: &str = "SELECT count(*) AS n FROM vitals";
 
-/// Opens the node link with the given TLS files and claims `site` in the Hello. Ok when the
-/// coordinator welcomes it.
+/// The error and each of its sources in turn, joined with ": " (a transport error's own
+/// text says little; the reason is further down the chain).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+/// TLS for a node link client from files as they are (no local expiry check, unlike
+/// `node_client_tls`, so that the coordinator's own check is what refuses).
+fn raw_client_tls(files: &TlsFiles, server_name: &str) -> tonic::transport::ClientTlsConfig {
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(&files.ca)))
+        .identity(tonic::transport::Identity::from_pem(read(&files.cert), read(&files.key)))
+        .domain_name(server_name)
+}
+
+/// The coordinator's verdict on a client's certificate, seen from a bare TLS client: in TLS
+/// 1.3 the client's side of the handshake ends before the server has checked the client's
+/// certificate, and a refusal arrives as the server's alert on the first read (a gRPC client
+/// only sees the connection close). The client trusts the network's CA and presents
+/// `identity`'s certificate, if any.
+async fn tls_verdict(network: &Network, identity: Option<&TlsFiles>) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in verbund_security::certs::load_certs(&network.pki.ca_path).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        Some(files) => builder
+            .with_client_auth_cert(
+                verbund_security::certs::load_certs(&files.cert).unwrap(),
+                verbund_security::certs::load_key(&files.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let address = network.link.trim_start_matches("https://");
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {}", chain(&e)))?;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(0)) => Err("closed without a word".into()),
+        Ok(Ok(_)) => Ok(()), // the server's first HTTP/2 frames: the certificate was taken
+        Ok(Err(e)) => Err(format!("read: {}", chain(&e))),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// What the coordinator answers a plaintext HTTP/2 client: the raw bytes, up to its close.
+async fn plaintext_answer(network: &Network) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = network.link.trim_start_matches("https://");
+    let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
+    answer
+}
+
+/// Opens the node link at `address` (the network's link address unless given) with `tls`
+/// (plain TCP without) and claims `site` in the Hello. Ok when the coordinator welcomes it;
+/// else where it failed and the whole error chain.
 async fn try_link(
     network: &Network,
-    scheme_and_host: Option<&str>,
-    files: Option<&TlsFiles>,
+    address: Option<&str>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     site: &str,
 ) -> Result<(), String> {
-    let address = match scheme_and_host {
-        Some(a) => a.to_string(),
-        None => network.link.clone(),
-    };
+    let address = address.map_or_else(|| network.link.clone(), str::to_string);
     let mut endpoint =
         tonic::transport::Endpoint::from_shared(address).unwrap().connect_timeout(Duration::from_secs(3));
-    if let Some(files) = files {
-        let (tls, _) = verbund_security::tls::node_client_tls(files, "127.0.0.1").map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).unwrap();
     }
-    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {}", chain(&e)))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = pb::Hello { site: site.into(), catalogue: Some(pb::Catalogue::default()), ..Default::default() };
     tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }).await.unwrap();
+    let refused = |s: tonic::Status| format!("{:?}: {}", s.code(), chain(&s));
     let response =
         tokio::time::timeout(Duration::from_secs(5), NodeLinkClient::new(channel).attach(ReceiverStream::new(rx)))
             .await
             .map_err(|_| "timed out".to_string())?
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            .map_err(refused)?;
     let mut inbound = response.into_inner();
     match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
         Ok(Ok(Some(pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Welcome(_)) }))) => Ok(()),
         Ok(Ok(other)) => Err(format!("unexpected {other:?}")),
-        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Err(s)) => Err(refused(s)),
         Err(_) => Err("no answer".into()),
     }
 }
@@ -70,60 +141,67 @@ async fn try_link(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_link_admits_only_known_sites_with_valid_certificates() {
     let network = Network::start(&["good", "expired"]).await;
-    assert_eq!(try_link(&network, None, Some(&network.pki.site("good")), "good").await, Ok(()), "the normal path");
+    let good = network.pki.site("good");
+    let (tls, _) = verbund_security::tls::node_client_tls(&good, "127.0.0.1").unwrap();
+    assert_eq!(try_link(&network, None, Some(tls), "good").await, Ok(()), "the normal path");
+    assert_eq!(tls_verdict(&network, Some(&good)).await, Ok(()));
+    // Refused in the TLS handshake: a gRPC client sees only its connection end (how exactly
+    // varies: closed, broken pipe), never an answer of the service; the server's alert says why.
+    let refused_in_tls = |err: &str, what: &str| {
+        assert!(err.contains("transport error") && !err.contains("PermissionDenied"), "{what}: {err}");
+    };
 
     // A certificate from another CA.
     let dir = tempfile::tempdir().unwrap();
     let rogue_ca = NetworkCa::create("rogue", Validity::days(10)).unwrap();
-    let (rogue_ca_path, _) = rogue_ca.write(dir.path()).unwrap();
-    let (cert, key) = rogue_ca.issue_site("good", Validity::days(1)).unwrap().write(dir.path(), "good").unwrap();
+    let (cert, key) =
+        rogue_ca.issue_site("good", Validity::days(1)).unwrap().write(dir.path(), "good", Overwrite::Refuse).unwrap();
     // The rogue client trusts the real coordinator (real CA) but presents the rogue cert.
     let rogue = TlsFiles { ca: network.pki.ca_path.clone(), cert, key };
-    assert!(try_link(&network, None, Some(&rogue), "good").await.is_err(), "a certificate from another CA");
-    let _ = rogue_ca_path;
+    let err = try_link(&network, None, Some(raw_client_tls(&rogue, "127.0.0.1")), "good").await.unwrap_err();
+    refused_in_tls(&err, "a certificate from another CA");
+    let err = tls_verdict(&network, Some(&rogue)).await.unwrap_err();
+    assert_eq!(err, "read: received fatal alert: UnknownCA", "a certificate from another CA");
 
-    // An expired certificate (issued by the right CA).
+    // An expired certificate (issued by the right CA). A node does not even try with it.
     let expired = network
         .pki
         .site_with("expired", Validity { starts_in: time::Duration::days(-10), lasts: time::Duration::days(1) });
-    let pem = std::fs::read(&expired.cert).unwrap();
-    let key = std::fs::read(&expired.key).unwrap();
-    let ca = std::fs::read(&expired.ca).unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .identity(tonic::transport::Identity::from_pem(pem, key))
-        .domain_name("127.0.0.1");
-    let result = async {
-        let channel = tonic::transport::Endpoint::from_shared(network.link.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let hello =
-            pb::Hello { site: "expired".into(), catalogue: Some(pb::Catalogue::default()), ..Default::default() };
-        tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }).await.unwrap();
-        let mut inbound =
-            NodeLinkClient::new(channel).attach(ReceiverStream::new(rx)).await.map_err(|s| s.to_string())?.into_inner();
-        inbound.message().await.map_err(|s| s.to_string()).map(|_| ())
-    }
-    .await;
-    assert!(result.is_err(), "an expired certificate");
-    assert!(!network.coordinator.registry().is_connected("expired"));
+    let err = chain(&verbund_security::tls::node_client_tls(&expired, "127.0.0.1").unwrap_err());
+    assert!(err.contains("expired.pem: has expired; renew it"), "{err}");
+    let err = try_link(&network, None, Some(raw_client_tls(&expired, "127.0.0.1")), "expired").await.unwrap_err();
+    refused_in_tls(&err, "an expired certificate");
+    let err = tls_verdict(&network, Some(&expired)).await.unwrap_err();
+    assert_eq!(err, "read: received fatal alert: CertificateExpired", "an expired certificate");
+    assert!(!network.coordinator.sites().is_connected("expired"));
 
-    // A valid certificate for a site the network does not know.
-    let err = try_link(&network, None, Some(&network.pki.site("intruder")), "intruder").await.unwrap_err();
-    assert!(err.contains("PermissionDenied") && err.contains("not a member"), "{err}");
+    // TLS without a client certificate.
+    let anonymous = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&network.pki.ca_path).unwrap()))
+        .domain_name("127.0.0.1");
+    let err = try_link(&network, None, Some(anonymous), "good").await.unwrap_err();
+    refused_in_tls(&err, "no client certificate");
+    let err = tls_verdict(&network, None).await.unwrap_err();
+    assert_eq!(err, "read: received fatal alert: CertificateRequired", "no client certificate");
+
+    // A valid certificate for a site the network does not know: TLS takes it, the link does not.
+    let intruder = network.pki.site("intruder");
+    assert_eq!(tls_verdict(&network, Some(&intruder)).await, Ok(()));
+    let err = try_link(&network, None, Some(raw_client_tls(&intruder, "127.0.0.1")), "intruder").await.unwrap_err();
+    assert!(err.starts_with("PermissionDenied: ") && err.contains("site 'intruder' is not a member"), "{err}");
 
     // A Hello that claims another site than the certificate names.
-    let err = try_link(&network, None, Some(&network.pki.site("good")), "expired").await.unwrap_err();
-    assert!(err.contains("PermissionDenied") && err.contains("claims"), "{err}");
+    let err = try_link(&network, None, Some(raw_client_tls(&good, "127.0.0.1")), "expired").await.unwrap_err();
+    assert!(
+        err.starts_with("PermissionDenied: ")
+            && err.contains("the certificate identifies site 'good', but the Hello claims 'expired'"),
+        "{err}"
+    );
 
-    // Plain TCP.
+    // Plain TCP: refused, and what comes back is a TLS alert (fatal, decode_error), not HTTP/2.
     let plain = network.link.replace("https://", "http://");
     assert!(try_link(&network, Some(&plain), None, "good").await.is_err(), "a plaintext client");
+    assert_eq!(plaintext_answer(&network).await, [21, 3, 3, 0, 2, 2, 50], "a TLS alert record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,8 +209,26 @@ async fn a_node_refuses_a_coordinator_with_the_wrong_name() {
     let network = Network::start(&["careful"]).await;
     let mut options = network.link_options("careful");
     options.coordinator_name = "coordinator.other-network.example".into();
+    // The TLS the node builds from these options refuses the coordinator's certificate.
+    let (tls, _) = verbund_security::tls::node_client_tls(&options.tls, &options.coordinator_name).unwrap();
+    let err = try_link(&network, None, Some(tls), "careful").await.unwrap_err();
+    assert!(
+        err.starts_with("connect: ")
+            && err.contains(
+                r#"invalid peer certificate: certificate not valid for name "coordinator.other-network.example""#
+            ),
+        "{err}"
+    );
     let _node = verbund_tests::NodeProcess::start(network.node("careful", catalog(5), open_policy(1)), options);
-    assert!(!network.coordinator.registry().wait_for(&["careful"], Duration::from_millis(1500)).await);
+    assert!(!network.coordinator.sites().wait_for(&["careful"], Duration::from_millis(1500)).await);
+
+    // Nor does a node connect to a coordinator whose certificate its own CA did not issue.
+    let dir = tempfile::tempdir().unwrap();
+    let (other_ca, _) = NetworkCa::create("other", Validity::days(10)).unwrap().write(dir.path()).unwrap();
+    let distrusting = TlsFiles { ca: other_ca, ..network.pki.site("careful") };
+    let (tls, _) = verbund_security::tls::node_client_tls(&distrusting, "127.0.0.1").unwrap();
+    let err = try_link(&network, None, Some(tls), "careful").await.unwrap_err();
+    assert!(err.starts_with("connect: ") && err.contains("invalid peer certificate: UnknownIssuer"), "{err}");
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -353,7 +449,7 @@ async fn certificates_rotate_while_the_network_runs() {
         .ca
         .issue_coordinator(&names, Validity::days(3))
         .unwrap()
-        .write(network.pki.dir.path(), "coordinator")
+        .write(network.pki.dir.path(), "coordinator", Overwrite::Replace)
         .unwrap();
     let started = std::time::Instant::now();
     loop {
@@ -411,7 +507,7 @@ async fn token_keys_can_come_from_the_identity_providers_jwks_url() {
     let url = serve_jwks(&pki.coordinator, pki.issuer.jwks.clone()).await;
     let mut config = pki.auth.clone();
     config.jwks_file = None;
-    config.jwks_url = Some(url.clone());
+    config.jwks_url = Some(url.parse().unwrap());
     config.jwks_ca = Some(pki.ca_path.clone());
     let verifier = verbund_security::token::Verifier::from_config(&config).await.unwrap();
     assert_eq!(verifier.verify(&pki.token()).unwrap().sub, "alice");

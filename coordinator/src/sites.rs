@@ -1,10 +1,9 @@
 //! The sites the coordinator knows: who is connected right now, since when, last seen when,
 //! with which catalogue; and the queries each connection still owes an answer to.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
 use verbund_ops::prometheus_client::metrics::gauge::Gauge;
@@ -56,7 +55,7 @@ pub enum View<'a> {
 }
 
 #[derive(Default)]
-pub struct Registry {
+pub struct SiteRegistry {
     sites: Mutex<HashMap<String, SiteEntry>>,
     next_connection: AtomicU64,
     changed: Notify,
@@ -64,11 +63,7 @@ pub struct Registry {
     connected_gauge: Gauge,
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-impl Registry {
+impl SiteRegistry {
     /// A registry that keeps `connected_gauge` at the number of connected sites.
     pub fn with_gauge(connected_gauge: Gauge) -> Self {
         Self { connected_gauge, ..Self::default() }
@@ -79,14 +74,14 @@ impl Registry {
         self.connected_gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SiteEntry>> {
-        self.sites.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, SiteEntry>> {
+        self.sites.lock()
     }
 
     /// Records a new connection of `hello.site`, replacing (and closing) an older one.
     pub fn attach(&self, hello: &pb::Hello, remote_addr: String, certificate_not_after_unix: i64, tx: Outbound) -> u64 {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = now_ms();
+        let now = verbund_proto::unix_ms();
         let entry = SiteEntry {
             catalogue: hello.catalogue.clone().unwrap_or_default(),
             project_views: hello.project_views.clone(),
@@ -154,7 +149,7 @@ impl Registry {
 
     pub fn touch(&self, site: &str) {
         if let Some(entry) = self.lock().get_mut(site) {
-            entry.last_seen_ms = now_ms();
+            entry.last_seen_ms = verbund_proto::unix_ms();
         }
     }
 

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use verbund_proto::v1 as pb;
 use verbund_query::literal::column_type_of;
 
-pub struct Catalog {
+pub struct Catalogue {
     pub(crate) ctx: SessionContext,
     catalogue: pb::Catalogue,
 }
 
-impl Catalog {
+impl Catalogue {
     pub fn new() -> Self {
         // Nothing spills to disk: a query that outgrows its memory limit is refused instead
         // (a node's disk is the hospital's, and a full disk must not take the node down).
@@ -151,7 +151,7 @@ impl Catalog {
     }
 }
 
-impl Default for Catalog {
+impl Default for Catalogue {
     fn default() -> Self {
         Self::new()
     }
