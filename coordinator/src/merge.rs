@@ -67,9 +67,8 @@ enum Acc {
 }
 
 impl Acc {
-    fn for_aggregate(aggregate: &pb::Aggregate) -> Acc {
+    fn empty((kind, bins): (pb::AggregateKind, usize)) -> Acc {
         use pb::AggregateKind as K;
-        let (kind, bins) = expected(aggregate);
         match kind {
             K::Sum | K::Mean | K::SumOfProducts => Acc::Sum { count: 0, int: 0, float: 0.0, is_float: false },
             K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation => {
@@ -136,12 +135,18 @@ fn expected(aggregate: &pb::Aggregate) -> (pb::AggregateKind, usize) {
 
 pub struct Merger<'a> {
     plan: &'a FederatedPlan,
+    /// Each requested aggregate's kind and bin count, worked out once per query.
+    expected: Vec<(pb::AggregateKind, usize)>,
+    /// The accumulators a new group starts with.
+    empty: Vec<Acc>,
     groups: BTreeMap<Vec<KeyValue>, Vec<Acc>>,
 }
 
 impl<'a> Merger<'a> {
     pub fn new(plan: &'a FederatedPlan) -> Self {
-        Self { plan, groups: BTreeMap::new() }
+        let expected: Vec<_> = plan.request.aggregates.iter().map(expected).collect();
+        let empty = expected.iter().copied().map(Acc::empty).collect();
+        Self { plan, expected, empty, groups: BTreeMap::new() }
     }
 
     /// Checks that a site's answer has the shape the request asked for, so a faulty or
@@ -164,8 +169,7 @@ impl<'a> Merger<'a> {
                     expected: self.plan.request.aggregates.len(),
                 });
             }
-            for (a, p) in self.plan.request.aggregates.iter().zip(&g.aggregates) {
-                let (kind, bins) = expected(a);
+            for (&(kind, bins), p) in self.expected.iter().zip(&g.aggregates) {
                 let ok = match (&p.state, kind) {
                     (Some(State::Withheld(_)), K::Count | K::Sum | K::Mean | K::SumOfProducts) => true,
                     (
@@ -195,11 +199,7 @@ impl<'a> Merger<'a> {
     pub fn add(&mut self, partial: &pb::PartialResult) {
         for g in &partial.groups {
             let key: Vec<KeyValue> = g.keys.iter().cloned().map(KeyValue).collect();
-            let plan = self.plan;
-            let accs = self
-                .groups
-                .entry(key)
-                .or_insert_with(|| plan.request.aggregates.iter().map(Acc::for_aggregate).collect());
+            let accs = self.groups.entry(key).or_insert_with(|| self.empty.clone());
             for (acc, p) in accs.iter_mut().zip(&g.aggregates) {
                 match (acc, &p.state) {
                     (Acc::Count(n), Some(State::Count(c))) => *n = Some(n.unwrap_or(0) + c.count),

@@ -333,6 +333,12 @@ impl Network {
         researcher_client(&self.api, &self.pki.ca_path).await
     }
 
+    /// The sites as the test researcher sees them.
+    pub async fn list_sites(&self) -> pb::ListSitesResponse {
+        let request = with_token(pb::ListSitesRequest::default(), &self.pki.token());
+        self.client().await.list_sites(request).await.unwrap().into_inner()
+    }
+
     /// Runs a query in [`PROJECT`] with a valid token; returns the merged table and the response.
     pub async fn query(&self, sql: &str) -> Result<(RecordBatch, pb::QueryResponse), tonic::Status> {
         self.query_with(pb::ResearchQuery { sql: sql.into(), ..Default::default() }).await
@@ -362,14 +368,18 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
 
 pub async fn researcher_client(api: &str, ca: &std::path::Path) -> ResearcherClient<tonic::transport::Channel> {
     let tls = verbund_security::tls::researcher_client_tls(ca, Some("127.0.0.1")).unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(api.to_string())
+    ResearcherClient::new(tls_channel(api, tls).await)
+}
+
+/// A connected channel to `address` with the given TLS settings.
+pub async fn tls_channel(address: &str, tls: tonic::transport::ClientTlsConfig) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(address.to_string())
         .unwrap()
         .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    ResearcherClient::new(channel)
+        .unwrap()
 }
 
 /// A request with `authorization: Bearer <token>`.

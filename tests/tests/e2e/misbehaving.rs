@@ -7,7 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::node_link_client::NodeLinkClient;
 use verbund_tests::compare::ints;
-use verbund_tests::{Network, status};
+use verbund_tests::{Network, status, tls_channel};
 
 /// A fake node with a valid site certificate: it announces `catalogue` and answers every
 /// query with what `answer` makes of it. Runs until the returned task is aborted.
@@ -18,13 +18,7 @@ async fn fake_site(
     answer: fn(&pb::NodeQuery) -> pb::PartialResult,
 ) -> tokio::task::JoinHandle<()> {
     let (tls, _) = verbund_security::tls::node_client_tls(&network.pki.site(site), "127.0.0.1").unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(network.link.clone())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tls_channel(&network.link, tls).await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let hello = pb::Hello { site: site.into(), catalogue: Some(catalogue), min_cell_size: 5, ..Default::default() };
     tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }).await.unwrap();

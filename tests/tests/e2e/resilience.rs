@@ -80,14 +80,7 @@ async fn a_node_killed_mid_query_costs_at_most_the_deadline_and_is_used_again_wh
     let (_, response) = network.query(COUNT).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(status(&response, "b").outcome(), pb::SiteOutcome::NotConnected);
-    let token = network.pki.token();
-    let listed = network
-        .client()
-        .await
-        .list_sites(with_token(pb::ListSitesRequest::default(), &token))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = network.list_sites().await;
     let b = listed.sites.iter().find(|s| s.site == "b").unwrap();
     assert!(!b.connected);
     assert!(b.last_seen_unix_ms > 0);
@@ -215,13 +208,7 @@ async fn nodes_redial_a_restarted_coordinator() {
     let (table, response) = network.query(COUNT).await.unwrap();
     assert!(response.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered));
     assert_eq!(ints(&table, 0), vec![Some(10)]);
-    let listed = network
-        .client()
-        .await
-        .list_sites(with_token(pb::ListSitesRequest::default(), &network.pki.token()))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = network.list_sites().await;
     let a = listed.sites.iter().find(|s| s.site == "a").unwrap();
     assert!(a.connected && a.last_seen_unix_ms > 0);
     assert_eq!(a.catalogue.as_ref().unwrap().datasets[0].name, "vitals", "the catalogue is announced again");

@@ -414,16 +414,7 @@ async fn certificates_rotate_while_the_network_runs() {
     let mut network = Network::start(&["rotating"]).await;
     let node = network.node("rotating", catalog(11), open_policy(1));
     network.add_node(node).await;
-    let token = network.pki.token();
-    let list = || async {
-        network
-            .client()
-            .await
-            .list_sites(with_token(pb::ListSitesRequest::default(), &token))
-            .await
-            .unwrap()
-            .into_inner()
-    };
+    let list = || network.list_sites();
     let before = list().await;
     let site_expiry = before.sites[0].certificate_not_after_unix;
 
@@ -526,15 +517,8 @@ async fn a_reload_request_takes_up_a_renewed_site_certificate_at_once() {
     let mut options = network.link_options("reloading");
     options.tls_reload = Duration::from_secs(3600); // only the reload request can notice
     network.add_node_with(node.clone(), options).await;
-    let token = network.pki.token();
     let expiry = || async {
-        let sites = network
-            .client()
-            .await
-            .list_sites(with_token(pb::ListSitesRequest::default(), &token))
-            .await
-            .unwrap()
-            .into_inner();
+        let sites = network.list_sites().await;
         (sites.sites[0].connected, sites.sites[0].certificate_not_after_unix)
     };
     let (_, before) = expiry().await;
