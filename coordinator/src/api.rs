@@ -4,7 +4,7 @@
 use crate::fanout::{SiteOutcome, fan_out};
 use crate::merge::Merger;
 use crate::sites::View;
-use crate::{Coordinator, RequestError as Error};
+use crate::{Coordinator, Forbidden, RequestError as Error};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -59,33 +59,42 @@ fn authenticate<T>(coordinator: &Coordinator, request: &Request<T>) -> Result<(C
 }
 
 impl Coordinator {
-    /// Runs one researcher query end to end, for a researcher whose token was verified.
+    /// Runs one researcher query end to end, for a researcher whose token was verified. Its
+    /// log events carry the id the sites see, in a `query` span.
     pub async fn query(
         &self,
         request: pb::ResearchQuery,
         claims: &Claims,
         token: &str,
     ) -> Result<pb::QueryResponse, Error> {
+        // The sites see an id of the coordinator's own: a researcher's id is theirs alone.
+        let wire_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("query", query_id = %wire_id);
+        self.run_query(request, claims, token, wire_id).instrument(span).await
+    }
+
+    async fn run_query(
+        &self,
+        request: pb::ResearchQuery,
+        claims: &Claims,
+        token: &str,
+        wire_id: String,
+    ) -> Result<pb::QueryResponse, Error> {
         if request.project.is_empty() {
-            return Err(Error::PermissionDenied(format!(
-                "name the project this query belongs to; your token grants: {}",
-                claims.projects.join(", ")
-            )));
+            return Err(Forbidden::NoProject { granted: claims.projects.clone() }.into());
         }
         if !claims.projects.contains(&request.project) {
-            return Err(Error::PermissionDenied(format!(
-                "your token does not grant project '{}'; it grants: {}",
-                request.project,
-                claims.projects.join(", ")
-            )));
+            return Err(Forbidden::ProjectNotGranted {
+                project: request.project.clone(),
+                granted: claims.projects.clone(),
+            }
+            .into());
         }
         let query_id =
             if request.query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.query_id.clone() };
         if !valid_query_id(&query_id) {
             return Err(Error::InvalidQueryId);
         }
-        // The sites see an id of the coordinator's own: a researcher's id is theirs alone.
-        let wire_id = uuid::Uuid::new_v4().to_string();
         // What the project may query at each site: nothing more is planned against or shown.
         let known = self.sites().list_for(&View::Projects(std::slice::from_ref(&request.project)));
         let targets: Vec<String> = if request.sites.is_empty() {
@@ -107,10 +116,7 @@ impl Coordinator {
             known.iter().filter(|k| targets.contains(&k.site)).filter_map(|k| k.catalogue.as_ref()),
         );
         if catalogue.datasets.is_empty() {
-            return Err(Error::PermissionDenied(format!(
-                "no site asked lets project '{}' query any dataset; ask the sites' operators to allow it",
-                request.project
-            )));
+            return Err(Forbidden::NoDatasetsForProject { project: request.project.clone() }.into());
         }
         let plan = self.planner.plan(&request.sql, &catalogue).await.map_err(Error::Query)?;
 
@@ -124,7 +130,7 @@ impl Coordinator {
         }
         let _running = Running { coordinator: self, owner: &claims.sub, query_id: query_id.clone() };
 
-        info!(query_id = %wire_id, client_query_id = %query_id, researcher = %claims.sub, project = %request.project, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
+        info!(client_query_id = %query_id, researcher = %claims.sub, project = %request.project, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
         let node_query = pb::NodeQuery {
             query_id: wire_id.clone(),
             identity: Some(pb::Identity {
@@ -136,9 +142,7 @@ impl Coordinator {
             query: Some(plan.request.clone()),
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut outcomes = fan_out(&self.sites_arc(), &targets, node_query, deadline, &cancel)
-            .instrument(tracing::info_span!("query", query_id = %wire_id))
-            .await;
+        let mut outcomes = fan_out(&self.sites_arc(), &targets, node_query, deadline, &cancel).await;
 
         let mut merger = Merger::new(&plan);
         for o in &mut outcomes {
@@ -146,7 +150,7 @@ impl Coordinator {
                 match merger.check_shape(partial) {
                     Ok(()) => merger.add(partial),
                     Err(why) => {
-                        tracing::warn!(query_id = %wire_id, site = %o.site, %why, "malformed answer discarded");
+                        tracing::warn!(site = %o.site, %why, "malformed answer discarded");
                         o.outcome = pb::SiteOutcome::Failed;
                         o.message = format!("the site's answer was malformed and is not used: {why}");
                         o.partial = None;
@@ -158,12 +162,12 @@ impl Coordinator {
             // Per-site withheld counts are for operators (log, metrics), never for the researcher.
             let (groups, bins, values) =
                 o.partial.as_ref().map(|p| (p.withheld_groups, p.withheld_bins, p.withheld_values)).unwrap_or_default();
-            self.metrics().site_result(&o.site, status_label(o.outcome), groups + bins + values);
-            info!(query_id = %wire_id, site = %o.site, outcome = status_label(o.outcome), withheld_groups = groups, withheld_bins = bins, withheld_values = values, "site result");
+            self.metrics().site_result(&o.site, site_outcome_label(o.outcome), groups + bins + values);
+            info!(site = %o.site, outcome = site_outcome_label(o.outcome), withheld_groups = groups, withheld_bins = bins, withheld_values = values, "site result");
         }
         let batch = merger.finish()?;
         let notes = notes(&plan, &outcomes);
-        info!(query_id = %wire_id, rows = batch.num_rows(), "federated query done");
+        info!(rows = batch.num_rows(), "federated query done");
         Ok(pb::QueryResponse {
             query_id,
             arrow_ipc: encode_ipc(&batch)?,
@@ -173,7 +177,8 @@ impl Coordinator {
     }
 }
 
-fn status_label(o: pb::SiteOutcome) -> &'static str {
+/// The label of a site's outcome in metrics, logs and reports.
+pub fn site_outcome_label(o: pb::SiteOutcome) -> &'static str {
     match o {
         pb::SiteOutcome::Answered => "answered",
         pb::SiteOutcome::Refused => "refused",
@@ -305,12 +310,8 @@ impl Researcher for ResearcherService {
         } else if claims.projects.contains(&asked[0]) {
             View::Projects(&asked)
         } else {
-            return Err(Error::PermissionDenied(format!(
-                "your token does not grant project '{}'; it grants: {}",
-                asked[0],
-                claims.projects.join(", ")
-            ))
-            .into());
+            let [project] = asked;
+            return Err(Error::from(Forbidden::ProjectNotGranted { project, granted: claims.projects.clone() }).into());
         };
         Ok(Response::new(pb::ListSitesResponse {
             sites: self.coordinator.sites().list_for(&view),

@@ -56,16 +56,28 @@ pub enum RequestError {
     Merge(#[from] merge::MergeError),
     #[error("{0}")]
     Unauthenticated(#[from] TokenError),
-    #[error("{0}")]
-    PermissionDenied(String),
+    #[error(transparent)]
+    PermissionDenied(#[from] Forbidden),
     #[error("the coordinator is shutting down; retry in a moment")]
     ShuttingDown,
+}
+
+/// What a researcher's token does not allow.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Forbidden {
+    #[error("name the project this query belongs to; your token grants: {}", granted.join(", "))]
+    NoProject { granted: Vec<String> },
+    #[error("your token does not grant project '{project}'; it grants: {}", granted.join(", "))]
+    ProjectNotGranted { project: String, granted: Vec<String> },
+    #[error("no site asked lets project '{project}' query any dataset; ask the sites' operators to allow it")]
+    NoDatasetsForProject { project: String },
 }
 
 impl RequestError {
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
+            RequestError::Query(frontend::Unsupported::PlannerUnavailable(_)) => Code::Unavailable,
             RequestError::Query(_) | RequestError::UnknownSite { .. } | RequestError::InvalidQueryId => {
                 Code::InvalidArgument
             }
@@ -80,6 +92,7 @@ impl RequestError {
     /// The `outcome` label of `verbund_coordinator_queries_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
+            RequestError::Query(frontend::Unsupported::PlannerUnavailable(_)) => "unavailable",
             RequestError::Query(_)
             | RequestError::UnknownSite { .. }
             | RequestError::InvalidQueryId

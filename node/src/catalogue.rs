@@ -41,12 +41,12 @@ impl Catalogue {
     /// when a file is missing, unreadable or lacks a declared column. Datasets with rows
     /// that name no patient are reported in the log.
     pub async fn open(datasets: &[DatasetConfig]) -> Result<Self> {
-        let mut catalog = Self::new();
+        let mut catalogue = Self::new();
         for d in datasets {
-            catalog.register_file(d).await?;
-            catalog.report_unlinked(&d.name, &d.patient_key).await?;
+            catalogue.register_file(d).await?;
+            catalogue.report_unlinked(&d.name, &d.patient_key).await?;
         }
-        Ok(catalog)
+        Ok(catalogue)
     }
 
     /// Counts the rows of a dataset whose patient key is NULL or empty, and says so when

@@ -3,6 +3,7 @@
 //! checker. Nothing leaves this module except what `verbund_policies::release` built.
 
 use crate::catalogue::Catalogue;
+use crate::refusal::{Exhausted, Refusal};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue};
@@ -26,51 +27,21 @@ use verbund_proto::v1::partial_aggregate::State;
 use verbund_query::capped::patients_up_to_udaf;
 use verbund_query::functions::{BinKind, bin_udf, moments_from_array, moments_udaf};
 use verbund_query::literal::scalar_to_literal;
-use verbund_query::validate::{CheckedAggregate, CheckedFilter, CheckedGrouping, CheckedQuery, check};
+use verbund_query::validate::{
+    CheckedAggregate, CheckedFilter, CheckedGrouping, CheckedQuery, InvalidRequest, Missing, check,
+};
 use verbund_query::{BinSpec, Moments};
-
-/// Why a node did not answer. Messages are for the researcher: they name columns and
-/// limits, never data values or server paths.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refusal {
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// The site's policy does not allow this project / role / dataset / column.
-    #[error("{0}")]
-    PermissionDenied(#[from] verbund_policies::AccessDenied),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl Refusal {
-    pub fn to_proto(&self) -> pb::Refusal {
-        let code = match self {
-            Refusal::InvalidRequest(_) => pb::RefusalCode::InvalidRequest,
-            Refusal::PermissionDenied(_) => pb::RefusalCode::Policy,
-            Refusal::ResourceExhausted(_) => pb::RefusalCode::ResourceExhausted,
-            Refusal::Internal(_) => pb::RefusalCode::Internal,
-        };
-        pb::Refusal { code: code as i32, message: self.to_string() }
-    }
-}
 
 fn internal(e: DataFusionError) -> Refusal {
     let root = e.find_root();
     if matches!(root, DataFusionError::ResourcesExhausted(_)) {
-        return Refusal::ResourceExhausted(
-            "the query needs more memory than this site allows one query (max_query_memory_mb); \
-             filter or group more coarsely"
-                .into(),
-        );
+        return Exhausted::Memory.into();
     }
-    tracing::error!(error = %root, "query execution failed");
-    Refusal::Internal("the site could not execute this query (the error is in the site's log)".into())
+    Refusal::internal(root)
 }
 
 pub struct Engine {
-    catalog: Catalogue,
+    catalogue: Catalogue,
     policy: Policy,
     running: Semaphore,
     /// Queries waiting for a slot in `running`.
@@ -109,13 +80,13 @@ fn contributors_alias(i: usize) -> String {
 }
 
 impl Engine {
-    pub fn new(catalog: Catalogue, policy: Policy) -> Self {
+    pub fn new(catalogue: Catalogue, policy: Policy) -> Self {
         let running = Semaphore::new(policy.max_concurrent_queries as usize);
-        Self { catalog, policy, running, waiting: AtomicU32::new(0) }
+        Self { catalogue, policy, running, waiting: AtomicU32::new(0) }
     }
 
     pub fn catalogue(&self) -> &pb::Catalogue {
-        self.catalog.catalogue()
+        self.catalogue.catalogue()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -125,7 +96,7 @@ impl Engine {
     /// Answers one request for a researcher whose token was verified. Dropping the returned
     /// future stops the execution.
     pub async fn answer(&self, query: &pb::AggregateQuery, access: &Access<'_>) -> Result<pb::PartialResult, Refusal> {
-        let checked = check(query, self.catalogue()).map_err(|e| Refusal::InvalidRequest(e.0))?;
+        let checked = check(query, self.catalogue())?;
         self.policy.authorize(access, &checked.dataset, &checked.columns())?;
         self.check_cells(&checked)?;
         let _permit = match self.running.try_acquire() {
@@ -133,12 +104,12 @@ impl Engine {
             Err(_) => {
                 // Wait in line (the semaphore is fair), unless the line is full.
                 let waiting = Waiting::join(&self.waiting, self.policy.max_queued_queries).ok_or_else(|| {
-                    Refusal::ResourceExhausted(format!(
-                        "the site is running {} queries with {} more waiting; try again shortly",
-                        self.policy.max_concurrent_queries, self.policy.max_queued_queries
-                    ))
+                    Refusal::from(Exhausted::Busy {
+                        running: self.policy.max_concurrent_queries,
+                        waiting: self.policy.max_queued_queries,
+                    })
                 })?;
-                let permit = self.running.acquire().await.map_err(|e| Refusal::Internal(e.to_string()))?;
+                let permit = self.running.acquire().await.map_err(Refusal::internal)?;
                 drop(waiting);
                 permit
             }
@@ -147,7 +118,7 @@ impl Engine {
     }
 
     async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
-        let df = self.catalog.ctx.table(q.dataset.as_str()).await.map_err(internal)?;
+        let df = self.catalogue.ctx.table(q.dataset.as_str()).await.map_err(internal)?;
         match &q.filter {
             Some(f) => df.filter(filter_expr(f)?).map_err(internal),
             None => Ok(df),
@@ -178,11 +149,7 @@ impl Engine {
             .sum();
         let cells = groups.saturating_mul(per_group);
         if cells > self.policy.max_cells {
-            return Err(Refusal::ResourceExhausted(format!(
-                "this query could compute up to {cells} cells (possible groups × (aggregates + histogram bins)), \
-                 more than this site's limit of {}; group more coarsely, or use fewer histograms or bins",
-                self.policy.max_cells
-            )));
+            return Err(Exhausted::Cells { cells, limit: self.policy.max_cells }.into());
         }
         Ok(())
     }
@@ -280,8 +247,9 @@ impl Engine {
         let ngroups = q.groupings.len();
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(internal)?;
-            let col =
-                |name: &str| batch.column_by_name(name).ok_or_else(|| Refusal::Internal(format!("missing {name}")));
+            let col = |name: &str| {
+                batch.column_by_name(name).ok_or_else(|| Refusal::internal(format!("missing column {name}")))
+            };
             let patients = col(PATIENTS)?.as_primitive::<Int64Type>().clone();
             let contributor_cols = (0..contributors.len())
                 .map(|i| Ok(col(&contributors_alias(i))?.as_primitive::<Int64Type>().clone()))
@@ -300,10 +268,7 @@ impl Engine {
                     continue;
                 }
                 if groups.len() >= self.policy.max_groups as usize {
-                    return Err(Refusal::ResourceExhausted(format!(
-                        "the answer would release more groups than this site's limit of {}; group more coarsely or filter",
-                        self.policy.max_groups
-                    )));
+                    return Err(Exhausted::Groups { limit: self.policy.max_groups }.into());
                 }
                 let keys = group_keys(&batch, ngroups, row)?;
                 let mut aggregates = Vec::with_capacity(q.aggregates.len());
@@ -404,7 +369,7 @@ impl Engine {
                     continue;
                 }
                 let Some(&i) = edge_index.get(&bins.value(row).to_bits()) else {
-                    return Err(Refusal::Internal("histogram bin key does not match its bins".into()));
+                    return Err(Refusal::internal("histogram bin key does not match its bins"));
                 };
                 let Some(&g) = released.get(&encode_keys(&group_keys(&batch, ngroups, row)?)) else { continue };
                 if let Some(CandidateAggregate::Histogram { counts, patients: bin_patients }) =
@@ -421,7 +386,7 @@ impl Engine {
     /// Runs a plan under this query's own memory limit: a query that needs more is refused
     /// as too large, without touching what other queries use.
     async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream, Refusal> {
-        let base = self.catalog.ctx.runtime_env();
+        let base = self.catalogue.ctx.runtime_env();
         let limit = (self.policy.max_query_memory_mb as usize).saturating_mul(1024 * 1024);
         let runtime = Arc::new(RuntimeEnv {
             memory_pool: Arc::new(GreedyMemoryPool::new(limit)),
@@ -440,7 +405,7 @@ fn group_keys(batch: &RecordBatch, ngroups: usize, row: usize) -> Result<Vec<pb:
     (0..ngroups)
         .map(|g| {
             let v = ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?;
-            scalar_to_literal(&v).map_err(|e| Refusal::Internal(e.to_string()))
+            scalar_to_literal(&v).map_err(Refusal::internal)
         })
         .collect()
 }
@@ -481,7 +446,7 @@ fn filter_expr(f: &CheckedFilter) -> Result<Expr, Refusal> {
                 pb::CompareOp::Gt => c.gt(v),
                 pb::CompareOp::Ge => c.gt_eq(v),
                 pb::CompareOp::Unspecified => {
-                    return Err(Refusal::InvalidRequest("a comparison has no operator".into()));
+                    return Err(InvalidRequest::from(Missing::Operator { column: column.clone() }).into());
                 }
             }
         }
@@ -503,7 +468,7 @@ fn filter_expr(f: &CheckedFilter) -> Result<Expr, Refusal> {
             let is_and = matches!(f, CheckedFilter::And(_));
             let exprs = ops.iter().map(filter_expr).collect::<Result<Vec<_>, _>>()?;
             balanced(exprs, &|a, b| if is_and { a.and(b) } else { a.or(b) })
-                .ok_or_else(|| Refusal::InvalidRequest("AND / OR without operands".into()))?
+                .ok_or_else(|| InvalidRequest::from(Missing::Operands))?
         }
         CheckedFilter::Not(inner) => Expr::Not(Box::new(filter_expr(inner)?)),
     })

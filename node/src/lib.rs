@@ -6,11 +6,13 @@ pub mod config;
 pub mod engine;
 pub mod link;
 pub mod proxy;
+pub mod refusal;
 
 pub use catalogue::Catalogue;
 pub use config::NodeConfig;
-pub use engine::{Engine, Refusal};
+pub use engine::Engine;
 pub use link::LinkOptions;
+pub use refusal::{Exhausted, Refusal};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +21,7 @@ use verbund_ops::NodeMetrics;
 use verbund_ops::prometheus_client::registry::Registry;
 use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
+use verbund_query::validate::{InvalidRequest, Missing};
 use verbund_security::token::Verifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +50,12 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(site: impl Into<String>, catalog: Catalogue, policy: Policy, tokens: Arc<Verifier>) -> Self {
+    pub fn new(site: impl Into<String>, catalogue: Catalogue, policy: Policy, tokens: Arc<Verifier>) -> Self {
         let mut registry = Registry::default();
         let metrics = NodeMetrics::new(&mut registry);
         Self {
             site: site.into(),
-            engine: Engine::new(catalog, policy),
+            engine: Engine::new(catalogue, policy),
             tokens,
             metrics,
             registry: Arc::new(registry),
@@ -122,52 +125,42 @@ impl Node {
             }
             None => Policy::default(),
         };
-        let catalog = Catalogue::open(&config.datasets).await?;
-        Ok(Self::new(config.site.clone(), catalog, policy, tokens))
+        let catalogue = Catalogue::open(&config.datasets).await?;
+        Ok(Self::new(config.site.clone(), catalogue, policy, tokens))
     }
 
     /// Decides and answers one request on the site's own authority: the researcher's token
     /// is verified here, the project checked against this site's policy, and only then is
     /// the query run. Dropping the future stops the execution.
-    pub async fn handle(&self, q: &pb::NodeQuery) -> pb::query_result::Outcome {
-        let refuse = |code: pb::RefusalCode, message: String| {
-            pb::query_result::Outcome::Refusal(pb::Refusal { code: code as i32, message })
-        };
+    /// Runs inside the caller's span, which carries the query id.
+    pub async fn handle(&self, q: &pb::NodeQuery) -> Result<pb::PartialResult, Refusal> {
         let Some(query) = &q.query else {
-            return refuse(pb::RefusalCode::InvalidRequest, "the request carries no query".into());
+            return Err(InvalidRequest::from(Missing::Query).into());
         };
         let identity = q.identity.clone().unwrap_or_default();
-        let claims = match self.tokens.verify(&identity.researcher_token) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(query_id = %q.query_id, reason = %e, "token refused");
-                return refuse(pb::RefusalCode::Unauthenticated, format!("site {}: {e}", self.site));
-            }
-        };
+        let claims = self.tokens.verify(&identity.researcher_token).map_err(|reason| {
+            tracing::info!(%reason, "token refused");
+            Refusal::Unauthenticated { site: self.site.clone(), reason }
+        })?;
         let access = Access {
             site: &self.site,
             project: &identity.project,
             token_projects: &claims.projects,
             roles: &claims.roles,
         };
-        tracing::info!(query_id = %q.query_id, researcher = %claims.sub, project = %identity.project, dataset = %query.dataset, "query received");
-        match self.engine.answer(query, &access).await {
-            Ok(partial) => {
-                tracing::info!(
-                    query_id = %q.query_id,
-                    groups = partial.groups.len(),
-                    withheld_groups = partial.withheld_groups,
-                    withheld_bins = partial.withheld_bins,
-                    withheld_values = partial.withheld_values,
-                    "answered"
-                );
-                pb::query_result::Outcome::Answer(partial)
-            }
-            Err(refused) => {
-                tracing::info!(query_id = %q.query_id, reason = %refused, "refused");
-                pb::query_result::Outcome::Refusal(refused.to_proto())
-            }
+        tracing::info!(researcher = %claims.sub, project = %identity.project, dataset = %query.dataset, "query received");
+        let outcome = self.engine.answer(query, &access).await;
+        match &outcome {
+            Ok(partial) => tracing::info!(
+                groups = partial.groups.len(),
+                withheld_groups = partial.withheld_groups,
+                withheld_bins = partial.withheld_bins,
+                withheld_values = partial.withheld_values,
+                "answered"
+            ),
+            Err(refused) => tracing::info!(reason = %refused, "refused"),
         }
+        outcome
     }
 
     pub fn site(&self) -> &str {

@@ -4,6 +4,7 @@
 
 use crate::Node;
 use crate::proxy::connect_via_proxy;
+use crate::refusal::{Exhausted, Refusal, outcome_label};
 use http::Uri;
 use parking_lot::Mutex;
 use rand::RngExt;
@@ -15,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Endpoint;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::node_link_client::NodeLinkClient;
 use verbund_security::tls::{TlsFiles, node_client_tls};
@@ -222,10 +223,7 @@ async fn session(
                     }
                     Some(pb::coordinator_message::Kind::Query(q)) if node.is_draining() => {
                         info!(query_id = %q.query_id, "refused: shutting down");
-                        let refusal = pb::Refusal {
-                            code: pb::RefusalCode::Unavailable as i32,
-                            message: format!("site {} is shutting down; retry later", node.site()),
-                        };
+                        let refusal = Refusal::ShuttingDown { site: node.site().to_string() }.to_proto();
                         let result = pb::QueryResult { query_id: q.query_id, outcome: Some(pb::query_result::Outcome::Refusal(refusal)), elapsed_ms: 0.0 };
                         tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Result(result)) }).await.map_err(|_| LinkError::SendClosed)?;
                     }
@@ -233,7 +231,8 @@ async fn session(
                         let token = connection.child_token();
                         running.lock().insert(q.query_id.clone(), token.clone());
                         let limit = options.max_message_bytes;
-                        queries.spawn(answer(node.clone(), q, token, tx.clone(), running.clone(), limit));
+                        let span = tracing::info_span!("query", query_id = %q.query_id);
+                        queries.spawn(answer(node.clone(), q, token, tx.clone(), running.clone(), limit).instrument(span));
                     }
                     Some(pb::coordinator_message::Kind::Cancel(c)) => {
                         if let Some(token) = running.lock().get(&c.query_id) {
@@ -270,26 +269,27 @@ async fn answer(
         0 => MAX_QUERY_TIME,
         ms => Duration::from_millis(u64::from(ms)).min(MAX_QUERY_TIME),
     };
-    let refusal = |code: pb::RefusalCode, message: &str| {
-        pb::query_result::Outcome::Refusal(pb::Refusal { code: code as i32, message: message.to_string() })
-    };
     let outcome = tokio::select! {
-        outcome = node.handle(&q) => fit(outcome, &q.query_id, max_message_bytes),
+        outcome = node.handle(&q) => outcome.and_then(|answer| fit(answer, max_message_bytes)),
         _ = token.cancelled() => {
-            info!(query_id = %q.query_id, "cancelled; execution stopped");
-            refusal(pb::RefusalCode::Cancelled, "the query was cancelled")
+            info!("cancelled; execution stopped");
+            Err(Refusal::Cancelled)
         }
         _ = tokio::time::sleep(timeout) => {
-            info!(query_id = %q.query_id, timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
-            refusal(pb::RefusalCode::TimedOut, "the query ran past its deadline and was stopped")
+            info!(timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
+            Err(Refusal::TimedOut)
         }
     };
     running.lock().remove(&q.query_id);
     let (withheld_groups, withheld_bins) = match &outcome {
-        pb::query_result::Outcome::Answer(p) => (p.withheld_groups, p.withheld_bins),
-        pb::query_result::Outcome::Refusal(_) => (0, 0),
+        Ok(p) => (p.withheld_groups, p.withheld_bins),
+        Err(_) => (0, 0),
     };
     node.metrics().query_finished(outcome_label(&outcome), started.elapsed(), withheld_groups, withheld_bins);
+    let outcome = match outcome {
+        Ok(answer) => pb::query_result::Outcome::Answer(answer),
+        Err(refusal) => pb::query_result::Outcome::Refusal(refusal.to_proto()),
+    };
     let result = pb::QueryResult {
         query_id: q.query_id.clone(),
         outcome: Some(outcome),
@@ -300,46 +300,11 @@ async fn answer(
 }
 
 /// The answer if it fits in one link message, else a refusal of this query alone.
-fn fit(outcome: pb::query_result::Outcome, query_id: &str, max_message_bytes: usize) -> pb::query_result::Outcome {
-    let pb::query_result::Outcome::Answer(partial) = &outcome else { return outcome };
-    let size = prost::Message::encoded_len(partial);
-    if size + ENVELOPE_BYTES <= max_message_bytes {
-        return outcome;
+fn fit(answer: pb::PartialResult, max_message_bytes: usize) -> Result<pb::PartialResult, Refusal> {
+    let bytes = prost::Message::encoded_len(&answer);
+    if bytes + ENVELOPE_BYTES <= max_message_bytes {
+        return Ok(answer);
     }
-    warn!(query_id, bytes = size, limit = max_message_bytes, "answer too large for the link; refused");
-    pb::query_result::Outcome::Refusal(pb::Refusal {
-        code: pb::RefusalCode::ResourceExhausted as i32,
-        message: format!(
-            "the answer is too large to send ({}; the link carries at most {}); group more coarsely, \
-             or ask for fewer histograms or bins",
-            human_bytes(size),
-            human_bytes(max_message_bytes)
-        ),
-    })
-}
-
-fn human_bytes(n: usize) -> String {
-    if n >= 1024 * 1024 {
-        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
-    } else {
-        format!("{} KiB", n.div_ceil(1024))
-    }
-}
-
-/// The `outcome` label of a finished query.
-fn outcome_label(outcome: &pb::query_result::Outcome) -> &'static str {
-    use pb::RefusalCode as C;
-    match outcome {
-        pb::query_result::Outcome::Answer(_) => "answered",
-        pb::query_result::Outcome::Refusal(r) => match r.code() {
-            C::InvalidRequest => "invalid_request",
-            C::Policy => "policy",
-            C::TimedOut => "timed_out",
-            C::Cancelled => "cancelled",
-            C::ResourceExhausted => "resource_exhausted",
-            C::Unauthenticated => "unauthenticated",
-            C::Unavailable => "unavailable",
-            C::Internal | C::Unspecified => "internal",
-        },
-    }
+    warn!(bytes, limit = max_message_bytes, "answer too large for the link; refused");
+    Err(Exhausted::AnswerSize { bytes, limit: max_message_bytes }.into())
 }

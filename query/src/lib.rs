@@ -14,7 +14,7 @@ pub use bins::BinSpec;
 pub use moments::Moments;
 
 /// Errors in a typed request or in the data a function sees.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     InvalidBins(String),

@@ -1,7 +1,7 @@
 //! Reading certificates and keys from PEM files, and what verbund needs to know about a
 //! certificate: whose it is and until when it is valid.
 
-use crate::{Error, Result};
+use crate::{CertificateProblem, Error, PemProblem, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -22,9 +22,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Pem { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| Error::Pem { path: path.to_path_buf(), problem: PemProblem::Malformed(e.to_string()) })?;
     if certs.is_empty() {
-        return Err(Error::Pem { path: path.to_path_buf(), message: "contains no certificate".into() });
+        return Err(Error::Pem { path: path.to_path_buf(), problem: PemProblem::NoCertificate });
     }
     Ok(certs)
 }
@@ -32,7 +32,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| Error::Pem { path: path.to_path_buf(), message: format!("no usable private key: {e}") })
+        .map_err(|e| Error::Pem { path: path.to_path_buf(), problem: PemProblem::NoPrivateKey(e.to_string()) })
 }
 
 /// What a certificate says about its holder.
@@ -47,8 +47,9 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
-    pub fn parse(der: &CertificateDer<'_>) -> std::result::Result<Self, String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+    pub fn parse(der: &CertificateDer<'_>) -> std::result::Result<Self, CertificateProblem> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| CertificateProblem::Unparseable(e.to_string()))?;
         let mut site_uri = None;
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
@@ -70,7 +71,7 @@ impl CertInfo {
 
     pub fn load(path: &Path) -> Result<Self> {
         let certs = load_certs(path)?;
-        Self::parse(&certs[0]).map_err(|message| Error::Certificate { path: path.to_path_buf(), message })
+        Self::parse(&certs[0]).map_err(|problem| Error::Certificate { path: path.to_path_buf(), problem })
     }
 
     pub fn expires_in(&self) -> Option<Duration> {

@@ -23,12 +23,17 @@ pub enum Error {
         path.display()
     )]
     Exists { path: PathBuf },
-    #[error("{path}: {message}")]
-    Pem { path: PathBuf, message: String },
-    #[error("certificate {path}: {message}")]
-    Certificate { path: PathBuf, message: String },
+    #[error("{}: {problem}", path.display())]
+    Pem { path: PathBuf, problem: PemProblem },
+    #[error("certificate {}: {problem}", path.display())]
+    Certificate { path: PathBuf, problem: CertificateProblem },
+    /// rustls could not build a configuration from otherwise readable files.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("'{0}' is not a valid site name (letters, digits, '-', '_', '.')")]
+    InvalidSiteName(String),
+    #[error("the coordinator needs at least one name")]
+    NoCoordinatorName,
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("token configuration: {0}")]
@@ -36,6 +41,30 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What is wrong with a PEM file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PemProblem {
+    /// The PEM reader's own account.
+    #[error("not valid PEM: {0}")]
+    Malformed(String),
+    #[error("contains no certificate")]
+    NoCertificate,
+    #[error("no usable private key: {0}")]
+    NoPrivateKey(String),
+}
+
+/// What is wrong with a certificate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CertificateProblem {
+    /// The X.509 parser's own account.
+    #[error("cannot be parsed: {0}")]
+    Unparseable(String),
+    #[error("has expired; renew it")]
+    Expired,
+    #[error("cannot be used as a trust anchor: {0}")]
+    NotATrustAnchor(String),
+}
 
 /// Pieces of the node's and the coordinator's configuration files that both use: durations
 /// in seconds and URLs, each parsed once when the file is read and written back the same way.

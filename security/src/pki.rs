@@ -97,7 +97,7 @@ impl NetworkCa {
 
     /// A server certificate for the coordinator, valid for the given DNS names / IP addresses.
     pub fn issue_coordinator(&self, names: &[String], validity: Validity) -> Result<Issued> {
-        let first = names.first().ok_or_else(|| Error::Tls("the coordinator needs at least one name".into()))?;
+        let first = names.first().ok_or(Error::NoCoordinatorName)?;
         let mut params = base_params(first, validity)?;
         params.subject_alt_names = names
             .iter()
@@ -114,7 +114,7 @@ impl NetworkCa {
     /// A client certificate naming a site.
     pub fn issue_site(&self, site: &str, validity: Validity) -> Result<Issued> {
         if site.is_empty() || !site.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(Error::Tls(format!("'{site}' is not a valid site name (letters, digits, '-', '_', '.')")));
+            return Err(Error::InvalidSiteName(site.to_string()));
         }
         let mut params = base_params(site, validity)?;
         params.subject_alt_names = vec![SanType::URI(format!("{SITE_URI_PREFIX}{site}").try_into()?)];

@@ -2,7 +2,7 @@
 //! SIGHUP) and for clients (nodes, researchers' tools). Nothing here falls back to plain TCP.
 
 use crate::certs::{CertInfo, load_certs, load_key};
-use crate::{Error, Result};
+use crate::{CertificateProblem, Error, Result};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,10 @@ pub type FileStamp = Vec<Option<(SystemTime, u64)>>;
 fn roots(path: &Path) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| Error::Certificate { path: path.to_path_buf(), message: e.to_string() })?;
+        roots.add(cert).map_err(|e| Error::Certificate {
+            path: path.to_path_buf(),
+            problem: CertificateProblem::NotATrustAnchor(e.to_string()),
+        })?;
     }
     Ok(roots)
 }
@@ -70,9 +73,9 @@ pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<(Arc<S
     let chain = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
     let info =
-        CertInfo::parse(&chain[0]).map_err(|message| Error::Certificate { path: files.cert.clone(), message })?;
+        CertInfo::parse(&chain[0]).map_err(|problem| Error::Certificate { path: files.cert.clone(), problem })?;
     if info.expired() {
-        return Err(Error::Certificate { path: files.cert.clone(), message: "has expired; renew it".into() });
+        return Err(Error::Certificate { path: files.cert.clone(), problem: CertificateProblem::Expired });
     }
     let builder = ServerConfig::builder();
     let builder = match client_auth {
@@ -225,7 +228,7 @@ pub fn node_client_tls(
 ) -> Result<(tonic::transport::ClientTlsConfig, CertInfo)> {
     let info = CertInfo::load(&files.cert)?;
     if info.expired() {
-        return Err(Error::Certificate { path: files.cert.clone(), message: "has expired; renew it".into() });
+        return Err(Error::Certificate { path: files.cert.clone(), problem: CertificateProblem::Expired });
     }
     let ca = crate::certs::read(&files.ca)?;
     let cert = crate::certs::read(&files.cert)?;

@@ -276,8 +276,8 @@ impl Network {
     }
 
     /// A node of this network (its verifier trusts this network's identity provider).
-    pub fn node(&self, site: &str, catalog: Catalogue, policy: Policy) -> Node {
-        Node::new(site, catalog, policy, self.pki.verifier())
+    pub fn node(&self, site: &str, catalogue: Catalogue, policy: Policy) -> Node {
+        Node::new(site, catalogue, policy, self.pki.verifier())
     }
 
     /// Link options for a site: its certificate, quick heartbeats, redials and TLS checks.
@@ -382,6 +382,17 @@ pub async fn tls_channel(address: &str, tls: tonic::transport::ClientTlsConfig) 
         .unwrap()
 }
 
+/// A catalogue of one in-memory dataset keyed by `patient_id`, exposing `columns`: the site
+/// data of tests that need exact control over every row.
+pub fn memory_catalogue(dataset: &str, batches: Vec<RecordBatch>, columns: &[&str]) -> Catalogue {
+    let Some(schema) = batches.first().map(|b| b.schema()) else { panic!("{dataset}: no batches") };
+    let table = MemTable::try_new(schema, vec![batches]).expect("batches of one schema");
+    let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    let mut catalogue = Catalogue::new();
+    catalogue.add_table(dataset, Arc::new(table), "patient_id", &columns).expect("a valid test dataset");
+    catalogue
+}
+
 /// A request with `authorization: Bearer <token>`.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -456,8 +467,8 @@ impl Synthetic {
                 columns: t.columns.clone(),
             })
             .collect();
-        let catalog = Catalogue::open(&datasets).await.context("open site data")?;
-        Ok(network.node(&site.site, catalog, policy))
+        let catalogue = Catalogue::open(&datasets).await.context("open site data")?;
+        Ok(network.node(&site.site, catalogue, policy))
     }
 
     /// A network with every synthetic site under the same policy; `extra` names more sites

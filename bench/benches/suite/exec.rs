@@ -155,7 +155,7 @@ async fn run_raw(ctx: &datafusion::prelude::SessionContext, sql: &str) -> anyhow
     Ok((elapsed, batches.iter().map(|b| b.num_rows()).sum()))
 }
 
-async fn run_node(node: &Node, q: &pb::NodeQuery) -> (Duration, pb::query_result::Outcome) {
+async fn run_node(node: &Node, q: &pb::NodeQuery) -> (Duration, Result<pb::PartialResult, verbund_node::Refusal>) {
     let started = Instant::now();
     let outcome = node.handle(q).await;
     (started.elapsed(), outcome)
@@ -171,8 +171,8 @@ pub struct Setup {
 
 pub async fn setup(pki: &verbund_tests::Pki, path: &Path) -> anyhow::Result<Setup> {
     let dataset = crate::net::dataset_config(crate::data::TABLE, path)?;
-    let catalog = Catalogue::open(&[dataset]).await?;
-    let node = Node::new("bench-site", catalog, verbund_tests::open_policy(5), pki.verifier());
+    let catalogue = Catalogue::open(&[dataset]).await?;
+    let node = Node::new("bench-site", catalogue, verbund_tests::open_policy(5), pki.verifier());
     let raw = datafusion::prelude::SessionContext::new();
     let path_str = path.to_str().ok_or_else(|| anyhow::anyhow!("data path is not UTF-8"))?;
     raw.register_parquet(crate::data::TABLE, path_str, datafusion::prelude::ParquetReadOptions::default()).await?;
@@ -242,11 +242,11 @@ pub async fn measure(setup: &Setup, q: &Query, iterations: usize, side: Side) ->
     // Warm-up (and a check that the node answers at all).
     if let Some(nq) = &node_q {
         match run_node(&setup.node, nq).await.1 {
-            pb::query_result::Outcome::Answer(p) => {
+            Ok(p) => {
                 f.node_groups = p.groups.len();
                 f.node_withheld = p.withheld_groups;
             }
-            pb::query_result::Outcome::Refusal(r) => f.refused = Some(format!("node: {}", r.message)),
+            Err(refusal) => f.refused = Some(format!("node: {refusal}")),
         }
     }
     let node_q = if f.refused.is_some() || side == Side::Raw { None } else { node_q };
@@ -270,8 +270,8 @@ pub async fn measure(setup: &Setup, q: &Query, iterations: usize, side: Side) ->
                 0 => {
                     if let Some(nq) = &node_q {
                         let (d, outcome) = run_node(&setup.node, nq).await;
-                        if let pb::query_result::Outcome::Refusal(r) = outcome {
-                            anyhow::bail!("{}: the node refused in round {round}: {}", q.id, r.message);
+                        if let Err(refusal) = outcome {
+                            anyhow::bail!("{}: the node refused in round {round}: {refusal}", q.id);
                         }
                         f.node.push(d);
                     }

@@ -107,8 +107,8 @@ pub fn site_files(cache_dir: &Path, sites: usize, rows: usize, seed: u64) -> any
 }
 
 async fn site_node(network: &Network, site: &str, file: &Path, policy: &Policy) -> anyhow::Result<Node> {
-    let catalog = Catalogue::open(&[dataset_config(crate::data::TABLE, file)?]).await?;
-    Ok(network.node(site, catalog, policy.clone()))
+    let catalogue = Catalogue::open(&[dataset_config(crate::data::TABLE, file)?]).await?;
+    Ok(network.node(site, catalogue, policy.clone()))
 }
 
 /// A node running as a process of its own (this executable, re-run with [`CHILD_ARG`]).
@@ -341,8 +341,8 @@ pub async fn local_medians(
             let started = Instant::now();
             let outcome = node.handle(&q).await;
             let elapsed = started.elapsed();
-            if let pb::query_result::Outcome::Refusal(r) = outcome {
-                bail!("site {i} refused the local run: {}", r.message);
+            if let Err(refusal) = outcome {
+                bail!("site {i} refused the local run: {refusal}");
             }
             if run >= 5 {
                 samples.push(elapsed);
@@ -422,8 +422,8 @@ struct Tally {
 }
 
 fn outcome_key(s: &pb::SiteStatus) -> String {
-    let outcome = format!("{:?}", s.outcome()).to_lowercase();
-    if s.outcome() == pb::SiteOutcome::Answered { outcome } else { format!("{outcome}: {}", s.message) }
+    let outcome = verbund_coordinator::api::site_outcome_label(s.outcome());
+    if s.outcome() == pb::SiteOutcome::Answered { outcome.to_string() } else { format!("{outcome}: {}", s.message) }
 }
 
 /// `researchers` concurrent tasks, each with its own TLS channel, send [`SQL`] in a loop

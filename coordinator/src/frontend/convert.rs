@@ -159,15 +159,15 @@ fn literal(e: &Expr) -> Result<ScalarValue, Unsupported> {
         Expr::Literal(v, _) => Ok(v.clone()),
         Expr::Negative(inner) => {
             let v = literal(inner)?;
-            v.arithmetic_negate().map_err(|_| Unsupported(format!("cannot negate '{inner}'")))
+            v.arithmetic_negate().map_err(|_| Unsupported::Shape(format!("cannot negate '{inner}'")))
         }
         Expr::Cast(c) => {
             let v = literal(&c.expr)?;
             match (&v, c.field.data_type()) {
                 (ScalarValue::Utf8(Some(s)), datafusion::arrow::datatypes::DataType::Date32) => {
-                    parse_date(s).map(|d| ScalarValue::Date32(Some(d))).map_err(|e| Unsupported(e.to_string()))
+                    parse_date(s).map(|d| ScalarValue::Date32(Some(d))).map_err(|e| Unsupported::Shape(e.to_string()))
                 }
-                _ => v.cast_to(c.field.data_type()).map_err(|_| Unsupported(format!("cannot convert '{e}'"))),
+                _ => v.cast_to(c.field.data_type()).map_err(|_| Unsupported::Shape(format!("cannot convert '{e}'"))),
             }
         }
         other => refuse(format!("'{other}' is not a constant; conditions compare a column with constants")),
@@ -176,7 +176,7 @@ fn literal(e: &Expr) -> Result<ScalarValue, Unsupported> {
 
 fn wire_literal(e: &Expr) -> Result<pb::Literal, Unsupported> {
     let v = literal(e)?;
-    scalar_to_literal(&v).map_err(|err| Unsupported(format!("'{e}': {err}")))
+    scalar_to_literal(&v).map_err(|err| Unsupported::Shape(format!("'{e}': {err}")))
 }
 
 /// Converts a WHERE condition. A chain of ANDs (or ORs) is collected into one conjunction
@@ -309,8 +309,8 @@ fn bins(name: &str, args: &[Expr], kind: BinKind) -> Result<pb::Bins, Unsupporte
         .iter()
         .map(|p| literal(p).ok().as_ref().and_then(scalar_as_f64))
         .collect::<Option<Vec<f64>>>()
-        .ok_or_else(|| Unsupported(format!("{name}() bin parameters must be numeric constants")))?;
-    let spec = kind.spec(&params).map_err(|e| Unsupported(format!("{name}(): {e}")))?;
+        .ok_or_else(|| Unsupported::Shape(format!("{name}() bin parameters must be numeric constants")))?;
+    let spec = kind.spec(&params).map_err(|e| Unsupported::Shape(format!("{name}(): {e}")))?;
     Ok(spec.to_proto(&column))
 }
 

@@ -6,6 +6,7 @@
 
 mod convert;
 mod planning;
+mod references;
 mod text;
 
 pub use planning::{Planner, plan_sql};
@@ -17,11 +18,64 @@ use verbund_proto::v1 as pb;
 
 /// What the researcher gets told when a query cannot be federated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unsupported(pub String);
+pub enum Unsupported {
+    #[error("no site has announced any dataset yet; check the connected sites with `verbund sites`")]
+    NoDatasets,
+    #[error("unknown dataset '{dataset}'; the sites offer: {}", offered.join(", "))]
+    UnknownDataset { dataset: String, offered: Vec<String> },
+    /// A function that is not one of verbund's (DataFusion's own functions included).
+    #[error("{name}() is not supported: no functions other than verbund's own are available. {SUPPORTED}")]
+    UnknownFunction { name: String },
+    /// The SQL text is larger or deeper than the front-end accepts.
+    #[error("{0}")]
+    TooComplex(Complexity),
+    /// The parser's or planner's own account of what is wrong with the SQL.
+    #[error("cannot plan the query: {0}")]
+    Sql(String),
+    /// A construct that parses but cannot be federated; the message says what is supported.
+    #[error("{0}")]
+    Shape(String),
+    /// The request the SQL becomes fails the check every node makes.
+    #[error(transparent)]
+    Invalid(#[from] verbund_query::validate::InvalidRequest),
+    /// Not the query's fault: the planner could not run.
+    #[error("the coordinator cannot plan queries right now ({0}); retry in a moment")]
+    PlannerUnavailable(String),
+}
 
+/// A limit on the SQL text itself, checked before parsing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Complexity {
+    #[error(
+        "the query is too long ({kib} KiB; at most {} KiB): use IN lists or bins instead of many conditions",
+        MAX_SQL_BYTES / 1024
+    )]
+    Bytes { kib: usize },
+    #[error("the query is too long ({tokens} tokens; at most {MAX_SQL_TOKENS})")]
+    Tokens { tokens: usize },
+    #[error(
+        "the query is nested too deeply ({depth} levels of parentheses and NOT; at most {MAX_SQL_NESTING}): \
+         write conditions flatter, e.g. NOT (a OR b) as NOT a AND NOT b"
+    )]
+    Nesting { depth: usize },
+    #[error(
+        "the query has more than {} conditions; use IN lists or bins instead",
+        verbund_query::validate::MAX_FILTER_NODES
+    )]
+    Conditions,
+    #[error("the query took longer than {} s to plan; simplify it", planning::PLANNING_TIMEOUT.as_secs())]
+    PlanningTime,
+}
+
+impl From<Complexity> for Unsupported {
+    fn from(c: Complexity) -> Self {
+        Unsupported::TooComplex(c)
+    }
+}
+
+/// A refusal of the query's shape.
 fn refuse<T>(msg: impl Into<String>) -> Result<T, Unsupported> {
-    Err(Unsupported(msg.into()))
+    Err(Unsupported::Shape(msg.into()))
 }
 
 const SUPPORTED: &str = "verbund answers aggregate queries over one dataset: SELECT <group columns>, \
@@ -73,21 +127,10 @@ pub fn union_catalogue<'a>(catalogues: impl IntoIterator<Item = &'a pb::Catalogu
 mod tests {
     use super::*;
     use pb::filter::Kind;
+    use verbund_query::validate::InvalidRequest;
 
     fn catalogue() -> pb::Catalogue {
-        let col = |name: &str, t: pb::ColumnType| pb::ColumnInfo { name: name.into(), r#type: t as i32 };
-        pb::Catalogue {
-            datasets: vec![pb::DatasetInfo {
-                name: "patients".into(),
-                patient_key: "patient_id".into(),
-                columns: vec![
-                    col("patient_id", pb::ColumnType::String),
-                    col("sex", pb::ColumnType::String),
-                    col("age", pb::ColumnType::Int64),
-                    col("bmi", pb::ColumnType::Float64),
-                ],
-            }],
-        }
+        verbund_query::validate::example_catalogue()
     }
 
     async fn plan(sql: &str) -> FederatedPlan {
@@ -100,7 +143,9 @@ mod tests {
         let mut c = catalogue();
         let sql = "SELECT count(*) AS n FROM visits";
         assert!(planner.plan("SELECT avg(bmi) FROM patients", &c).await.is_ok());
-        assert!(planner.plan(sql, &c).await.unwrap_err().0.contains("unknown dataset 'visits'"));
+        assert!(
+            matches!(planner.plan(sql, &c).await, Err(Unsupported::UnknownDataset { dataset, .. }) if dataset == "visits")
+        );
         let mut visits = c.datasets[0].clone();
         visits.name = "visits".into();
         c.datasets.push(visits);
@@ -148,11 +193,34 @@ mod tests {
             ("SELECT count(*) + 1 FROM patients", "computes on aggregates"),
             ("SELECT count(*) FROM patients WHERE sex LIKE 'f%'", "LIKE"),
         ] {
-            let e = plan_sql(sql, &catalogue()).await.unwrap_err().0;
-            assert!(e.contains(word), "{sql}: {e}");
+            let e = plan_sql(sql, &catalogue()).await.unwrap_err();
+            assert!(matches!(&e, Unsupported::Shape(m) if m.contains(word)), "{sql}: {e}");
         }
-        let e = plan_sql("SELECT count(*) FROM patients", &pb::Catalogue::default()).await.unwrap_err().0;
-        assert!(e.contains("no site"), "{e}");
+        let e = plan_sql("SELECT count(*) FROM patients", &pb::Catalogue::default()).await.unwrap_err();
+        assert_eq!(e, Unsupported::NoDatasets);
+        assert!(e.to_string().contains("no site"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn references_are_checked_before_planning() {
+        let e = plan_sql("SELECT median(age) FROM patients", &catalogue()).await.unwrap_err();
+        assert_eq!(e, Unsupported::UnknownFunction { name: "median".into() });
+        let e = plan_sql("SELECT count(*) FROM patients WHERE upper(sex) = 'MALE'", &catalogue()).await.unwrap_err();
+        assert_eq!(e, Unsupported::UnknownFunction { name: "upper".into() });
+        let e = plan_sql("SELECT sum(SEX) FROM patients", &catalogue()).await.unwrap_err();
+        assert!(
+            matches!(&e, Unsupported::Invalid(InvalidRequest::NotNumeric { column, role: "sum()", column_type: "string" }) if column == "sex"),
+            "{e}"
+        );
+        let e = plan_sql("SELECT bin(sex, 0, 1, 2) AS b, count(*) FROM patients GROUP BY b", &catalogue()).await;
+        assert!(matches!(e, Err(Unsupported::Invalid(InvalidRequest::NotNumeric { role: "binning", .. }))), "{e:?}");
+        let e = plan_sql("SELECT count(*) FROM visits", &catalogue()).await.unwrap_err();
+        assert!(
+            matches!(&e, Unsupported::UnknownDataset { dataset, offered } if dataset == "visits" && offered == &["patients"])
+        );
+        // What only the planner knows comes in its words.
+        let e = plan_sql("SELECT count(*) FROM patients WHERE agee > 3", &catalogue()).await.unwrap_err();
+        assert!(matches!(&e, Unsupported::Sql(m) if m.contains("agee")), "{e}");
     }
 
     fn ors(n: usize) -> String {
@@ -168,10 +236,16 @@ mod tests {
             let Some(Kind::Or(or)) = p.request.filter.and_then(|f| f.kind) else { panic!("not an OR") };
             assert_eq!(or.operands.len(), n, "one flat OR, not {n} nested ones");
         }
-        let e = plan_sql(&ors(1000), &catalogue()).await.unwrap_err().0;
-        assert!(e.contains("more than 1000 conditions"), "{e}");
-        let e = plan_sql(&ors(12_000), &catalogue()).await.unwrap_err().0;
-        assert!(e.contains("conditions") || e.contains("too long"), "{e}");
+        let e = plan_sql(&ors(1000), &catalogue()).await.unwrap_err();
+        assert!(e.to_string().contains("more than 1000 conditions"), "{e}");
+        let e = plan_sql(&ors(12_000), &catalogue()).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Unsupported::TooComplex(Complexity::Conditions | Complexity::Tokens { .. } | Complexity::Bytes { .. })
+            ),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -180,16 +254,16 @@ mod tests {
             format!("SELECT count(*) FROM patients WHERE {}age > 3{}", "NOT (".repeat(depth), ")".repeat(depth))
         };
         assert!(plan_sql(&nested(5), &catalogue()).await.is_ok());
-        let e = check_sql_text(&nested(40)).unwrap_err().0;
-        assert!(e.contains("nested too deeply"), "{e}");
+        let e = check_sql_text(&nested(40)).unwrap_err();
+        assert!(e.to_string().contains("nested too deeply"), "{e}");
         let parens = format!("SELECT count(*) FROM patients WHERE {}age > 3{}", "(".repeat(13), ")".repeat(13));
-        assert!(check_sql_text(&parens).unwrap_err().0.contains("nested"));
+        assert_eq!(check_sql_text(&parens), Err(Complexity::Nesting { depth: 13 }.into()));
         // Many NOT conditions side by side are not nesting.
         let flat: Vec<String> = (0..40).map(|i| format!("NOT age = {i}")).collect();
         assert!(check_sql_text(&format!("SELECT count(*) FROM patients WHERE {}", flat.join(" AND "))).is_ok());
         assert!(check_sql_text("SELECT count(*) FROM patients WHERE age IS NOT NULL AND sex NOT IN ('x')").is_ok());
         let huge = format!("SELECT count(*) FROM patients WHERE sex = '{}'", "x".repeat(MAX_SQL_BYTES));
-        assert!(check_sql_text(&huge).unwrap_err().0.contains("too long"));
+        assert!(matches!(check_sql_text(&huge), Err(Unsupported::TooComplex(Complexity::Bytes { kib: 65 }))));
     }
 
     #[test]
@@ -199,6 +273,6 @@ mod tests {
         other.datasets.push(pb::DatasetInfo { name: "labs".into(), patient_key: "pid".into(), columns: vec![] });
         let u = union_catalogue([&catalogue(), &other]);
         assert_eq!(u.datasets.len(), 2);
-        assert_eq!(u.datasets[1].columns.len(), 5);
+        assert_eq!(u.datasets[1].columns.len(), 7);
     }
 }

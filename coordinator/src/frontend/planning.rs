@@ -1,12 +1,14 @@
-//! The second job of the front-end: plan the SQL with DataFusion against the union of the
+//! The third job of the front-end: plan the SQL with DataFusion against the union of the
 //! sites' catalogues (empty tables with the right schemas), on threads of its own with a time
-//! limit, after checking every table it names against the catalogue.
+//! limit, once its references have been checked.
 
 use super::convert::convert;
+use super::references::check_references;
 use super::text::check_sql_text;
-use super::{FederatedPlan, Unsupported, refuse};
+use super::{Complexity, FederatedPlan, Unsupported};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use std::sync::Arc;
 use verbund_proto::v1 as pb;
@@ -14,7 +16,7 @@ use verbund_query::literal::data_type_of;
 use verbund_query::validate::{CheckedGrouping, check};
 
 /// Longest a query may take to plan; planning runs off the runtime that serves the links.
-const PLANNING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const PLANNING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Stack of a planning thread: deep (bounded) expressions never overflow it.
 const PLANNING_STACK_BYTES: usize = 64 * 1024 * 1024;
 /// Queries planned at once; more wait (each within its timeout).
@@ -35,10 +37,11 @@ async fn plan_off_runtime(
     sql: &str,
     catalogue: &pb::Catalogue,
 ) -> Result<FederatedPlan, Unsupported> {
-    let too_slow =
-        || Unsupported(format!("the query took longer than {} s to plan; simplify it", PLANNING_TIMEOUT.as_secs()));
     let planned = async {
-        let permit = PLANNING_SLOTS.acquire().await.map_err(|_| Unsupported("the planner is shut down".into()))?;
+        let permit = PLANNING_SLOTS
+            .acquire()
+            .await
+            .map_err(|_| Unsupported::PlannerUnavailable("it is shutting down".into()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = tokio::runtime::Handle::current();
         let (sql, catalogue) = (sql.to_string(), catalogue.clone());
@@ -50,10 +53,10 @@ async fn plan_off_runtime(
                 let _permit = permit;
                 let _ = tx.send(handle.block_on(plan_with(&ctx, &sql, &catalogue)));
             })
-            .map_err(|e| Unsupported(format!("cannot start planning: {e}")))?;
-        rx.await.map_err(|_| Unsupported("planning failed unexpectedly".into()))?
+            .map_err(|e| Unsupported::PlannerUnavailable(format!("cannot start a planning thread: {e}")))?;
+        rx.await.map_err(|_| Unsupported::PlannerUnavailable("planning stopped unexpectedly".into()))?
     };
-    tokio::time::timeout(PLANNING_TIMEOUT, planned).await.map_err(|_| too_slow())?
+    tokio::time::timeout(PLANNING_TIMEOUT, planned).await.map_err(|_| Complexity::PlanningTime)?
 }
 
 /// A planning session with the catalogue's datasets as empty tables.
@@ -64,8 +67,10 @@ fn planning_context(catalogue: &pb::Catalogue) -> Result<SessionContext, Unsuppo
         let fields: Vec<Field> =
             d.columns.iter().filter_map(|c| data_type_of(c.r#type()).map(|t| Field::new(&c.name, t, true))).collect();
         let schema = Arc::new(Schema::new(fields));
-        let table = MemTable::try_new(schema, vec![vec![]]).map_err(|e| Unsupported(e.to_string()))?;
-        ctx.register_table(d.name.as_str(), Arc::new(table)).map_err(|e| Unsupported(e.to_string()))?;
+        let table =
+            MemTable::try_new(schema, vec![vec![]]).map_err(|e| Unsupported::PlannerUnavailable(e.to_string()))?;
+        ctx.register_table(d.name.as_str(), Arc::new(table))
+            .map_err(|e| Unsupported::PlannerUnavailable(e.to_string()))?;
     }
     Ok(ctx)
 }
@@ -105,25 +110,18 @@ impl Planner {
 
 async fn plan_with(ctx: &SessionContext, sql: &str, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
     if catalogue.datasets.is_empty() {
-        return refuse("no site has announced any dataset yet; check the connected sites with `verbund sites`");
+        return Err(Unsupported::NoDatasets);
     }
     let state = ctx.state();
-    let cannot_plan =
-        |e: datafusion::error::DataFusionError| Unsupported(format!("cannot plan the query: {}", planning_error(&e)));
+    let cannot_plan = |e: DataFusionError| Unsupported::Sql(planner_message(&e));
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect).map_err(cannot_plan)?;
-    // Every dataset the query names must be in the catalogue: said here, in our words,
-    // rather than read out of the planner's error.
-    for table in state.resolve_table_references(&statement).map_err(cannot_plan)? {
-        if !catalogue.datasets.iter().any(|d| d.name == table.table()) {
-            let names: Vec<&str> = catalogue.datasets.iter().map(|d| d.name.as_str()).collect();
-            return refuse(format!("unknown dataset '{}'; the sites offer: {}", table.table(), names.join(", ")));
-        }
-    }
+    let tables = state.resolve_table_references(&statement).map_err(cannot_plan)?;
+    check_references(&statement, &tables, catalogue)?;
     let plan = state.statement_to_plan(statement).await.map_err(cannot_plan)?;
     let mut federated = convert(&plan)?;
     // The same complete check every node makes, so that mistakes surface before fan-out.
-    let checked = check(&federated.request, catalogue).map_err(|e| Unsupported(e.0))?;
+    let checked = check(&federated.request, catalogue)?;
     federated.group_types = checked
         .groupings
         .iter()
@@ -136,16 +134,14 @@ async fn plan_with(ctx: &SessionContext, sql: &str, catalogue: &pb::Catalogue) -
     Ok(federated)
 }
 
-/// DataFusion's planning error, shortened to what a researcher can act on.
-fn planning_error(e: &datafusion::error::DataFusionError) -> String {
-    let root = e.find_root().to_string();
-    const NO_MATCH: &str = "No function matches the given name and argument types '";
-    if let Some(start) = root.find(NO_MATCH) {
-        let call = root[start + NO_MATCH.len()..].split('\'').next().unwrap_or_default();
-        return format!(
-            "{call} does not take arguments of these types (sum, avg, variances and histograms need numeric columns)"
-        );
+/// The planner's own message, without the wrapping of its error type. Which errors get here
+/// is up to the planner (unknown columns, ambiguous names, type mismatches in conditions).
+fn planner_message(e: &DataFusionError) -> String {
+    match e.find_root() {
+        DataFusionError::Plan(message) => message.clone(),
+        DataFusionError::SQL(error, _) => error.to_string(),
+        DataFusionError::SchemaError(error, _) => error.to_string(),
+        DataFusionError::NotImplemented(message) => format!("not supported by the SQL planner: {message}"),
+        other => other.to_string(),
     }
-    let first = root.split("\nThis issue was likely caused by a bug").next().unwrap_or(&root);
-    first.replace("Error during planning: ", "").trim().to_string()
 }

@@ -1,7 +1,7 @@
 //! The first job of the front-end: bound the SQL text (length, tokens, nesting, conditions)
 //! with one linear scan, before the parser sees it.
 
-use super::{Unsupported, refuse};
+use super::{Complexity, Unsupported};
 
 /// The longest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
@@ -18,18 +18,12 @@ pub fn check_sql_text(sql: &str) -> Result<(), Unsupported> {
     use datafusion::sql::sqlparser::keywords::Keyword;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     if sql.len() > MAX_SQL_BYTES {
-        return refuse(format!(
-            "the query is too long ({} KiB; at most {} KiB): use IN lists or bins instead of many conditions",
-            sql.len().div_ceil(1024),
-            MAX_SQL_BYTES / 1024
-        ));
+        return Err(Complexity::Bytes { kib: sql.len().div_ceil(1024) }.into());
     }
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize()
-        .map_err(|e| Unsupported(format!("cannot plan the query: {e}")))?;
+    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().map_err(|e| Unsupported::Sql(e.to_string()))?;
     let words: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
     if words.len() > MAX_SQL_TOKENS {
-        return refuse(format!("the query is too long ({} tokens; at most {MAX_SQL_TOKENS})", words.len()));
+        return Err(Complexity::Tokens { tokens: words.len() }.into());
     }
     let keyword = |t: Option<&&Token>| match t {
         Some(Token::Word(w)) => Some(w.keyword),
@@ -67,17 +61,11 @@ pub fn check_sql_text(sql: &str) -> Result<(), Unsupported> {
         deepest = deepest.max(open_nots.len() - 1 + open_nots.iter().sum::<usize>());
     }
     if deepest > MAX_SQL_NESTING {
-        return refuse(format!(
-            "the query is nested too deeply ({deepest} levels of parentheses and NOT; at most {MAX_SQL_NESTING}): \
-             write conditions flatter, e.g. NOT (a OR b) as NOT a AND NOT b"
-        ));
+        return Err(Complexity::Nesting { depth: deepest }.into());
     }
     // BETWEEN's AND is a connective to the scanner, hence the factor 2.
     if connectives > 2 * verbund_query::validate::MAX_FILTER_NODES {
-        return refuse(format!(
-            "the query has more than {} conditions; use IN lists or bins instead",
-            verbund_query::validate::MAX_FILTER_NODES
-        ));
+        return Err(Complexity::Conditions.into());
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 
 use crate::resilience::slow_node;
 use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use datafusion::datasource::MemTable;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use verbund_node::Catalogue;
 use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::{Cell, rows};
-use verbund_tests::{Network, PROJECT, decode, open_policy, status, with_token};
+use verbund_tests::{Network, PROJECT, decode, memory_catalogue, open_policy, status, with_token};
 
 /// The target's body-mass index: a value that appears nowhere else in the data.
 const TARGET_BMI: f64 = 31.718_281_828;
@@ -45,11 +44,7 @@ fn padded_ward() -> RecordBatch {
 }
 
 fn catalog_of(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Catalogue {
-    let mut catalog = Catalogue::new();
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-    let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-    catalog.add_table(dataset, Arc::new(table), "patient_id", &columns).unwrap();
-    catalog
+    memory_catalogue(dataset, vec![batch], columns)
 }
 
 /// A network with the same data at an unprotected site ("open", k = 1) and a protected one

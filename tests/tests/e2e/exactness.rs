@@ -6,9 +6,8 @@ use datafusion::datasource::MemTable;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use std::sync::Arc;
-use verbund_node::Catalogue;
 use verbund_tests::compare::{Expect, assert_same};
-use verbund_tests::{Network, Synthetic, open_policy, run_sql};
+use verbund_tests::{Network, Synthetic, memory_catalogue, open_policy, run_sql};
 
 /// (what the answer looks like: leading group columns, or no rows; SQL)
 const QUERIES: &[(Expect, &str)] = &[
@@ -127,10 +126,7 @@ async fn variance_of_large_values_with_small_spread_is_exact() {
         .unwrap();
         all.push(batch.clone());
         per_site.push(values);
-        let mut catalog = Catalogue::new();
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-        catalog.add_table("devices", Arc::new(table), "patient_id", &["value".into()]).unwrap();
-        let node = network.node(site, catalog, open_policy(1));
+        let node = network.node(site, memory_catalogue("devices", vec![batch], &["value"]), open_policy(1));
         network.add_node(node).await;
     }
     let sql = "SELECT var_samp(value) AS v, stddev_pop(value) AS s, avg(value) AS m FROM devices";

@@ -6,15 +6,14 @@
 
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::datasource::MemTable;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use verbund_node::{Catalogue, Node};
+use verbund_node::Node;
 use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
-use verbund_tests::{Network, Synthetic, open_policy, status};
+use verbund_tests::{Network, Synthetic, memory_catalogue, open_policy, status};
 
 /// The longest any one step may take: a missing fix fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(10);
@@ -131,10 +130,7 @@ fn coded_node(network: &Network, site: &str, groups: usize, per_group: usize, po
             .unwrap()
         })
         .collect();
-    let table = MemTable::try_new(schema, vec![batches]).unwrap();
-    let mut catalog = Catalogue::new();
-    catalog.add_table("visits", Arc::new(table), "patient_id", &["code".into(), "value".into()]).unwrap();
-    network.node(site, catalog, policy)
+    network.node(site, memory_catalogue("visits", batches, &["code", "value"]), policy)
 }
 
 /// `SELECT <group>, histogram(..) AS h1, ..., histogram(..) AS h16 FROM <table> GROUP BY <group>`:

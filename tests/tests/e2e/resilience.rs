@@ -1,7 +1,6 @@
 //! Sites that die, come back, run slow, are cancelled, or sit behind a proxy.
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use datafusion::datasource::MemTable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
 use verbund_tests::proxy::Proxy;
 use verbund_tests::slow::{Progress, slow_table, vitals_schema};
-use verbund_tests::{Network, PROJECT, open_policy, status, wait_until, with_token};
+use verbund_tests::{Network, PROJECT, memory_catalogue, open_policy, status, wait_until, with_token};
 
 pub(crate) fn fast_node(network: &Network, site: &str, rows: i64) -> Node {
     fast_node_with(network, site, rows, open_policy(1))
@@ -24,10 +23,7 @@ pub(crate) fn fast_node_with(network: &Network, site: &str, rows: i64, policy: v
         vec![Arc::new(StringArray::from(ids)), Arc::new(Int64Array::from_iter_values(0..rows))],
     )
     .unwrap();
-    let mut catalog = Catalogue::new();
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-    catalog.add_table("vitals", Arc::new(table), "patient_id", &["value".into()]).unwrap();
-    network.node(site, catalog, policy)
+    network.node(site, memory_catalogue("vitals", vec![batch], &["value"]), policy)
 }
 
 /// A site whose scan takes `batches × delay`.
@@ -43,9 +39,9 @@ fn slow_node_with(
     policy: verbund_policies::Policy,
 ) -> (Node, Arc<Progress>) {
     let (table, progress) = slow_table(batches, delay);
-    let mut catalog = Catalogue::new();
-    catalog.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
-    (network.node(site, catalog, policy), progress)
+    let mut catalogue = Catalogue::new();
+    catalogue.add_table("vitals", table, "patient_id", &["value".into()]).unwrap();
+    (network.node(site, catalogue, policy), progress)
 }
 
 const COUNT: &str = "SELECT count(*) AS n FROM vitals";

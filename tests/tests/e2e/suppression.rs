@@ -2,14 +2,12 @@
 //! releases none of its numbers, and the answer says that cells were withheld.
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use datafusion::datasource::MemTable;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
-use verbund_node::Catalogue;
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::{Cell, rows};
-use verbund_tests::{Network, Synthetic, open_policy, run_sql, site_context, status};
+use verbund_tests::{Network, Synthetic, memory_catalogue, open_policy, run_sql, site_context, status};
 
 const SEED: u64 = 99;
 const SCALE: f64 = 0.1;
@@ -94,10 +92,7 @@ async fn a_refused_group_leaves_no_trace_in_the_response() {
         ("age", Arc::new(Int64Array::from(vec![50, 51, 52, 53, 54, 55, 987_654, 987_655])) as _),
     ])
     .unwrap();
-    let mut catalog = Catalogue::new();
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-    catalog.add_table("cases", Arc::new(table), "patient_id", &["diagnosis".into(), "age".into()]).unwrap();
-    let node = network.node("registry", catalog, open_policy(5));
+    let node = network.node("registry", memory_catalogue("cases", vec![batch], &["diagnosis", "age"]), open_policy(5));
     network.add_node(node).await;
 
     let (table, response) =

@@ -1,0 +1,128 @@
+//! Why a node did not answer, in one type: every reason a query can end without an answer,
+//! its wire code and its metrics label, mapped in one place. Messages are for the
+//! researcher: they name columns and limits, never data values or server paths.
+
+use verbund_policies::AccessDenied;
+use verbund_proto::v1 as pb;
+use verbund_query::validate::InvalidRequest;
+use verbund_security::token::TokenError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    InvalidRequest(#[from] InvalidRequest),
+    /// The researcher's token did not verify at this site.
+    #[error("site {site}: {reason}")]
+    Unauthenticated { site: String, reason: TokenError },
+    /// The site's policy does not allow this project / role / dataset / column.
+    #[error(transparent)]
+    PermissionDenied(#[from] AccessDenied),
+    #[error(transparent)]
+    ResourceExhausted(#[from] Exhausted),
+    #[error("the query was cancelled")]
+    Cancelled,
+    #[error("the query ran past its deadline and was stopped")]
+    TimedOut,
+    #[error("site {site} is shutting down; retry later")]
+    ShuttingDown { site: String },
+    /// What went wrong is in the site's log, not in the answer.
+    #[error("the site could not execute this query (the error is in the site's log)")]
+    Internal,
+}
+
+/// A limit of the site's that the query would pass.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Exhausted {
+    #[error(
+        "the query needs more memory than this site allows one query (max_query_memory_mb); \
+         filter or group more coarsely"
+    )]
+    Memory,
+    #[error("the site is running {running} queries with {waiting} more waiting; try again shortly")]
+    Busy { running: u32, waiting: u32 },
+    #[error(
+        "this query could compute up to {cells} cells (possible groups × (aggregates + histogram bins)), \
+         more than this site's limit of {limit}; group more coarsely, or use fewer histograms or bins"
+    )]
+    Cells { cells: u64, limit: u64 },
+    #[error("the answer would release more groups than this site's limit of {limit}; group more coarsely or filter")]
+    Groups { limit: u32 },
+    #[error(
+        "the answer is too large to send ({}; the link carries at most {}); group more coarsely, \
+         or ask for fewer histograms or bins",
+        human_bytes(*bytes),
+        human_bytes(*limit)
+    )]
+    AnswerSize { bytes: usize, limit: usize },
+}
+
+impl Refusal {
+    /// Logs `what` (which may name internals) and refuses without it.
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "query execution failed");
+        Refusal::Internal
+    }
+
+    pub fn code(&self) -> pb::RefusalCode {
+        use pb::RefusalCode as C;
+        match self {
+            Refusal::InvalidRequest(_) => C::InvalidRequest,
+            Refusal::Unauthenticated { .. } => C::Unauthenticated,
+            Refusal::PermissionDenied(_) => C::Policy,
+            Refusal::ResourceExhausted(_) => C::ResourceExhausted,
+            Refusal::Cancelled => C::Cancelled,
+            Refusal::TimedOut => C::TimedOut,
+            Refusal::ShuttingDown { .. } => C::Unavailable,
+            Refusal::Internal => C::Internal,
+        }
+    }
+
+    pub fn to_proto(&self) -> pb::Refusal {
+        pb::Refusal { code: self.code() as i32, message: self.to_string() }
+    }
+}
+
+/// The `outcome` label of a finished query in the node's metrics.
+pub fn outcome_label(outcome: &Result<pb::PartialResult, Refusal>) -> &'static str {
+    use pb::RefusalCode as C;
+    let Err(refusal) = outcome else { return "answered" };
+    match refusal.code() {
+        C::InvalidRequest => "invalid_request",
+        C::Policy => "policy",
+        C::TimedOut => "timed_out",
+        C::Cancelled => "cancelled",
+        C::ResourceExhausted => "resource_exhausted",
+        C::Unauthenticated => "unauthenticated",
+        C::Unavailable => "unavailable",
+        C::Internal | C::Unspecified => "internal",
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{} KiB", n.div_ceil(1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_their_wording_and_codes() {
+        let r = Refusal::from(Exhausted::AnswerSize { bytes: 20 * 1024 * 1024, limit: 16 * 1024 * 1024 });
+        assert_eq!(r.code(), pb::RefusalCode::ResourceExhausted);
+        assert!(r.to_string().contains("(20.0 MiB; the link carries at most 16.0 MiB)"), "{r}");
+        let r = Refusal::Unauthenticated { site: "a".into(), reason: TokenError::Expired };
+        assert_eq!(r.to_proto().code(), pb::RefusalCode::Unauthenticated);
+        assert!(r.to_string().starts_with("site a: the token has expired"));
+        assert_eq!(outcome_label(&Err(Refusal::ShuttingDown { site: "a".into() })), "unavailable");
+        assert_eq!(outcome_label(&Err(Refusal::internal("boom"))), "internal");
+        assert_eq!(
+            Refusal::Internal.to_string(),
+            "the site could not execute this query (the error is in the site's log)"
+        );
+    }
+}
