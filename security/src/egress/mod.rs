@@ -34,6 +34,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PROXY_VARIABLES: [&str; 2] = ["https_proxy", "HTTPS_PROXY"];
 const NO_PROXY_VARIABLES: [&str; 2] = ["no_proxy", "NO_PROXY"];
 
+/// The refusal of a proxy URL with credentials in it. Whoever quotes the offending text
+/// (TOML's error messages quote the line) must not when the message is this one.
+pub const CREDENTIALS_IN_URL: &str =
+    "proxy must not carry a user name or password: write them to a file and name it with proxy_credentials";
+
 /// The configured `proxy` setting.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProxySetting {
@@ -49,9 +54,7 @@ impl ProxySetting {
             return Ok(Self::Direct);
         }
         if has_userinfo(text) {
-            return Err("proxy must not carry a user name or password: write them to a file and name it with \
-                        proxy_credentials"
-                .into());
+            return Err(CREDENTIALS_IN_URL.into());
         }
         if !text.contains("://") {
             return Err(format!(
