@@ -79,9 +79,11 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         let path = dir.path().join(format!("{}.toml", site.site));
         setup::write_config(&path, &setup::node_config(&layout, i, &link_url).to_toml()?)?;
         let config = NodeConfig::load(&path)?;
-        let node = Arc::new(Node::from_config(&config).await?);
+        // The demo network is all on loopback: no proxy, whatever HTTPS_PROXY says.
+        let egress = Arc::new(verbund_security::egress::Egress::direct());
+        let node = Arc::new(Node::from_config(&config, egress.clone()).await?);
         println!("  node {:<18} {} datasets, min cell size 5, mutual TLS to {link}", site.site, config.datasets.len());
-        tokio::spawn(node.run(verbund_node::link_options(&config)?, shutdown.child_token()));
+        tokio::spawn(node.run(verbund_node::link_options(&config, egress)?, shutdown.child_token()));
     }
     let site_names: Vec<&str> = layout.sites.iter().map(|s| s.site.as_str()).collect();
     if !coordinator.sites().wait_for(&site_names, Duration::from_secs(20)).await {

@@ -363,8 +363,10 @@ async fn shutdown_signal(token: CancellationToken) {
 
 async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     let config = NodeConfig::load(&config_path)?;
-    let options = verbund_node::link_options(&config)?;
-    let node = Arc::new(Node::from_config(&config).await?);
+    // One way out for the link and the key fetch alike, logged once here.
+    let egress = verbund_node::egress(&config)?;
+    let options = verbund_node::link_options(&config, egress.clone())?;
+    let node = Arc::new(Node::from_config(&config, egress).await?);
     let coordinator = verbund_security::settings::url_text(&config.coordinator);
     tracing::info!(site = %node.site(), %coordinator, datasets = config.datasets.len(), "node started");
     let shutdown = CancellationToken::new();
@@ -481,7 +483,9 @@ mod deploy_examples {
         let node = verbund_node::NodeConfig::load(&dir.join("node.toml")).unwrap();
         assert_eq!(node.site, "uniklinik-nord");
         assert!(!node.datasets.is_empty() && node.ops_listen.is_some());
-        assert!(verbund_node::link_options(&node).is_ok());
+        let egress = node.egress_with_env(|_| None).unwrap();
+        assert_eq!(egress.proxy_for(&node.coordinator), Some("http://proxy.uniklinik-nord.example:3128"));
+        assert!(verbund_node::link_options(&node, std::sync::Arc::new(egress)).is_ok());
         let coordinator = verbund_coordinator::CoordinatorConfig::load(&dir.join("coordinator.toml")).unwrap();
         assert!(!coordinator.sites.is_empty() && coordinator.ops_listen.is_some());
     }

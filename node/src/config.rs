@@ -6,6 +6,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use verbund_security::egress::{CREDENTIALS_IN_URL, DEFAULT_CONNECT_TIMEOUT, Egress, EgressSettings, ProxySetting};
 use verbund_security::settings;
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::TokenConfig;
@@ -18,14 +19,28 @@ pub struct NodeConfig {
     /// The coordinator's node-link address, e.g. `https://coordinator.example.org:7070`.
     #[serde(deserialize_with = "coordinator_url", serialize_with = "settings::serialize_url")]
     pub coordinator: Uri,
-    /// Outbound HTTP proxy (HTTP CONNECT), e.g. `http://proxy.hospital.local:3128`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "proxy_url",
-        serialize_with = "settings::serialize_optional_url"
-    )]
-    pub proxy: Option<Uri>,
+    /// How outbound connections (the coordinator link, the identity provider's keys) leave:
+    /// through an HTTP CONNECT proxy (`http://host:port` or `https://host:port`), or
+    /// `"direct"`. When absent, the environment decides (`https_proxy`/`HTTPS_PROXY`,
+    /// `no_proxy`/`NO_PROXY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySetting>,
+    /// A file whose first line is `user:password`: Basic credentials for the proxy (the
+    /// configured one or the environment's). Never the credentials themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_credentials: Option<PathBuf>,
+    /// CA bundle that an `https://` proxy's certificate must chain to; the system's roots
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_ca: Option<PathBuf>,
+    /// Destinations reached directly although `proxy` names a proxy (`NO_PROXY` syntax:
+    /// host names, `.domain` suffixes, IP addresses, networks, `*`; optionally `:port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_proxy: Vec<String>,
+    /// How long opening one outbound connection may take (`connect_timeout_seconds`): the
+    /// proxy's answer to CONNECT included, so a stalling proxy costs no more.
+    #[serde(default = "default_connect_timeout", rename = "connect_timeout_seconds", with = "settings::seconds")]
+    pub connect_timeout: Duration,
     /// The site policy file; the built-in defaults (minimum cell size 5) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PathBuf>,
@@ -55,8 +70,23 @@ fn coordinator_url<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Resul
     settings::deserialize_url(d, "coordinator")
 }
 
-fn proxy_url<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Uri>, D::Error> {
-    settings::deserialize_optional_url(d, "proxy")
+/// TOML's message, which quotes the offending line; but not when that line holds a proxy URL
+/// with a password in it.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    if !error.message().contains(CREDENTIALS_IN_URL) {
+        return error.to_string();
+    }
+    match error.span() {
+        Some(span) => {
+            let line = text.get(..span.start).map_or(0, |before| before.matches('\n').count()) + 1;
+            format!("line {line}: {CREDENTIALS_IN_URL}")
+        }
+        None => CREDENTIALS_IN_URL.to_string(),
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
 }
 
 fn default_heartbeat() -> Duration {
@@ -139,6 +169,10 @@ impl NodeConfig {
             site: site.into(),
             coordinator,
             proxy: None,
+            proxy_credentials: None,
+            proxy_ca: None,
+            no_proxy: Vec::new(),
+            connect_timeout: default_connect_timeout(),
             policy: None,
             heartbeat: default_heartbeat(),
             tls_reload: default_reload(),
@@ -161,7 +195,7 @@ impl NodeConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: NodeConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let config: NodeConfig = toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -177,6 +211,8 @@ impl NodeConfig {
     pub fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
         self.policy = self.policy.as_ref().map(resolve);
+        self.proxy_credentials = self.proxy_credentials.as_ref().map(resolve);
+        self.proxy_ca = self.proxy_ca.as_ref().map(resolve);
         self.tls.ca = resolve(&self.tls.ca);
         self.tls.cert = resolve(&self.tls.cert);
         self.tls.key = resolve(&self.tls.key);
@@ -193,11 +229,7 @@ impl NodeConfig {
         settings::require_https("coordinator", &self.coordinator, "the link is always mutual TLS")
             .map_err(Error::Config)?;
         self.coordinator_name()?;
-        if let Some(proxy) = &self.proxy
-            && proxy.host().is_none()
-        {
-            return Err(Error::Config(format!("proxy '{proxy}' has no host")));
-        }
+        self.egress_settings().validate().map_err(|e| Error::Config(e.to_string()))?;
         self.auth.validate().map_err(|e| Error::Config(format!("[auth]: {e}")))?;
         if self.datasets.is_empty() {
             return Err(Error::Config("no [[dataset]] declared: a node without data has nothing to answer".into()));
@@ -216,6 +248,23 @@ impl NodeConfig {
             return Err(Error::Config("heartbeat_seconds and tls_reload_seconds must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// The outbound settings as configured (the environment is not read here).
+    pub fn egress_settings(&self) -> EgressSettings {
+        EgressSettings {
+            proxy: self.proxy.clone(),
+            credentials: self.proxy_credentials.clone(),
+            ca: self.proxy_ca.clone(),
+            no_proxy: self.no_proxy.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// How this node reaches the outside: the configured proxy settings, or, when `proxy` is
+    /// absent, what `env` says (`HTTPS_PROXY`, `NO_PROXY`). Reads the credentials file.
+    pub fn egress_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Egress> {
+        Egress::resolve(&self.egress_settings(), env).map_err(|e| Error::Config(e.to_string()))
     }
 
     /// The name the coordinator's certificate must carry.
@@ -296,14 +345,19 @@ columns = ["patient_id", "sex", "age"]
         let text = GOOD.replace("policy =", "proxy = \"http://proxy.local:3128\"\nheartbeat_seconds = 5\npolicy =");
         let c = NodeConfig::from_toml(&text).unwrap();
         assert_eq!(c.coordinator.scheme_str(), Some("https"));
-        assert_eq!(c.proxy.as_ref().and_then(|p| p.port_u16()), Some(3128));
+        assert!(matches!(&c.proxy, Some(ProxySetting::Url(u)) if u.port_u16() == Some(3128)), "{:?}", c.proxy);
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!((c.heartbeat, c.tls_reload, c.drain), (Duration::from_secs(5), default_reload(), default_drain()));
     }
 
     #[test]
     fn what_is_written_reads_back_the_same() {
         let mut c = NodeConfig::from_toml(GOOD).unwrap();
-        c.proxy = Some("http://proxy.local:3128".parse().unwrap());
+        c.proxy = Some(ProxySetting::parse("https://proxy.local:8443").unwrap());
+        c.proxy_credentials = Some("secrets/proxy.credentials".into());
+        c.proxy_ca = Some("pki/hospital-ca.pem".into());
+        c.no_proxy = vec![".intern.klinik.de".into(), "10.0.0.0/8".into()];
+        c.connect_timeout = Duration::from_secs(7);
         c.ops_listen = Some("127.0.0.1:9090".parse().unwrap());
         c.datasets[0].format = Some(FileFormat::Parquet);
         let text = c.to_toml().unwrap();
@@ -312,9 +366,69 @@ columns = ["patient_id", "sex", "age"]
             "{text}"
         );
         assert!(text.contains("policy = \"policy.toml\"\n"), "relative paths stay relative:\n{text}");
+        assert!(text.contains("proxy = \"https://proxy.local:8443\"\n"), "{text}");
+        assert!(text.contains("connect_timeout_seconds = 7\n"), "{text}");
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), c, "{text}");
+        c.proxy = Some(ProxySetting::Direct);
+        (c.proxy_credentials, c.proxy_ca, c.no_proxy) = (None, None, Vec::new());
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("proxy = \"direct\"\n"), "{text}");
         assert_eq!(NodeConfig::from_toml(&text).unwrap(), c, "{text}");
 
         c.tls_reload = Duration::from_millis(200);
         assert!(c.to_toml().unwrap_err().to_string().contains("whole number of seconds"));
+    }
+
+    fn with(extra: &str) -> String {
+        GOOD.replace("policy =", &format!("{extra}\npolicy ="))
+    }
+
+    #[test]
+    fn proxy_settings_are_read_resolved_and_checked() {
+        let text = with(
+            "proxy = \"https://proxy.klinik.de:8443\"\nproxy_credentials = \"proxy.credentials\"\n\
+             proxy_ca = \"pki/klinik-ca.pem\"\nno_proxy = [\".intern.klinik.de\"]\nconnect_timeout_seconds = 3",
+        );
+        let mut c = NodeConfig::from_toml(&text).unwrap();
+        c.resolve_paths(Path::new("/etc/verbund"));
+        assert_eq!(c.proxy_credentials, Some(PathBuf::from("/etc/verbund/proxy.credentials")));
+        assert_eq!(c.proxy_ca, Some(PathBuf::from("/etc/verbund/pki/klinik-ca.pem")));
+        assert_eq!(c.egress_settings().connect_timeout, Duration::from_secs(3));
+
+        for (extra, expected) in [
+            ("proxy = \"http://alice:secret@proxy.local:3128\"", "line 4: proxy must not carry a user name"),
+            ("proxy = \"socks5://proxy.local:1080\"", "socks5:// proxies are not supported"),
+            ("proxy = \"proxy.local:3128\"", "needs a scheme"),
+            ("proxy = \"direct\"\nproxy_credentials = \"p\"", "proxy_credentials: is set, but proxy = \"direct\""),
+            ("proxy = \"http://p.local:3128\"\nproxy_ca = \"ca.pem\"", "proxy_ca: is for an https:// proxy"),
+            ("no_proxy = [\"idp.local\"]", "no_proxy: applies to the proxy named by `proxy`"),
+            ("connect_timeout_seconds = 0", "connect_timeout_seconds: must be at least 1"),
+            ("proxy_password = \"secret\"", "unknown field `proxy_password`"),
+        ] {
+            let e = NodeConfig::from_toml(&with(extra)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{extra}: {e}");
+            assert!(!e.contains("alice:secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_configured_proxy_wins_over_the_environment() {
+        let env = |name: &str| match name {
+            "HTTPS_PROXY" => Some("http://env-proxy.local:3128".to_string()),
+            "NO_PROXY" => Some("idp.example.org".to_string()),
+            _ => None,
+        };
+        let coordinator: Uri = "https://127.0.0.1:7070".parse().unwrap();
+        let c = NodeConfig::from_toml(GOOD).unwrap();
+        let egress = c.egress_with_env(env).unwrap();
+        assert_eq!(egress.proxy_for(&coordinator), Some("http://env-proxy.local:3128"));
+        assert_eq!(egress.proxy_for(&"https://idp.example.org/certs".parse().unwrap()), None);
+        let c = NodeConfig::from_toml(&with("proxy = \"direct\"")).unwrap();
+        assert_eq!(c.egress_with_env(env).unwrap().proxy_for(&coordinator), None);
+        let c = NodeConfig::from_toml(&with("proxy = \"http://proxy.klinik.de:3128\"")).unwrap();
+        assert_eq!(c.egress_with_env(env).unwrap().proxy_for(&coordinator), Some("http://proxy.klinik.de:3128"));
+        let c = NodeConfig::from_toml(&with("proxy_credentials = \"/nonexistent/proxy.credentials\"")).unwrap();
+        let e = c.egress_with_env(env).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/proxy.credentials: cannot be read"), "{e}");
     }
 }

@@ -5,7 +5,6 @@ pub mod catalogue;
 pub mod config;
 pub mod engine;
 pub mod link;
-pub mod proxy;
 pub mod refusal;
 
 pub use catalogue::Catalogue;
@@ -22,6 +21,7 @@ use verbund_ops::prometheus_client::registry::Registry;
 use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
 use verbund_query::validate::{InvalidRequest, Missing};
+use verbund_security::egress::Egress;
 use verbund_security::token::Verifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub struct Node {
     draining: AtomicBool,
     /// Wakes the link to look at its TLS files now (SIGHUP).
     tls_check: tokio::sync::Notify,
+    /// Why the link is down, while it is (for the readiness probe and tests).
+    link_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl Node {
@@ -61,6 +63,7 @@ impl Node {
             registry: Arc::new(registry),
             draining: AtomicBool::new(false),
             tls_check: tokio::sync::Notify::new(),
+            link_error: parking_lot::Mutex::new(None),
         }
     }
 
@@ -80,9 +83,21 @@ impl Node {
             return Err("shutting down; finishing running queries".into());
         }
         if !self.metrics.is_connected() {
-            return Err("not connected to the coordinator (see the node's log)".into());
+            return Err(match self.link_error() {
+                Some(e) => format!("not connected to the coordinator: {e}"),
+                None => "not connected to the coordinator (see the node's log)".into(),
+            });
         }
         Ok(())
+    }
+
+    /// Why the last attempt to reach the coordinator failed, until the link is up again.
+    pub fn link_error(&self) -> Option<String> {
+        self.link_error.lock().clone()
+    }
+
+    pub(crate) fn set_link_error(&self, error: Option<String>) {
+        *self.link_error.lock() = error;
     }
 
     /// Makes the link look at its TLS files now (as on SIGHUP) and reconnect if they changed.
@@ -102,9 +117,10 @@ impl Node {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Loads the policy file, the token keys and every dataset of a configuration, and
-    /// checks that the site certificate names this site.
-    pub async fn from_config(config: &NodeConfig) -> Result<Self> {
+    /// Loads the policy file, the token keys (fetched through `egress`, the node's way out)
+    /// and every dataset of a configuration, and checks that the site certificate names this
+    /// site.
+    pub async fn from_config(config: &NodeConfig, egress: Arc<Egress>) -> Result<Self> {
         let cert = verbund_security::certs::CertInfo::load(&config.tls.cert)?;
         if cert.identity.as_deref() != Some(config.site.as_str()) {
             return Err(Error::Config(format!(
@@ -115,7 +131,7 @@ impl Node {
             )));
         }
         cert.report("site", &config.tls.cert);
-        let tokens = Verifier::from_config(&config.auth).await?;
+        let tokens = Verifier::from_config_with(&config.auth, egress).await?;
         let policy = match &config.policy {
             Some(path) => {
                 let shown = path.display().to_string();
@@ -187,12 +203,25 @@ impl Node {
     }
 }
 
-/// Builds link options from a configuration.
-pub fn link_options(config: &NodeConfig) -> Result<LinkOptions> {
+/// How this node reaches the outside, from its configuration and the process's environment
+/// (`HTTPS_PROXY`, `NO_PROXY`, when no `proxy` is configured). Logs once which way each
+/// destination goes; the link and the key fetch then share the result.
+pub fn egress(config: &NodeConfig) -> Result<Arc<Egress>> {
+    let egress = config.egress_with_env(|name| std::env::var(name).ok())?;
+    let mut destinations = vec![("coordinator", &config.coordinator)];
+    if let Some(url) = &config.auth.jwks_url {
+        destinations.push(("identity provider keys (jwks_url)", url));
+    }
+    egress.report(&destinations);
+    Ok(Arc::new(egress))
+}
+
+/// Builds link options from a configuration; the link goes out through `egress`.
+pub fn link_options(config: &NodeConfig, egress: Arc<Egress>) -> Result<LinkOptions> {
     let mut options = LinkOptions::new(config.coordinator.to_string(), config.tls.files(), config.coordinator_name()?);
     options.heartbeat = config.heartbeat;
     options.tls_reload = config.tls_reload;
     options.drain = config.drain;
-    options.proxy = config.proxy.clone();
+    options.egress = egress;
     Ok(options)
 }

@@ -1,11 +1,11 @@
-//! The node's side of the link: dial out to the coordinator (directly or through an HTTP
-//! proxy), announce the site and its catalogue, answer queries as they arrive, and redial
-//! with exponential backoff and jitter whenever the stream breaks.
+//! The node's side of the link: dial out to the coordinator (directly or through a proxy, as
+//! the node's [`Egress`] decides), announce the site and its catalogue, answer queries as
+//! they arrive, and redial with exponential backoff and jitter whenever the stream breaks.
 
 use crate::Node;
-use crate::proxy::connect_via_proxy;
 use crate::refusal::{Exhausted, Refusal, outcome_label};
 use http::Uri;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use rand::RngExt;
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ use tonic::transport::Endpoint;
 use tracing::{Instrument, debug, info, warn};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::node_link_client::NodeLinkClient;
+use verbund_security::egress::{Egress, EgressError};
 use verbund_security::tls::{TlsFiles, node_client_tls};
 
 /// The longest a node works on one query, whatever the coordinator asks for.
@@ -35,7 +36,9 @@ pub struct LinkOptions {
     pub tls: TlsFiles,
     /// The name the coordinator's certificate must carry.
     pub coordinator_name: String,
-    pub proxy: Option<Uri>,
+    /// How the link leaves the site: directly or through a proxy (shared with the fetch of
+    /// the identity provider's keys). Direct by default.
+    pub egress: Arc<Egress>,
     pub heartbeat: Duration,
     /// How often to look for renewed TLS files; a change reconnects with them.
     pub tls_reload: Duration,
@@ -54,7 +57,7 @@ impl LinkOptions {
             coordinator: coordinator.into(),
             tls,
             coordinator_name: coordinator_name.into(),
-            proxy: None,
+            egress: Arc::new(Egress::direct()),
             heartbeat: Duration::from_secs(15),
             tls_reload: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
@@ -69,7 +72,9 @@ impl LinkOptions {
 enum LinkError {
     #[error("invalid coordinator address: {0}")]
     Address(#[source] tonic::transport::Error),
-    #[error("cannot connect: {0}")]
+    #[error(transparent)]
+    Egress(EgressError),
+    #[error("cannot connect: {}", chain(.0))]
     Connect(#[source] tonic::transport::Error),
     #[error("the coordinator refused the link: {0}")]
     Refused(tonic::Status),
@@ -81,6 +86,18 @@ enum LinkError {
     Tls(#[from] verbund_security::Error),
     #[error("the TLS files changed; reconnecting with them")]
     Renewed,
+}
+
+/// An error with its causes: tonic's own message ("transport error") says little alone.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Keeps the link up until `shutdown` is cancelled.
@@ -95,8 +112,14 @@ pub async fn run_link(node: Arc<Node>, options: LinkOptions, shutdown: Cancellat
             return;
         }
         match result {
-            Ok(()) => info!(site = %node.site(), "coordinator closed the link; redialling"),
-            Err(e) => warn!(site = %node.site(), error = %e, "link down; redialling"),
+            Ok(()) => {
+                info!(site = %node.site(), "coordinator closed the link; redialling");
+                node.set_link_error(Some("the coordinator closed the link; redialling".into()));
+            }
+            Err(e) => {
+                warn!(site = %node.site(), error = %e, "link down; redialling");
+                node.set_link_error(Some(e.to_string()));
+            }
         }
         if connected {
             backoff = options.backoff_min;
@@ -125,21 +148,28 @@ async fn session(
         .map_err(LinkError::Address)?
         .tls_config(tls)
         .map_err(LinkError::Connect)?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(options.egress.connect_timeout())
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let channel = match &options.proxy {
-        Some(proxy) => {
-            let proxy = proxy.clone();
-            let connector = tower::service_fn(move |target: Uri| {
-                let proxy = proxy.clone();
-                async move { connect_via_proxy(&proxy, &target).await }
-            });
-            endpoint.connect_with_connector(connector).await.map_err(LinkError::Connect)?
+    // The first connection is opened here, so that a proxy's refusal (407, 403, a stall)
+    // comes back as the node's own error, not as tonic's "transport error". Later
+    // reconnects of the channel go out the same way.
+    let target = endpoint.uri().clone();
+    let first = Arc::new(Mutex::new(Some(options.egress.connect(&target).await.map_err(LinkError::Egress)?)));
+    let egress = options.egress.clone();
+    let connector = tower::service_fn(move |target: Uri| {
+        let (first, egress) = (first.clone(), egress.clone());
+        async move {
+            let ready = first.lock().take();
+            let stream = match ready {
+                Some(stream) => stream,
+                None => egress.connect(&target).await?,
+            };
+            Ok::<_, EgressError>(TokioIo::new(stream))
         }
-        None => endpoint.connect().await.map_err(LinkError::Connect)?,
-    };
+    });
+    let channel = endpoint.connect_with_connector(connector).await.map_err(LinkError::Connect)?;
     let mut client = NodeLinkClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(options.max_message_bytes);
@@ -219,6 +249,7 @@ async fn session(
                     Some(pb::coordinator_message::Kind::Welcome(w)) => {
                         *connected = true;
                         node.metrics().set_connected(true);
+                        node.set_link_error(None);
                         info!(site = %node.site(), coordinator_version = %w.coordinator_version, "connected to coordinator");
                     }
                     Some(pb::coordinator_message::Kind::Query(q)) if node.is_draining() => {

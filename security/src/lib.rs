@@ -2,10 +2,14 @@
 //! rustls (reloaded when the files change), certificate identities and expiry, and the
 //! verification of researchers' JWTs. Node and coordinator both use it, so neither trusts
 //! the other's word. Keys and tokens are written readable by their owner only ([`files`]);
-//! [`settings`] holds what the node's and the coordinator's configuration files share.
+//! [`settings`] holds what the node's and the coordinator's configuration files share;
+//! [`egress`] decides how outbound connections leave (directly or through a proxy), and
+//! [`https`] fetches the identity provider's keys that way.
 
 pub mod certs;
+pub mod egress;
 pub mod files;
+pub mod https;
 pub mod pki;
 pub mod tls;
 pub mod token;
@@ -38,6 +42,10 @@ pub enum Error {
     Generate(#[from] rcgen::Error),
     #[error("token configuration: {0}")]
     TokenConfig(String),
+    #[error("cannot fetch {url}: {error}")]
+    Fetch { url: String, error: https::FetchError },
+    #[error("outbound connections: {0}")]
+    Egress(#[from] egress::EgressError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

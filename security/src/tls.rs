@@ -250,3 +250,23 @@ pub fn researcher_client_tls(ca: &Path, coordinator_name: Option<&str>) -> Resul
     }
     Ok(config)
 }
+
+/// TLS for an HTTPS client (the identity provider's keys, an `https://` proxy): the
+/// server's certificate checked against the CA bundle `ca`, or the system's roots when
+/// there is none; ALPN offers `alpn` only.
+pub fn https_client_config(ca: Option<&Path>, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut config = match ca {
+        Some(path) => builder.with_root_certificates(roots(path)?).with_no_client_auth(),
+        None => {
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| Error::Tls(format!("the system's root certificates: {e}")))?;
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}

@@ -3,6 +3,8 @@
 //! asymmetric algorithms from an allow-list are accepted; issuer, audience, expiry and
 //! not-before are checked with a small leeway; every token must name its key (`kid`).
 
+use crate::egress::Egress;
+use crate::https::HttpsClient;
 use crate::settings::{self, Uri};
 use crate::{Error, Result};
 use base64::Engine;
@@ -188,52 +190,53 @@ fn parse_jwks(jwks: &str) -> Result<HashMap<String, DecodingKey>> {
     Ok(keys)
 }
 
+/// The largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
 /// Fetches a JWKS document over HTTPS (the URL was checked with [`TokenConfig::validate`]).
-async fn fetch_jwks(url: &Uri, ca: Option<&Path>) -> Result<String> {
-    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
-    if let Some(ca) = ca {
-        let certs = crate::certs::load_certs(ca)?
-            .iter()
-            .map(|c| reqwest::Certificate::from_der(c.as_ref()).map_err(|e| Error::TokenConfig(e.to_string())))
-            .collect::<Result<Vec<_>>>()?;
-        builder = builder.tls_certs_only(certs);
-    }
-    let client = builder.build().map_err(|e| Error::TokenConfig(format!("HTTPS client: {e}")))?;
-    let response = client
-        .get(url.to_string())
-        .send()
-        .await
-        .map_err(|e| Error::TokenConfig(format!("cannot fetch {url}: {e}")))?
-        .error_for_status()
-        .map_err(|e| Error::TokenConfig(format!("cannot fetch {url}: {e}")))?;
-    response.text().await.map_err(|e| Error::TokenConfig(format!("cannot read {url}: {e}")))
+async fn fetch_jwks(client: &HttpsClient, url: &Uri) -> Result<String> {
+    client.get(url, MAX_JWKS_BYTES).await.map_err(|error| Error::Fetch { url: settings::url_text(url), error })
 }
 
 impl Verifier {
     /// Loads the keys from `jwks_file`, or fetches them from `jwks_url` (and keeps fetching
-    /// them every `jwks_refresh_seconds`, so that the provider can rotate its keys).
+    /// them every `jwks_refresh_seconds`, so that the provider can rotate its keys), through
+    /// the environment's proxy if one is set (`HTTPS_PROXY`, `NO_PROXY`).
     pub async fn from_config(config: &TokenConfig) -> Result<std::sync::Arc<Self>> {
         config.validate()?;
-        let verifier = std::sync::Arc::new(match &config.jwks_url {
-            None => Self::load(config)?,
-            Some(url) => Self::from_jwks(&fetch_jwks(url, config.jwks_ca.as_deref()).await?, config)?,
-        });
-        if let Some(url) = config.jwks_url.clone() {
-            let weak = std::sync::Arc::downgrade(&verifier);
-            let (ca, every) = (config.jwks_ca.clone(), config.jwks_refresh.max(Duration::from_secs(1)));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let Some(verifier) = weak.upgrade() else { return };
-                    match fetch_jwks(&url, ca.as_deref()).await.and_then(|text| parse_jwks(&text)) {
-                        Ok(keys) => *verifier.keys.write().unwrap_or_else(|p| p.into_inner()) = keys,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not refresh the token keys; keeping the previous ones")
-                        }
+        let egress = match &config.jwks_url {
+            Some(_) => Egress::from_env()?,
+            None => Egress::direct(),
+        };
+        Self::from_config_with(config, std::sync::Arc::new(egress)).await
+    }
+
+    /// As [`Verifier::from_config`], with the keys fetched through `egress` (a node's own way
+    /// out, the same as its link's).
+    pub async fn from_config_with(
+        config: &TokenConfig,
+        egress: std::sync::Arc<Egress>,
+    ) -> Result<std::sync::Arc<Self>> {
+        config.validate()?;
+        let Some(url) = config.jwks_url.clone() else {
+            return Ok(std::sync::Arc::new(Self::load(config)?));
+        };
+        let client = HttpsClient::new(config.jwks_ca.as_deref(), egress)?;
+        let verifier = std::sync::Arc::new(Self::from_jwks(&fetch_jwks(&client, &url).await?, config)?);
+        let weak = std::sync::Arc::downgrade(&verifier);
+        let every = config.jwks_refresh.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(verifier) = weak.upgrade() else { return };
+                match fetch_jwks(&client, &url).await.and_then(|text| parse_jwks(&text)) {
+                    Ok(keys) => *verifier.keys.write().unwrap_or_else(|p| p.into_inner()) = keys,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not refresh the token keys; keeping the previous ones")
                     }
                 }
-            });
-        }
+            }
+        });
         Ok(verifier)
     }
 

@@ -393,6 +393,43 @@ pub fn memory_catalogue(dataset: &str, batches: Vec<RecordBatch>, columns: &[&st
     catalogue
 }
 
+/// Serves `body` over HTTPS (HTTP/1.1) on loopback, as an identity provider's JWKS endpoint.
+pub async fn serve_jwks(files: &TlsFiles, body: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (config, _) = verbund_security::tls::server_config(files, verbund_security::tls::ClientAuth::None).unwrap();
+    let mut config = (*config).clone();
+    config.alpn_protocols.clear();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/realms/verbund/protocol/openid-connect/certs",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
 /// A request with `authorization: Bearer <token>`.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -43,7 +43,7 @@ fn padded_ward() -> RecordBatch {
     .unwrap()
 }
 
-fn catalog_of(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Catalogue {
+fn catalogue_of(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Catalogue {
     memory_catalogue(dataset, vec![batch], columns)
 }
 
@@ -52,7 +52,7 @@ fn catalog_of(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Catalogue 
 async fn open_and_guarded(batch: RecordBatch, dataset: &str, columns: &[&str]) -> Network {
     let mut network = Network::start(&["open", "guarded"]).await;
     for (site, k) in [("open", 1), ("guarded", 5)] {
-        let node = network.node(site, catalog_of(batch.clone(), dataset, columns), open_policy(k));
+        let node = network.node(site, catalogue_of(batch.clone(), dataset, columns), open_policy(k));
         network.add_node(node).await;
     }
     network
@@ -118,8 +118,8 @@ async fn rows_without_a_patient_key_count_as_patients() {
         ("value", Arc::new(Float64Array::from(value)) as _),
     ])
     .unwrap();
-    let catalog = catalog_of(batch.clone(), "labs", &["lab", "value"]);
-    assert_eq!(catalog.report_unlinked("labs", "patient_id").await.unwrap(), 3, "unlinked rows are reported at load");
+    let catalogue = catalogue_of(batch.clone(), "labs", &["lab", "value"]);
+    assert_eq!(catalogue.report_unlinked("labs", "patient_id").await.unwrap(), 3, "unlinked rows are reported at load");
 
     let network = open_and_guarded(batch, "labs", &["lab", "value"]).await;
     let sql = "SELECT lab, count(*) AS n, sum(value) AS s, count(DISTINCT patient_id) AS p FROM labs GROUP BY lab";
@@ -198,7 +198,7 @@ async fn the_variance_state_carries_no_patients_value() {
     ])
     .unwrap();
     let engine = verbund_node::Engine::new(
-        catalog_of(batch, "devices", &["g", "value"]),
+        catalogue_of(batch, "devices", &["g", "value"]),
         Policy::with_min_cell_size(5).unwrap().allowing(PROJECT),
     );
     let query = pb::AggregateQuery {
@@ -252,7 +252,7 @@ async fn the_group_limit_counts_only_released_groups() {
     let mut network = Network::start(&["site"]).await;
     let mut policy = open_policy(5);
     policy.max_groups = 10;
-    let node = network.node("site", catalog_of(batch, "cases", &["code"]), policy);
+    let node = network.node("site", catalogue_of(batch, "cases", &["code"]), policy);
     network.add_node(node).await;
     let (table, response) = network.query("SELECT code, count(*) AS n FROM cases GROUP BY code").await.unwrap();
     assert_eq!(status(&response, "site").outcome(), pb::SiteOutcome::Answered, "{}", status(&response, "site").message);
@@ -268,7 +268,7 @@ async fn researchers_see_only_their_projects_columns_and_their_own_queries() {
         "min_cell_size = 1\n[[project]]\nname = \"{PROJECT}\"\ndatasets = [\"vitals\"]\ncolumns = {{ vitals = [\"ward\", \"bmi\"] }}\n"
     ))
     .unwrap();
-    let node = network.node("site", catalog_of(padded_ward(), "vitals", &["ward", "bmi", "smoker"]), policy);
+    let node = network.node("site", catalogue_of(padded_ward(), "vitals", &["ward", "bmi", "smoker"]), policy);
     network.add_node(node).await;
 
     let researcher = network.pki.token();

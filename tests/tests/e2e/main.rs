@@ -7,6 +7,7 @@ mod exactness;
 mod hostile_inputs;
 mod misbehaving;
 mod operations;
+mod proxy;
 mod resilience;
 mod security;
 mod suppression;

@@ -1,4 +1,4 @@
-//! Sites that die, come back, run slow, are cancelled, or sit behind a proxy.
+//! Sites that die, come back, run slow, or are cancelled. (Sites behind a proxy: `proxy.rs`.)
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use std::sync::Arc;
@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use verbund_node::{Catalogue, Node};
 use verbund_proto::v1 as pb;
 use verbund_tests::compare::ints;
-use verbund_tests::proxy::Proxy;
 use verbund_tests::slow::{Progress, slow_table, vitals_schema};
 use verbund_tests::{Network, PROJECT, memory_catalogue, open_policy, status, wait_until, with_token};
 
@@ -17,13 +16,18 @@ pub(crate) fn fast_node(network: &Network, site: &str, rows: i64) -> Node {
 
 /// A site with `rows` patients, one row each, under `policy`.
 pub(crate) fn fast_node_with(network: &Network, site: &str, rows: i64, policy: verbund_policies::Policy) -> Node {
+    network.node(site, vitals(site, rows), policy)
+}
+
+/// A `vitals` table of `rows` patients, one row each.
+pub(crate) fn vitals(site: &str, rows: i64) -> Catalogue {
     let ids: Vec<String> = (0..rows).map(|i| format!("{site}-{i}")).collect();
     let batch = RecordBatch::try_new(
         vitals_schema(),
         vec![Arc::new(StringArray::from(ids)), Arc::new(Int64Array::from_iter_values(0..rows))],
     )
     .unwrap();
-    network.node(site, memory_catalogue("vitals", vec![batch], &["value"]), policy)
+    memory_catalogue("vitals", vec![batch], &["value"])
 }
 
 /// A site whose scan takes `batches × delay`.
@@ -143,34 +147,6 @@ async fn a_cancelled_query_stops_at_the_node_and_says_cancelled() {
     let unknown =
         network.client().await.cancel(with_token(pb::CancelRequest { query_id: "nope".into() }, &token)).await.unwrap();
     assert!(!unknown.into_inner().found);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_reaches_the_coordinator_through_an_http_proxy() {
-    let mut network = Network::start(&["behind-proxy"]).await;
-    let proxy = Proxy::start(false).await;
-    let mut options = network.link_options("behind-proxy");
-    options.proxy = Some(proxy.address.parse().unwrap());
-    let node = fast_node(&network, "behind-proxy", 12);
-    network.add_node_with(node, options).await;
-    let (table, response) = network.query(COUNT).await.unwrap();
-    assert_eq!(status(&response, "behind-proxy").outcome(), pb::SiteOutcome::Answered);
-    assert_eq!(ints(&table, 0), vec![Some(12)]);
-    assert!(proxy.tunnel_count() >= 1);
-    let link_addr = network.link.trim_start_matches("https://").to_string();
-    assert!(proxy.targets.lock().unwrap().contains(&link_addr));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_that_refuses_keeps_the_node_out() {
-    let network = Network::start(&["refused"]).await;
-    let proxy = Proxy::start(true).await;
-    let mut options = network.link_options("refused");
-    options.proxy = Some(proxy.address.parse().unwrap());
-    let _node = verbund_tests::NodeProcess::start(fast_node(&network, "refused", 3), options);
-    let connected = network.coordinator.sites().wait_for(&["refused"], Duration::from_millis(800)).await;
-    assert!(!connected);
-    assert_eq!(proxy.tunnel_count(), 0);
 }
 
 /// A researcher who goes away (Ctrl-C in the CLI drops the call) stops the work at the sites.

@@ -451,47 +451,10 @@ async fn certificates_rotate_while_the_network_runs() {
     assert_eq!(ints(&table, 0), vec![Some(11)]);
 }
 
-/// Serves `body` over HTTPS (HTTP/1.1) on loopback, as an identity provider's JWKS endpoint.
-async fn serve_jwks(files: &TlsFiles, body: String) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (config, _) = verbund_security::tls::server_config(files, verbund_security::tls::ClientAuth::None).unwrap();
-    let mut config = (*config).clone();
-    config.alpn_protocols.clear();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://127.0.0.1:{}/realms/verbund/protocol/openid-connect/certs",
-        listener.local_addr().unwrap().port()
-    );
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, body) = (acceptor.clone(), body.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else { return };
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.ends_with(b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_keys_can_come_from_the_identity_providers_jwks_url() {
     let pki = verbund_tests::Pki::new();
-    let url = serve_jwks(&pki.coordinator, pki.issuer.jwks.clone()).await;
+    let url = verbund_tests::serve_jwks(&pki.coordinator, pki.issuer.jwks.clone()).await;
     let mut config = pki.auth.clone();
     config.jwks_file = None;
     config.jwks_url = Some(url.parse().unwrap());
