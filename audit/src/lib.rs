@@ -82,7 +82,8 @@
 //! ## Verifying
 //! [`verify`] streams every segment once (a 1-million-record log takes about a second; see
 //! the `verify_one_million_records` test) and reports the first problem: file, line, seq
-//! and what is wrong. Reading ([`entries`], [`get`], [`find_query`]) and exporting
+//! and what is wrong. An unfinished last line of `checkpoints.jsonl` (a checkpoint being
+//! written, or torn by a crash) vouches for nothing and is skipped. Reading ([`entries`], [`get`], [`find_query`]) and exporting
 //! ([`export_jsonl`], [`export_csv`], [`FlatRow`]) do not need the writer.
 //!
 //! ## Retention

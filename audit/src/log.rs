@@ -9,7 +9,7 @@ use crate::chain::Hash;
 use crate::checkpoint::Checkpoint;
 use crate::keys::{PublicKey, SigningKey};
 use crate::recovery::{Recovery, recover};
-use crate::segment::LOCK_FILE;
+use crate::segment::{LOCK_FILE, MAX_LINE_BYTES};
 use crate::stats::StatsSnapshot;
 use crate::verify::{VerifyOptions, VerifyReport, verify_with};
 use crate::writer::{Command, Shared, Writer};
@@ -43,7 +43,8 @@ pub struct AuditConfig {
     /// Sign a checkpoint after this many records (and whenever a segment is sealed, and on
     /// close).
     pub checkpoint_every: u64,
-    /// Larger records are refused: log hashes of large content, not the content.
+    /// Larger records are refused: log hashes of large content, not the content. (Capped
+    /// at just under 16 MiB, the longest line readers accept.)
     pub max_record_bytes: usize,
     /// Appends that may wait for the writer; more wait in `append` (back-pressure).
     pub queue: usize,
@@ -92,6 +93,10 @@ pub struct Receipt {
 }
 
 /// An open audit log: the only writer of its directory (a lock file keeps others out).
+///
+/// Share it as `Arc<AuditLog>`. Call [`AuditLog::close`] on shutdown; if the last handle is
+/// dropped instead, the writer still finishes the queued appends and signs a final
+/// checkpoint, but in the background.
 pub struct AuditLog {
     sender: mpsc::Sender<Command>,
     shared: Arc<Shared>,
@@ -220,8 +225,10 @@ impl AuditLog {
     fn encode(&self, record: &Record) -> Result<Vec<u8>> {
         record.validate()?;
         let bytes = serde_json::to_vec(record).map_err(AuditError::Serialize)?;
-        if bytes.len() > self.max_record_bytes {
-            return Err(AuditError::RecordTooLarge { size: bytes.len(), limit: self.max_record_bytes });
+        // Readers refuse lines beyond MAX_LINE_BYTES, so no setting may let one be written.
+        let limit = self.max_record_bytes.min(MAX_LINE_BYTES - 256);
+        if bytes.len() > limit {
+            return Err(AuditError::RecordTooLarge { size: bytes.len(), limit });
         }
         Ok(bytes)
     }

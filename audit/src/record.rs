@@ -202,6 +202,15 @@ impl Record {
         if self.query_id.is_empty() {
             return invalid("query_id", "it is empty; every record belongs to a query");
         }
+        if !self.request_hash_matches() {
+            return invalid(
+                "request_hash",
+                "it is not the hash of request (build records with Record::new, or set it with request_hash())",
+            );
+        }
+        if self.release_hash.as_deref().is_some_and(|h| crate::Hash::from_hex(h).is_none()) {
+            return invalid("release_hash", "it is not 64 lower-case hex digits (use with_release or sha256_hex)");
+        }
         Ok(())
     }
 }

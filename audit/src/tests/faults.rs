@@ -136,3 +136,24 @@ async fn a_directory_that_refuses_new_segments_fails_appends_until_fixed() {
     log.close().await.expect("close");
     assert_eq!(assert_verifies(dir.path(), &log.public_key()).records, seq);
 }
+
+#[tokio::test]
+async fn records_json_cannot_carry_faithfully_are_refused_before_writing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open_with(dir.path(), 1).await;
+    let mut changed = record(2);
+    changed.request["min_group"] = serde_json::json!(1);
+    let not_finite = record(2).with_privacy_cost(f64::NAN);
+    let mut bad_release = record(2);
+    bad_release.release_hash = Some("ABC".into());
+    let mut no_query = record(2);
+    no_query.query_id.clear();
+    for (record, field) in
+        [(changed, "request_hash"), (not_finite, "privacy_cost"), (bad_release, "release_hash"), (no_query, "query_id")]
+    {
+        let e = log.append(&record).await.expect_err("invalid");
+        assert!(matches!(e, AuditError::InvalidRecord { field: f, .. } if f == field), "{e}");
+    }
+    assert_eq!(log.last_seq(), 1, "nothing was written");
+    log.close().await.expect("close");
+}
