@@ -80,8 +80,9 @@
 //! nothing is repaired silently. [`verify`] checks the whole log.
 //!
 //! ## Verifying
-//! [`verify`] streams every segment once (a 1-million-record log takes about a second; see
-//! the `verify_one_million_records` test) and reports the first problem: file, line, seq
+//! [`verify`] streams every segment once: a 1-million-record log (547 MB) took 0.9 s with
+//! the crate optimized and 5 s in a debug build (the ignored `verify_one_million_records`
+//! test prints the figure) and reports the first problem: file, line, seq
 //! and what is wrong. An unfinished last line of `checkpoints.jsonl` (a checkpoint being
 //! written, or torn by a crash) vouches for nothing and is skipped. Reading ([`entries`], [`get`], [`find_query`]) and exporting
 //! ([`export_jsonl`], [`export_csv`], [`FlatRow`]) do not need the writer.

@@ -189,6 +189,7 @@ async fn one_writer_at_a_time_and_reopening_continues() {
     let report = log.verify().expect("verify");
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.records, 2);
+    assert_eq!((log.stats().verify_runs, log.stats().verify_failures), (1, 0));
     log.close().await.expect("close");
     #[cfg(unix)]
     {
