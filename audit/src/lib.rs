@@ -72,7 +72,9 @@
 //! ## Crash recovery
 //! [`AuditLog::open`] reads the newest segment and its link to the one before. A torn tail —
 //! a partial last line, or last lines that do not parse or whose hash is wrong, with nothing
-//! intact after them — was never acknowledged; it is moved to `<segment>.<offset>.torn`,
+//! intact after them — is what a crash during a write leaves, before the fsync that would
+//! have acknowledged it (an entry a checkpoint covers is never treated as torn: that is
+//! damage). It is moved, not deleted, to `<segment>.<offset>.torn`,
 //! reported in [`Recovery`] and logged with `tracing::warn!`, and appending continues after
 //! the last intact entry. A torn last line of `checkpoints.jsonl` is set aside the same way.
 //! Damage that is not a tail (an intact entry after a bad one, a bad entry a checkpoint
