@@ -119,7 +119,7 @@ pub use export::{FlatRow, export_csv, export_jsonl, utc};
 pub use keys::{PublicKey, SigningKey};
 pub use log::{AuditConfig, AuditLog, CommitHook, CommitInfo, Receipt};
 pub use read::{Entries, Entry, Filter, entries, find_query, get};
-pub use record::{Decision, Record, Refusal, Requester, canonical_json, request_hash, sha256_hex};
+pub use record::{Decision, Record, Refusal, Requester, SiteRelease, canonical_json, request_hash, sha256_hex};
 pub use recovery::{Recovery, SetAside};
 pub use segment::{CHECKPOINTS_FILE, segment_name};
 pub use stats::StatsSnapshot;

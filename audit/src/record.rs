@@ -77,6 +77,18 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// What one site answered within a federated query, as the coordinator logs it: what the
+/// site's own record must match when the two are reconciled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRelease {
+    pub site: String,
+    /// The site's outcome (`answered`, `refused`, `timed_out`, ...).
+    pub outcome: String,
+    /// Hex SHA-256 of the answer the coordinator received from the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_hash: Option<String>,
+}
+
 /// One audit record, as the caller builds it. The field order here is the order in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -85,6 +97,10 @@ pub struct Record {
     /// The site or service that logged it (a node's site name, or `coordinator`).
     pub service: String,
     pub query_id: String,
+    /// The id the researcher chose for the query, where it differs from `query_id` (the
+    /// coordinator gives sites an id of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_query_id: Option<String>,
     pub decision: Decision,
     pub requester: Requester,
     /// The peer's identity from its TLS certificate, when the request came over mTLS.
@@ -111,6 +127,9 @@ pub struct Record {
     pub privacy_cost: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// The coordinator's account of each site's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteRelease>,
 }
 
 impl Record {
@@ -128,6 +147,7 @@ impl Record {
             time_ms: crate::now_ms(),
             service: service.into(),
             query_id: query_id.into(),
+            client_query_id: None,
             decision,
             requester,
             peer: None,
@@ -140,7 +160,18 @@ impl Record {
             refusal: None,
             privacy_cost: None,
             duration_ms: None,
+            sites: Vec::new(),
         }
+    }
+
+    pub fn with_client_query_id(mut self, id: impl Into<String>) -> Self {
+        self.client_query_id = Some(id.into());
+        self
+    }
+
+    pub fn with_sites(mut self, sites: Vec<SiteRelease>) -> Self {
+        self.sites = sites;
+        self
     }
 
     pub fn with_time_ms(mut self, time_ms: u64) -> Self {
