@@ -105,6 +105,7 @@ mod read;
 mod record;
 mod recovery;
 mod segment;
+mod settings;
 mod stats;
 mod verify;
 mod writer;
@@ -122,6 +123,7 @@ pub use read::{Entries, Entry, Filter, entries, find_query, get};
 pub use record::{Decision, Record, Refusal, Requester, SiteRelease, canonical_json, request_hash, sha256_hex};
 pub use recovery::{Recovery, SetAside};
 pub use segment::{CHECKPOINTS_FILE, segment_name};
+pub use settings::{AuditSettings, PUBLIC_KEY_FILE};
 pub use stats::StatsSnapshot;
 pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport, verify, verify_with};
 

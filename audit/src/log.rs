@@ -104,7 +104,7 @@ pub struct AuditLog {
     public_key: PublicKey,
     max_record_bytes: usize,
     recovery: Recovery,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) faults: Arc<crate::writer::Faults>,
 }
 
@@ -135,7 +135,7 @@ impl AuditLog {
         let public_key = key.public_key();
         let (sender, receiver) = mpsc::channel(config.queue.max(1));
         let writer = Writer::new(config.clone(), key, tail, lock, shared.clone())?;
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fault-injection"))]
         let faults = writer.faults.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -148,9 +148,17 @@ impl AuditLog {
             public_key,
             max_record_bytes: config.max_record_bytes,
             recovery,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             faults,
         })
+    }
+
+    /// Test support (feature `fault-injection`): the next `n` segment writes fail as on a
+    /// full disk, half written; the writer cuts them back as it would after a real failure.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_disk_full(&self, n: u32) {
+        self.faults.fail_writes.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stores `record`; returns once it is written and synced. On `Err` the record is not

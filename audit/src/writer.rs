@@ -89,7 +89,7 @@ pub(crate) struct Writer {
     checkpoints: Option<File>,
     checkpoints_end: u64,
     last_checkpoint: u64,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     pub faults: Arc<Faults>,
 }
 
@@ -118,7 +118,7 @@ impl Writer {
             checkpoints: None,
             checkpoints_end: tail.checkpoints_end,
             last_checkpoint: tail.last_checkpoint,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             faults: Arc::default(),
         })
     }
@@ -276,15 +276,15 @@ impl Writer {
         };
         let path = segment.path.clone();
         let written = {
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             let fault = self.faults.write(file, self.offset, buf);
-            #[cfg(not(test))]
+            #[cfg(not(any(test, feature = "fault-injection")))]
             let fault = Ok(());
             fault.and_then(|()| file.seek(SeekFrom::Start(self.offset))).and_then(|_| file.write_all(buf))
         };
         let started = Instant::now();
         let synced = written.and_then(|()| {
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             self.faults.sync()?;
             file.sync_data()
         });
@@ -306,7 +306,7 @@ impl Writer {
             return Ok(());
         }
         let Some((segment, file)) = &mut self.segment else { return Ok(()) };
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fault-injection"))]
         self.faults.truncate().map_err(|e| Failure::new(&segment.path, e))?;
         file.set_len(self.offset).and_then(|()| file.sync_data()).map_err(|e| Failure::new(&segment.path, e))?;
         self.needs_repair = false;
@@ -385,7 +385,7 @@ fn refuse_closed(command: Command) {
 }
 
 /// Faults the tests inject into the writer's file operations.
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     /// The next n segment writes write half their bytes, then fail (a full disk).
@@ -398,7 +398,7 @@ pub(crate) struct Faults {
     pub sync_delay_ms: AtomicU64,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fault-injection"))]
 impl Faults {
     fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
         counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()

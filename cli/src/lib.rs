@@ -394,7 +394,11 @@ async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; certificate files are still polled"),
         }
     }
-    node.run(options, shutdown).await;
+    node.clone().run(options, shutdown).await;
+    // A signed checkpoint at the end of the log, so that its last records are vouched for.
+    if let Some(audit) = node.audit() {
+        audit.log().close().await.context("closing the audit log")?;
+    }
     Ok(())
 }
 
@@ -418,7 +422,10 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
         verbund_ops::spawn(address, registry, Arc::new(move || ready.readiness()), ops_stop.clone()).await?;
     }
     tokio::spawn(shutdown_signal(shutdown.clone()));
-    coordinator.serve(node_listener, api_listener, shutdown).await?;
+    coordinator.clone().serve(node_listener, api_listener, shutdown).await?;
+    if let Some(audit) = coordinator.audit() {
+        audit.log().close().await.context("closing the audit log")?;
+    }
     Ok(())
 }
 

@@ -121,6 +121,9 @@ pub fn node_config(layout: &NetworkLayout, index: usize, coordinator: &Uri) -> N
     let tls = NodeTls { ca: files.ca, cert: files.cert, key: files.key, coordinator_name: None };
     let mut config = NodeConfig::new(&site.site, coordinator.clone(), tls, layout.auth());
     config.policy = Some(layout.path(&layout.policy_files[index]));
+    // Every service its own log and key: the configs share one directory.
+    config.audit.dir = PathBuf::from("audit").join(&site.site);
+    config.audit.key = PathBuf::from("audit").join(format!("{}-signing.key", site.site));
     config.datasets = site
         .tables
         .iter()
@@ -146,6 +149,8 @@ pub fn coordinator_config(
     let mut config = CoordinatorConfig::new(sites, layout.tls(&layout.coordinator_tls), layout.auth());
     config.node_listen = node_listen;
     config.api_listen = api_listen;
+    config.audit.dir = PathBuf::from("audit").join("coordinator");
+    config.audit.key = PathBuf::from("audit").join("coordinator-signing.key");
     config
 }
 

@@ -1,6 +1,7 @@
 //! The researcher API: plan the SQL, fan out to the sites, merge, and report every site's
 //! status next to the merged table.
 
+use crate::audit::Asked;
 use crate::fanout::{SiteOutcome, fan_out};
 use crate::merge::Merger;
 use crate::sites::View;
@@ -70,16 +71,27 @@ impl Coordinator {
         // The sites see an id of the coordinator's own: a researcher's id is theirs alone.
         let wire_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("query", query_id = %wire_id);
-        self.run_query(request, claims, token, wire_id).instrument(span).await
+        async {
+            let started = std::time::Instant::now();
+            let asked = Asked::new(&wire_id, &request, Some(claims));
+            let result = self.run_query(&asked, claims, token, started).await;
+            if let (Err(error), Some(audit)) = (&result, self.audit()) {
+                audit.refused(&asked, error, started.elapsed()).await;
+            }
+            result
+        }
+        .instrument(span)
+        .await
     }
 
     async fn run_query(
         &self,
-        request: pb::ResearchQuery,
+        asked: &Asked<'_>,
         claims: &Claims,
         token: &str,
-        wire_id: String,
+        started: std::time::Instant,
     ) -> Result<pb::QueryResponse, Error> {
+        let (request, wire_id) = (asked.request, asked.wire_id.to_string());
         if request.project.is_empty() {
             return Err(Forbidden::NoProject { granted: claims.projects.clone() }.into());
         }
@@ -119,6 +131,9 @@ impl Coordinator {
             return Err(Forbidden::NoDatasetsForProject { project: request.project.clone() }.into());
         }
         let plan = self.planner.plan(&request.sql, &catalogue).await.map_err(Error::Query)?;
+        if let Some(audit) = self.audit() {
+            audit.received(asked, &plan.request).await?;
+        }
 
         let timeout = match request.timeout_ms {
             0 => self.config().default_timeout,
@@ -167,13 +182,17 @@ impl Coordinator {
         }
         let batch = merger.finish()?;
         let notes = notes(&plan, &outcomes);
-        info!(rows = batch.num_rows(), "federated query done");
-        Ok(pb::QueryResponse {
+        let response = pb::QueryResponse {
             query_id,
             arrow_ipc: encode_ipc(&batch)?,
             sites: outcomes.iter().map(status_of).collect(),
             notes,
-        })
+        };
+        if let Some(audit) = self.audit() {
+            audit.answered(asked, &plan.request, &response, batch.num_rows(), &outcomes, started.elapsed()).await?;
+        }
+        info!(rows = batch.num_rows(), "federated query done");
+        Ok(response)
     }
 }
 
@@ -266,7 +285,13 @@ impl Researcher for ResearcherService {
         let started = std::time::Instant::now();
         let _running = c.metrics().query_started();
         let result = match authenticate(c, &request) {
-            Err(e) => Err(e),
+            Err(e) => {
+                if let Some(audit) = c.audit() {
+                    let wire_id = uuid::Uuid::new_v4().to_string();
+                    audit.refused(&Asked::new(&wire_id, request.get_ref(), None), &e, started.elapsed()).await;
+                }
+                Err(e)
+            }
             Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
             Ok((claims, token)) => {
                 let _tracked = c.track_query();

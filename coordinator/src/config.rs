@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use verbund_audit::AuditSettings;
 use verbund_security::settings;
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::TokenConfig;
@@ -46,6 +47,9 @@ pub struct CoordinatorConfig {
     /// `ca`: the CA site certificates must chain to; `cert`/`key`: the coordinator's own.
     pub tls: TlsFiles,
     pub auth: TokenConfig,
+    /// The coordinator's audit log (`[audit]`); by default in `audit/` beside this file.
+    #[serde(default)]
+    pub audit: AuditSettings,
 }
 
 fn drain() -> Duration {
@@ -79,6 +83,7 @@ impl CoordinatorConfig {
             drain: drain(),
             tls,
             auth,
+            audit: AuditSettings::default(),
         }
     }
 
@@ -89,6 +94,7 @@ impl CoordinatorConfig {
         config.validate()?;
         config.tls.resolve(base);
         config.auth.resolve(base);
+        config.audit.resolve_paths(base);
         Ok(config)
     }
 
@@ -119,7 +125,8 @@ impl CoordinatorConfig {
                 return Err(format!("{setting} must be at least 1 second"));
             }
         }
-        self.auth.validate().map_err(|e| format!("[auth]: {e}"))
+        self.auth.validate().map_err(|e| format!("[auth]: {e}"))?;
+        self.audit.validate()
     }
 }
 

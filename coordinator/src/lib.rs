@@ -3,6 +3,7 @@
 //! aggregates into the pooled answer.
 
 pub mod api;
+pub mod audit;
 pub mod fanout;
 pub mod frontend;
 pub mod link;
@@ -19,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
-use verbund_ops::CoordinatorMetrics;
 use verbund_ops::prometheus_client::registry::Registry as MetricsRegistry;
+use verbund_ops::{AuditMetrics, CoordinatorMetrics};
 use verbund_proto::v1::node_link_server::NodeLinkServer;
 use verbund_proto::v1::researcher_server::ResearcherServer;
 use verbund_security::tls::{ClientAuth, ReloadingServerConfig, TlsFiles};
@@ -35,6 +36,8 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Security(#[from] verbund_security::Error),
+    #[error("audit log: {0}")]
+    Audit(#[from] verbund_audit::AuditError),
 }
 
 /// Why a researcher's request got no answer. [`RequestError::code`] and
@@ -60,6 +63,11 @@ pub enum RequestError {
     PermissionDenied(#[from] Forbidden),
     #[error("the coordinator is shutting down; retry in a moment")]
     ShuttingDown,
+    #[error(
+        "the coordinator cannot write its audit log and releases nothing unrecorded; \
+         tell the network's operators (the reason is in the coordinator's log)"
+    )]
+    AuditUnavailable,
 }
 
 /// What a researcher's token does not allow.
@@ -81,7 +89,7 @@ impl RequestError {
             RequestError::Query(_) | RequestError::UnknownSite { .. } | RequestError::InvalidQueryId => {
                 Code::InvalidArgument
             }
-            RequestError::NoSites | RequestError::ShuttingDown => Code::Unavailable,
+            RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => Code::Unavailable,
             RequestError::DuplicateQueryId(_) => Code::AlreadyExists,
             RequestError::Merge(_) => Code::Internal,
             RequestError::Unauthenticated(_) => Code::Unauthenticated,
@@ -99,7 +107,7 @@ impl RequestError {
             | RequestError::DuplicateQueryId(_) => "rejected",
             RequestError::Unauthenticated(_) => "unauthenticated",
             RequestError::PermissionDenied(_) => "forbidden",
-            RequestError::NoSites | RequestError::ShuttingDown => "unavailable",
+            RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => "unavailable",
             RequestError::Merge(_) => "failed",
         }
     }
@@ -184,6 +192,7 @@ pub struct Coordinator {
     /// Background tasks (site links, TLS reloads, connection acceptors): shutdown waits for
     /// them after the servers stopped, and says which were still running.
     tasks: TaskTracker,
+    audit: Option<audit::CoordinatorAudit>,
 }
 
 impl Coordinator {
@@ -198,7 +207,15 @@ impl Coordinator {
         let known_sites = config.sites.iter().cloned().collect();
         let mut metrics_registry = MetricsRegistry::default();
         let metrics = CoordinatorMetrics::new(&mut metrics_registry, config.sites.len());
+        let audit_metrics = AuditMetrics::new(&mut metrics_registry);
+        let settings = config.audit.clone();
+        let hook = audit::commit_hook(&audit_metrics);
+        let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
+            .await
+            .map_err(|e| verbund_audit::AuditError::Spawn(std::io::Error::other(e.to_string())))??;
+        let audit = Some(audit::CoordinatorAudit::new(Arc::new(log), audit_metrics));
         Ok(Arc::new(Self {
+            audit,
             sites: Arc::new(SiteRegistry::with_gauge(metrics.sites_connected())),
             metrics,
             metrics_registry: Arc::new(metrics_registry),
@@ -214,6 +231,11 @@ impl Coordinator {
             link_tls,
             api_tls,
         }))
+    }
+
+    /// The coordinator's audit log.
+    pub fn audit(&self) -> Option<&audit::CoordinatorAudit> {
+        self.audit.as_ref()
     }
 
     pub fn tokens(&self) -> &Verifier {

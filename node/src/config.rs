@@ -6,6 +6,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use verbund_audit::AuditSettings;
 use verbund_security::egress::{CREDENTIALS_IN_URL, DEFAULT_CONNECT_TIMEOUT, Egress, EgressSettings, ProxySetting};
 use verbund_security::settings;
 use verbund_security::tls::TlsFiles;
@@ -62,6 +63,10 @@ pub struct NodeConfig {
     pub tls: NodeTls,
     /// How researchers' tokens are verified here.
     pub auth: TokenConfig,
+    /// The site's audit log (`[audit]`): a record of every request, durable before its
+    /// answer leaves; by default in `audit/` beside this file.
+    #[serde(default)]
+    pub audit: AuditSettings,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
 }
@@ -180,6 +185,7 @@ impl NodeConfig {
             drain: default_drain(),
             tls,
             auth,
+            audit: AuditSettings::default(),
             datasets: Vec::new(),
         }
     }
@@ -217,6 +223,7 @@ impl NodeConfig {
         self.tls.cert = resolve(&self.tls.cert);
         self.tls.key = resolve(&self.tls.key);
         self.auth.resolve(base);
+        self.audit.resolve_paths(base);
         for d in &mut self.datasets {
             d.path = resolve(&d.path);
         }
@@ -231,6 +238,7 @@ impl NodeConfig {
         self.coordinator_name()?;
         self.egress_settings().validate().map_err(|e| Error::Config(e.to_string()))?;
         self.auth.validate().map_err(|e| Error::Config(format!("[auth]: {e}")))?;
+        self.audit.validate().map_err(Error::Config)?;
         if self.datasets.is_empty() {
             return Err(Error::Config("no [[dataset]] declared: a node without data has nothing to answer".into()));
         }

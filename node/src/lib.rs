@@ -1,6 +1,7 @@
 //! A verbund node: runs beside one institution's data, dials out to the coordinator, and
 //! answers typed aggregate requests from local data under the site's own policy.
 
+pub mod audit;
 pub mod catalogue;
 pub mod config;
 pub mod engine;
@@ -13,16 +14,18 @@ pub use engine::Engine;
 pub use link::LinkOptions;
 pub use refusal::{Exhausted, Refusal};
 
+use audit::SiteAudit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
-use verbund_ops::NodeMetrics;
+use verbund_audit::{AuditLog, Requester};
 use verbund_ops::prometheus_client::registry::Registry;
+use verbund_ops::{AuditMetrics, NodeMetrics};
 use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
 use verbund_query::validate::{InvalidRequest, Missing};
 use verbund_security::egress::Egress;
-use verbund_security::token::Verifier;
+use verbund_security::token::{Claims, Verifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +37,8 @@ pub enum Error {
     Policy { path: String, error: verbund_policies::Error },
     #[error(transparent)]
     Security(#[from] verbund_security::Error),
+    #[error("audit log: {0}")]
+    Audit(#[from] verbund_audit::AuditError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -49,12 +54,21 @@ pub struct Node {
     tls_check: tokio::sync::Notify,
     /// Why the link is down, while it is (for the readiness probe and tests).
     link_error: parking_lot::Mutex<Option<String>>,
+    audit: Option<SiteAudit>,
+    audit_metrics: AuditMetrics,
+}
+
+/// A request whose token verified and whose arrival is on record.
+pub struct Admitted {
+    pub claims: Claims,
+    pub requester: Requester,
 }
 
 impl Node {
     pub fn new(site: impl Into<String>, catalogue: Catalogue, policy: Policy, tokens: Arc<Verifier>) -> Self {
         let mut registry = Registry::default();
         let metrics = NodeMetrics::new(&mut registry);
+        let audit_metrics = AuditMetrics::new(&mut registry);
         Self {
             site: site.into(),
             engine: Engine::new(catalogue, policy),
@@ -64,7 +78,25 @@ impl Node {
             draining: AtomicBool::new(false),
             tls_check: tokio::sync::Notify::new(),
             link_error: parking_lot::Mutex::new(None),
+            audit: None,
+            audit_metrics,
         }
+    }
+
+    /// Records every request in `log` from now on; `peer` is the coordinator's name.
+    pub fn with_audit(mut self, log: Arc<AuditLog>, peer: Option<String>) -> Self {
+        self.audit = Some(SiteAudit::new(log, self.audit_metrics.clone(), self.site.clone(), peer));
+        self
+    }
+
+    pub fn audit(&self) -> Option<&SiteAudit> {
+        self.audit.as_ref()
+    }
+
+    /// The audit log's metrics, registered with the node's; pass
+    /// [`audit::commit_hook`] of them when opening the log.
+    pub fn audit_metrics(&self) -> &AuditMetrics {
+        &self.audit_metrics
     }
 
     pub fn metrics(&self) -> &NodeMetrics {
@@ -142,29 +174,59 @@ impl Node {
             None => Policy::default(),
         };
         let catalogue = Catalogue::open(&config.datasets).await?;
-        Ok(Self::new(config.site.clone(), catalogue, policy, tokens))
+        let node = Self::new(config.site.clone(), catalogue, policy, tokens);
+        let settings = config.audit.clone();
+        let hook = audit::commit_hook(node.audit_metrics());
+        let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
+            .await
+            .map_err(|e| Error::Config(format!("opening the audit log stopped: {e}")))??;
+        Ok(node.with_audit(Arc::new(log), Some(config.coordinator_name()?)))
     }
 
-    /// Decides and answers one request on the site's own authority: the researcher's token
-    /// is verified here, the project checked against this site's policy, and only then is
-    /// the query run. Dropping the future stops the execution.
-    /// Runs inside the caller's span, which carries the query id.
+    /// Decides and answers one request on the site's own authority, with its audit records:
+    /// admission, execution, conclusion. Dropping the future stops the execution (the link
+    /// runs the three steps itself, so that a cancelled query is recorded too).
     pub async fn handle(&self, q: &pb::NodeQuery) -> Result<pb::PartialResult, Refusal> {
-        let Some(query) = &q.query else {
-            return Err(InvalidRequest::from(Missing::Query).into());
+        let started = std::time::Instant::now();
+        match self.admit(q).await {
+            Err((requester, refusal)) => self.conclude(q, requester, Err(refusal), started.elapsed()).await,
+            Ok(admitted) => {
+                let outcome = self.execute(q, &admitted).await;
+                self.conclude(q, admitted.requester, outcome, started.elapsed()).await
+            }
+        }
+    }
+
+    /// The researcher's token is verified here, and the request's arrival recorded. A
+    /// refusal comes with the requester as the record names them.
+    pub async fn admit(&self, q: &pb::NodeQuery) -> std::result::Result<Admitted, (Requester, Refusal)> {
+        if q.query.is_none() {
+            return Err((audit::requester(q, None), InvalidRequest::from(Missing::Query).into()));
+        }
+        let token = q.identity.as_ref().map(|i| i.researcher_token.as_str()).unwrap_or_default();
+        let claims = match self.tokens.verify(token) {
+            Ok(claims) => claims,
+            Err(reason) => {
+                tracing::info!(%reason, "token refused");
+                let refusal = Refusal::Unauthenticated { site: self.site.clone(), reason };
+                return Err((audit::requester(q, None), refusal));
+            }
         };
-        let identity = q.identity.clone().unwrap_or_default();
-        let claims = self.tokens.verify(&identity.researcher_token).map_err(|reason| {
-            tracing::info!(%reason, "token refused");
-            Refusal::Unauthenticated { site: self.site.clone(), reason }
-        })?;
-        let access = Access {
-            site: &self.site,
-            project: &identity.project,
-            token_projects: &claims.projects,
-            roles: &claims.roles,
-        };
-        tracing::info!(researcher = %claims.sub, project = %identity.project, dataset = %query.dataset, "query received");
+        let requester = audit::requester(q, Some(&claims));
+        if let Some(audit) = &self.audit {
+            audit.received(q, requester.clone()).await.map_err(|refusal| (requester.clone(), refusal))?;
+        }
+        Ok(Admitted { claims, requester })
+    }
+
+    /// Checks the project against this site's policy and runs the query. Runs inside the
+    /// caller's span, which carries the query id.
+    pub async fn execute(&self, q: &pb::NodeQuery, admitted: &Admitted) -> Result<pb::PartialResult, Refusal> {
+        let Some(query) = &q.query else { return Err(InvalidRequest::from(Missing::Query).into()) };
+        let project = q.identity.as_ref().map(|i| i.project.as_str()).unwrap_or_default();
+        let claims = &admitted.claims;
+        let access = Access { site: &self.site, project, token_projects: &claims.projects, roles: &claims.roles };
+        tracing::info!(researcher = %claims.sub, %project, dataset = %query.dataset, "query received");
         let outcome = self.engine.answer(query, &access).await;
         match &outcome {
             Ok(partial) => tracing::info!(
@@ -177,6 +239,20 @@ impl Node {
             Err(refused) => tracing::info!(reason = %refused, "refused"),
         }
         outcome
+    }
+
+    /// Records how the request ended; what it returns is what may leave the node.
+    pub async fn conclude(
+        &self,
+        q: &pb::NodeQuery,
+        requester: Requester,
+        outcome: Result<pb::PartialResult, Refusal>,
+        elapsed: std::time::Duration,
+    ) -> Result<pb::PartialResult, Refusal> {
+        match &self.audit {
+            Some(audit) => audit.finished(q, requester, outcome, elapsed).await,
+            None => outcome,
+        }
     }
 
     pub fn site(&self) -> &str {

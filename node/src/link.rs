@@ -254,7 +254,13 @@ async fn session(
                     }
                     Some(pb::coordinator_message::Kind::Query(q)) if node.is_draining() => {
                         info!(query_id = %q.query_id, "refused: shutting down");
-                        let refusal = Refusal::ShuttingDown { site: node.site().to_string() }.to_proto();
+                        let shutting_down = Refusal::ShuttingDown { site: node.site().to_string() };
+                        let requester = crate::audit::requester(&q, None);
+                        let refusal = match node.conclude(&q, requester, Err(shutting_down.clone()), Duration::ZERO).await {
+                            Err(refusal) => refusal,
+                            Ok(_) => shutting_down,
+                        }
+                        .to_proto();
                         let result = pb::QueryResult { query_id: q.query_id, outcome: Some(pb::query_result::Outcome::Refusal(refusal)), elapsed_ms: 0.0 };
                         tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Result(result)) }).await.map_err(|_| LinkError::SendClosed)?;
                     }
@@ -300,15 +306,23 @@ async fn answer(
         0 => MAX_QUERY_TIME,
         ms => Duration::from_millis(u64::from(ms)).min(MAX_QUERY_TIME),
     };
-    let outcome = tokio::select! {
-        outcome = node.handle(&q) => outcome.and_then(|answer| fit(answer, max_message_bytes)),
-        _ = token.cancelled() => {
-            info!("cancelled; execution stopped");
-            Err(Refusal::Cancelled)
-        }
-        _ = tokio::time::sleep(timeout) => {
-            info!(timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
-            Err(Refusal::TimedOut)
+    // Admission and conclusion are recorded outside the race with cancel and deadline, so
+    // that every request that came in has its outcome on record before anything leaves.
+    let outcome = match node.admit(&q).await {
+        Err((requester, refusal)) => node.conclude(&q, requester, Err(refusal), started.elapsed()).await,
+        Ok(admitted) => {
+            let outcome = tokio::select! {
+                outcome = node.execute(&q, &admitted) => outcome.and_then(|answer| fit(answer, max_message_bytes)),
+                _ = token.cancelled() => {
+                    info!("cancelled; execution stopped");
+                    Err(Refusal::Cancelled)
+                }
+                _ = tokio::time::sleep(timeout) => {
+                    info!(timeout_ms = timeout.as_millis() as u64, "deadline passed; execution stopped");
+                    Err(Refusal::TimedOut)
+                }
+            };
+            node.conclude(&q, admitted.requester, outcome, started.elapsed()).await
         }
     };
     running.lock().remove(&q.query_id);

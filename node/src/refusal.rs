@@ -25,6 +25,12 @@ pub enum Refusal {
     TimedOut,
     #[error("site {site} is shutting down; retry later")]
     ShuttingDown { site: String },
+    /// The site could not write the audit record of this query, so it releases nothing.
+    #[error(
+        "site {site} cannot write its audit log and answers nothing unrecorded; its operators \
+         find the reason in the node's log"
+    )]
+    AuditUnavailable { site: String },
     /// What went wrong is in the site's log, not in the answer.
     #[error("the site could not execute this query (the error is in the site's log)")]
     Internal,
@@ -72,7 +78,7 @@ impl Refusal {
             Refusal::ResourceExhausted(_) => C::ResourceExhausted,
             Refusal::Cancelled => C::Cancelled,
             Refusal::TimedOut => C::TimedOut,
-            Refusal::ShuttingDown { .. } => C::Unavailable,
+            Refusal::ShuttingDown { .. } | Refusal::AuditUnavailable { .. } => C::Unavailable,
             Refusal::Internal => C::Internal,
         }
     }

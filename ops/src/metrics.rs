@@ -115,6 +115,62 @@ impl NodeMetrics {
     }
 }
 
+/// What an audit log counts, at a node and at the coordinator alike.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    records: Counter,
+    fsync: Histogram,
+    write_failures: Counter,
+    verify_failures: Counter,
+}
+
+impl AuditMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            records: registered(
+                registry,
+                "verbund_audit_records",
+                "Audit records written and fsynced",
+                Counter::default(),
+            ),
+            fsync: registered(
+                registry,
+                "verbund_audit_fsync_seconds",
+                "Time one group commit of the audit log took to fsync",
+                // 0.1 ms to ~3 s, doubling.
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            ),
+            write_failures: registered(
+                registry,
+                "verbund_audit_write_failures",
+                "Audit records that could not be written (the request was refused instead)",
+                Counter::default(),
+            ),
+            verify_failures: registered(
+                registry,
+                "verbund_audit_verify_failures",
+                "Verifications of the audit log that found a problem",
+                Counter::default(),
+            ),
+        }
+    }
+
+    pub fn committed(&self, records: usize, fsync: Duration) {
+        self.records.inc_by(records as u64);
+        self.fsync.observe(fsync.as_secs_f64());
+    }
+
+    pub fn write_failed(&self) {
+        self.write_failures.inc();
+    }
+
+    pub fn verified(&self, ok: bool) {
+        if !ok {
+            self.verify_failures.inc();
+        }
+    }
+}
+
 /// What the coordinator counts.
 #[derive(Clone)]
 pub struct CoordinatorMetrics {

@@ -22,4 +22,5 @@ pub fn unix_ms() -> u64 {
 
 pub mod v1 {
     tonic::include_proto!("verbund.v1");
+    include!(concat!(env!("OUT_DIR"), "/verbund.v1.serde.rs"));
 }

@@ -247,6 +247,7 @@ impl Network {
             auth: pki.auth.clone(),
             ops_listen: None,
             drain: Duration::from_secs(5),
+            audit: verbund_audit::AuditSettings::in_dir(&pki.dir.path().join("audit/coordinator")),
         };
         let (coordinator, server) = start_coordinator(config.clone(), Listeners::Bound { node, api }).await;
         Self {
@@ -265,7 +266,11 @@ impl Network {
         if let Some(server) = self.server.take() {
             server.kill();
         }
-        let (coordinator, server) = start_coordinator(self.config.clone(), Listeners::Rebind).await;
+        // The old process's audit log may still be closing: the new one keeps its own.
+        let mut config = self.config.clone();
+        let fresh = format!("audit/coordinator-{}", unique());
+        config.audit = verbund_audit::AuditSettings::in_dir(&self.pki.dir.path().join(fresh));
+        let (coordinator, server) = start_coordinator(config, Listeners::Rebind).await;
         self.coordinator = coordinator;
         self.server = Some(server);
     }
@@ -275,9 +280,15 @@ impl Network {
         self.server.as_ref().expect("the coordinator runs")
     }
 
-    /// A node of this network (its verifier trusts this network's identity provider).
+    /// A node of this network (its verifier trusts this network's identity provider), with
+    /// an audit log of its own in the PKI's directory, as every node has.
     pub fn node(&self, site: &str, catalogue: Catalogue, policy: Policy) -> Node {
-        Node::new(site, catalogue, policy, self.pki.verifier())
+        let n = unique();
+        let settings = verbund_audit::AuditSettings::in_dir(&self.pki.dir.path().join(format!("audit/{site}-{n}")));
+        let node = Node::new(site, catalogue, policy, self.pki.verifier());
+        let hook = verbund_node::audit::commit_hook(node.audit_metrics());
+        let log = settings.open(Some(hook)).expect("a test audit log");
+        node.with_audit(Arc::new(log), Some("127.0.0.1".into()))
     }
 
     /// Link options for a site: its certificate, quick heartbeats, redials and TLS checks.
@@ -380,6 +391,12 @@ pub async fn tls_channel(address: &str, tls: tonic::transport::ClientTlsConfig) 
         .connect()
         .await
         .unwrap()
+}
+
+/// A name no other call in this process gets.
+fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A catalogue of one in-memory dataset keyed by `patient_id`, exposing `columns`: the site

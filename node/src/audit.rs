@@ -1,0 +1,101 @@
+//! The site's own audit record of every request: one record when it is admitted (or refused
+//! before that) and one when it ends, each fsynced before anything about it leaves the
+//! node. If a record cannot be written the node answers nothing: [`Refusal::AuditUnavailable`].
+
+use crate::refusal::{Refusal, outcome_label};
+use std::sync::Arc;
+use std::time::Duration;
+use verbund_audit::{AuditLog, CommitHook, Decision, Record, Requester};
+use verbund_ops::AuditMetrics;
+use verbund_proto::v1 as pb;
+
+/// The log and what every record of this site shares.
+pub struct SiteAudit {
+    log: Arc<AuditLog>,
+    metrics: AuditMetrics,
+    site: String,
+    /// Who sends this node its queries: the coordinator, as its certificate must name it.
+    peer: Option<String>,
+}
+
+/// A metrics hook for [`verbund_audit::AuditConfig::on_commit`].
+pub fn commit_hook(metrics: &AuditMetrics) -> CommitHook {
+    let metrics = metrics.clone();
+    Arc::new(move |c: &verbund_audit::CommitInfo| metrics.committed(c.records, c.fsync))
+}
+
+/// The requester as the record names them: from the verified token, or, when the token did
+/// not verify, the name the coordinator forwarded, marked as such.
+pub fn requester(q: &pb::NodeQuery, claims: Option<&verbund_security::token::Claims>) -> Requester {
+    let identity = q.identity.clone().unwrap_or_default();
+    let project = (!identity.project.is_empty()).then_some(identity.project);
+    match claims {
+        Some(c) => Requester { subject: c.sub.clone(), project, roles: c.roles.clone() },
+        None => Requester { subject: format!("{} (unverified)", identity.researcher), project, roles: vec![] },
+    }
+}
+
+fn decision(outcome: &Result<pb::PartialResult, Refusal>) -> Decision {
+    match outcome {
+        Ok(_) => Decision::Answered,
+        Err(Refusal::Cancelled) => Decision::Cancelled,
+        Err(Refusal::TimedOut) => Decision::TimedOut,
+        Err(Refusal::Internal | Refusal::AuditUnavailable { .. }) => Decision::Failed,
+        Err(_) => Decision::Refused,
+    }
+}
+
+impl SiteAudit {
+    pub fn new(log: Arc<AuditLog>, metrics: AuditMetrics, site: String, peer: Option<String>) -> Self {
+        Self { log, metrics, site, peer }
+    }
+
+    pub fn log(&self) -> &Arc<AuditLog> {
+        &self.log
+    }
+
+    fn record(&self, q: &pb::NodeQuery, decision: Decision, requester: Requester) -> Record {
+        // The typed request in protobuf's JSON mapping: readable, and readable back.
+        let request = q.query.as_ref().and_then(|r| serde_json::to_value(r).ok()).unwrap_or_default();
+        let record = Record::new(&self.site, &q.query_id, decision, requester, request);
+        match &self.peer {
+            Some(peer) => record.with_peer(peer),
+            None => record,
+        }
+    }
+
+    async fn append(&self, record: Record) -> Result<(), Refusal> {
+        self.log.append(&record).await.map(drop).map_err(|error| {
+            self.metrics.write_failed();
+            tracing::error!(%error, "cannot write the audit record; the query is refused instead");
+            Refusal::AuditUnavailable { site: self.site.clone() }
+        })
+    }
+
+    /// The request was admitted: its token verified.
+    pub async fn received(&self, q: &pb::NodeQuery, requester: Requester) -> Result<(), Refusal> {
+        self.append(self.record(q, Decision::Received, requester)).await
+    }
+
+    /// How the request ended. What it returns is what may leave the node: the outcome, or a
+    /// refusal if its record could not be written.
+    pub async fn finished(
+        &self,
+        q: &pb::NodeQuery,
+        requester: Requester,
+        outcome: Result<pb::PartialResult, Refusal>,
+        elapsed: Duration,
+    ) -> Result<pb::PartialResult, Refusal> {
+        let mut record = self.record(q, decision(&outcome), requester).with_duration(elapsed);
+        record = match &outcome {
+            Ok(answer) => {
+                // Exactly the bytes that go to the coordinator, which hashes what it receives.
+                let released = prost::Message::encode_to_vec(answer);
+                record.with_release(&released, answer.groups.len() as u64, u64::from(answer.withheld_groups))
+            }
+            Err(refusal) => record.with_refusal(outcome_label(&Err(refusal.clone())), refusal.to_string()),
+        };
+        self.append(record).await?;
+        outcome
+    }
+}

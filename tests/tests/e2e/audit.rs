@@ -1,0 +1,204 @@
+//! The audit logs of coordinator and sites: every request on record at both ends, linked by
+//! the query id, with matching release hashes; a log that cannot be written stops answers.
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use std::sync::Arc;
+use verbund_audit::{Decision, Entry, Filter, entries, verify};
+use verbund_node::Node;
+use verbund_proto::v1 as pb;
+use verbund_tests::{Network, PROJECT, memory_catalogue, open_policy, status, with_token};
+
+fn vitals(site: &str, rows: i64) -> verbund_node::Catalogue {
+    let ids: Vec<String> = (0..rows).map(|i| format!("{site}-{i}")).collect();
+    let wards: Vec<&str> = (0..rows).map(|i| if i % 2 == 0 { "north" } else { "south" }).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("patient_id", Arc::new(StringArray::from(ids)) as _),
+        ("ward", Arc::new(StringArray::from(wards)) as _),
+        ("value", Arc::new(Int64Array::from_iter_values(0..rows)) as _),
+    ])
+    .unwrap();
+    memory_catalogue("vitals", vec![batch], &["ward", "value"])
+}
+
+fn records(dir: &std::path::Path, query_id: &str) -> Vec<Entry> {
+    let filter = Filter { query_id: Some(query_id.to_string()), ..Filter::default() };
+    entries(dir, filter).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+fn decisions(entries: &[Entry]) -> Vec<Decision> {
+    entries.iter().map(|e| e.record.decision).collect()
+}
+
+/// Every file of a log directory, as bytes, for checking what must never be in it.
+fn log_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for file in std::fs::read_dir(dir).unwrap() {
+        all.extend(std::fs::read(file.unwrap().path()).unwrap_or_default());
+    }
+    all
+}
+
+async fn start(sites: &[(&str, i64)]) -> (Network, Vec<Arc<Node>>) {
+    let names: Vec<&str> = sites.iter().map(|(s, _)| *s).collect();
+    let mut network = Network::start(&names).await;
+    let mut nodes = Vec::new();
+    for (site, rows) in sites {
+        let node: Arc<Node> = network.node(site, vitals(site, *rows), open_policy(5)).into();
+        network.add_node(node.clone()).await;
+        nodes.push(node);
+    }
+    (network, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_is_on_record_at_the_coordinator_and_at_each_site_with_matching_hashes() {
+    let (network, nodes) = start(&[("north", 40), ("south", 30)]).await;
+    let coordinator_log = network.coordinator.audit().unwrap().log().dir().to_path_buf();
+    let token = network.pki.token();
+
+    let sql = "SELECT ward, count(*) AS n, sum(value) AS s FROM vitals GROUP BY ward";
+    let request = pb::ResearchQuery {
+        sql: sql.into(),
+        project: PROJECT.into(),
+        query_id: "my-first-query".into(),
+        ..Default::default()
+    };
+    let response = network.client().await.query(with_token(request, &token)).await.unwrap().into_inner();
+    assert_eq!(status(&response, "north").outcome(), pb::SiteOutcome::Answered);
+
+    // The coordinator: received, then answered, with the researcher's id and SQL beside the
+    // typed request, and a hash of exactly the response the researcher got.
+    let all: Vec<Entry> = entries(&coordinator_log, Filter::default()).unwrap().map(Result::unwrap).collect();
+    let answered = all.iter().find(|e| e.record.decision == Decision::Answered).expect("an answered record");
+    let wire_id = answered.record.query_id.clone();
+    let at_coordinator = records(&coordinator_log, &wire_id);
+    assert_eq!(decisions(&at_coordinator), [Decision::Received, Decision::Answered]);
+    let r = &answered.record;
+    assert_eq!(r.client_query_id.as_deref(), Some("my-first-query"));
+    assert_eq!(r.sql.as_deref(), Some(sql));
+    assert_eq!(r.requester.project.as_deref(), Some(PROJECT));
+    assert!(!r.requester.subject.is_empty());
+    let typed: pb::AggregateQuery = r.request_as().expect("the typed request reads back");
+    assert_eq!(typed.dataset, "vitals");
+    assert_eq!(typed.aggregates.len(), 2);
+    assert_eq!(
+        r.release_hash.as_deref(),
+        Some(verbund_audit::sha256_hex(&prost::Message::encode_to_vec(&response)).as_str())
+    );
+    assert_eq!(r.groups_released, Some(2));
+
+    // Each site: received and answered under the same id, and the hash of what it sent is
+    // the hash the coordinator recorded for that site.
+    for node in &nodes {
+        let dir = node.audit().unwrap().log().dir().to_path_buf();
+        let at_site = records(&dir, &wire_id);
+        assert_eq!(decisions(&at_site), [Decision::Received, Decision::Answered], "{}", node.site());
+        let site_record = &at_site[1].record;
+        assert_eq!(site_record.service, node.site());
+        assert_eq!(site_record.peer.as_deref(), Some("127.0.0.1"), "the coordinator, as its certificate names it");
+        let from_coordinator =
+            r.sites.iter().find(|s| s.site == node.site()).expect("the site in the coordinator's record");
+        assert_eq!(from_coordinator.outcome, "answered");
+        assert_eq!(from_coordinator.release_hash, site_record.release_hash, "{}", node.site());
+        assert!(site_record.release_hash.is_some());
+        // Never the token, never row-level data.
+        let bytes = log_bytes(&dir);
+        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is not in the log");
+        assert!(!String::from_utf8_lossy(&bytes).contains(&format!("{}-7", node.site())), "no patient ids");
+        assert!(verify(&dir, Some(&node.audit().unwrap().log().public_key())).unwrap().is_ok());
+    }
+    assert!(!log_bytes(&coordinator_log).windows(token.len()).any(|w| w == token.as_bytes()));
+    assert!(verify(&coordinator_log, None).unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_on_record_with_their_reason() {
+    let (network, nodes) = start(&[("north", 40)]).await;
+    let coordinator_log = network.coordinator.audit().unwrap().log().dir().to_path_buf();
+
+    // Refused by the coordinator before any site hears of it.
+    let error = network.query("SELECT value FROM vitals").await.expect_err("row-level");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    // Refused for its token, at the coordinator.
+    let bad_token =
+        pb::ResearchQuery { sql: "SELECT count(*) FROM vitals".into(), project: PROJECT.into(), ..Default::default() };
+    let error = network.client().await.query(with_token(bad_token, "not-a-token")).await.expect_err("bad token");
+    assert_eq!(error.code(), tonic::Code::Unauthenticated);
+
+    let all: Vec<Entry> = entries(&coordinator_log, Filter::default()).unwrap().map(Result::unwrap).collect();
+    let refused: Vec<&Entry> = all.iter().filter(|e| e.record.decision == Decision::Refused).collect();
+    assert_eq!(refused.len(), 2, "{all:#?}");
+    let row_level = refused.iter().find(|e| e.record.sql.as_deref() == Some("SELECT value FROM vitals")).unwrap();
+    let refusal = row_level.record.refusal.as_ref().unwrap();
+    assert_eq!(refusal.code, "rejected");
+    assert!(refusal.reason.contains("row-level"), "{}", refusal.reason);
+    let unauthenticated =
+        refused.iter().find(|e| e.record.refusal.as_ref().unwrap().code == "unauthenticated").unwrap();
+    assert!(unauthenticated.record.requester.subject.contains("not verified"));
+    // Nothing reached the site for either.
+    let site_dir = nodes[0].audit().unwrap().log().dir().to_path_buf();
+    assert_eq!(entries(&site_dir, Filter::default()).unwrap().count(), 0);
+}
+
+/// Fail closed: a site whose log cannot be written (a full disk) answers nothing, says why,
+/// and answers again once the log can be written. Without the check, the same query is
+/// answered (the first and last queries show it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_cannot_write_its_log_releases_nothing() {
+    let (network, nodes) = start(&[("north", 40), ("south", 30)]).await;
+    let sql = "SELECT count(*) AS n FROM vitals";
+    let (_, response) = network.query(sql).await.unwrap();
+    assert_eq!(status(&response, "north").outcome(), pb::SiteOutcome::Answered);
+
+    let north = &nodes[0];
+    let log = north.audit().unwrap().log();
+    let before = log.last_seq();
+    // The next write fails as on a full disk: the record of the query's arrival.
+    log.inject_disk_full(1);
+    let (table, response) = network.query(sql).await.unwrap();
+    let north_status = status(&response, "north");
+    assert_eq!(north_status.outcome(), pb::SiteOutcome::Refused);
+    assert!(north_status.message.contains("cannot write its audit log"), "{}", north_status.message);
+    assert_eq!(status(&response, "south").outcome(), pb::SiteOutcome::Answered);
+    // Only south's 30 patients are counted: north released nothing.
+    assert_eq!(verbund_tests::compare::ints(&table, 0), vec![Some(30)]);
+    // The record of the arrival was lost with the full disk; the refusal is on record.
+    let after: Vec<Entry> = entries(log.dir(), Filter { from_seq: Some(before + 1), ..Filter::default() })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(decisions(&after), [Decision::Failed]);
+    assert!(after[0].record.release_hash.is_none(), "nothing released");
+
+    // The disk has room again: north answers, and its chain is intact across the failure.
+    let (table, _) = network.query(sql).await.unwrap();
+    assert_eq!(verbund_tests::compare::ints(&table, 0), vec![Some(70)]);
+    assert!(verify(log.dir(), Some(&log.public_key())).unwrap().is_ok());
+    let mut metrics = String::new();
+    verbund_ops::prometheus_client::encoding::text::encode(&mut metrics, &north.metrics_registry()).unwrap();
+    assert!(metrics.contains("verbund_audit_write_failures_total 1"), "{metrics}");
+    assert!(metrics.contains("verbund_audit_records_total"), "{metrics}");
+}
+
+/// 64 queries at once: one intact chain at each end, no record lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_parallel_queries_leave_one_intact_chain() {
+    let (network, nodes) = start(&[("north", 40)]).await;
+    let network = Arc::new(network);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let network = network.clone();
+        tasks.push(tokio::spawn(async move {
+            network.query(&format!("SELECT count(*) AS n FROM vitals WHERE value >= {}", i % 5)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let log = nodes[0].audit().unwrap().log();
+    let report = verify(log.dir(), Some(&log.public_key())).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problem);
+    assert_eq!(report.records, 128, "a received and an answered record per query");
+    let coordinator = network.coordinator.audit().unwrap().log();
+    assert_eq!(verify(coordinator.dir(), None).unwrap().records, 128);
+}
