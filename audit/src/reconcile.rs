@@ -173,7 +173,8 @@ impl ReconcileReport {
             let columns = [
                 Column::left("finding", 22),
                 Column::left("site", 24),
-                Column::left("query id", 36),
+                // A UUID and the researcher's id after it.
+                Column::left("query id", 80),
                 Column::right("coord seq", 20),
                 Column::right("site seq", 20),
                 Column::left("what", 400),

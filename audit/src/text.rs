@@ -44,7 +44,7 @@ pub const LIST_COLUMNS: [Column; 10] = [
     // A UUID whole (36); longer ids the researcher chose are cut.
     Column::left("query id", 36),
     Column::left("decision", 10),
-    Column::left("subject", 24),
+    Column::left("subject", 32),
     Column::left("project", 20),
     Column::left("refusal code", 24),
     Column::right("released/withheld", 17),
