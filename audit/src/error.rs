@@ -62,6 +62,12 @@ pub enum AuditError {
     Sign,
     #[error("export failed: {0}")]
     Export(#[source] std::io::Error),
+    #[error("'{text}' is not a time: {why}; write RFC 3339 like 2026-11-30T10:00:00Z, or a date like 2026-11-30 (UTC)")]
+    BadTime { text: String, why: String },
+    #[error(
+        "'{text}' is not a site log; write NAME=DIR, the site's name and its audit log directory (site-a=/var/lib/verbund/audit)"
+    )]
+    BadSiteLog { text: String },
     #[error("CSV export failed: {0}")]
     Csv(#[from] csv::Error),
 }

@@ -7,7 +7,13 @@ use serde::Serialize;
 use std::io::Write;
 
 /// One record flattened into text columns, in [`FlatRow::HEADER`] order. Absent values are
-/// empty strings; roles are joined with `;`.
+/// empty strings; roles are joined with `;`; `sites` is the coordinator's account of each
+/// site in one cell, `site:outcome` joined with `,` (`site-a:answered,site-b:refused`; the
+/// sites' release hashes are in the JSON lines export).
+///
+/// The column order is part of the export format: scripts may read columns by position, so
+/// a column is never moved or removed, and new columns are added at the end (which is why
+/// `client_query_id` and `sites` come after `hash`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlatRow {
     pub seq: String,
@@ -31,10 +37,12 @@ pub struct FlatRow {
     pub sql: String,
     pub request: String,
     pub hash: String,
+    pub client_query_id: String,
+    pub sites: String,
 }
 
 impl FlatRow {
-    pub const HEADER: [&'static str; 21] = [
+    pub const HEADER: [&'static str; 23] = [
         "seq",
         "time",
         "time_ms",
@@ -56,6 +64,8 @@ impl FlatRow {
         "sql",
         "request",
         "hash",
+        "client_query_id",
+        "sites",
     ];
 
     pub fn new(entry: &Entry) -> FlatRow {
@@ -83,11 +93,13 @@ impl FlatRow {
             sql: r.sql.clone().unwrap_or_default(),
             request: r.request.to_string(),
             hash: entry.hash.to_hex(),
+            client_query_id: r.client_query_id.clone().unwrap_or_default(),
+            sites: r.sites.iter().map(|s| format!("{}:{}", s.site, s.outcome)).collect::<Vec<_>>().join(","),
         }
     }
 
     /// The values in [`FlatRow::HEADER`] order (for a table renderer).
-    pub fn values(&self) -> [&str; 21] {
+    pub fn values(&self) -> [&str; 23] {
         [
             &self.seq,
             &self.time,
@@ -110,6 +122,8 @@ impl FlatRow {
             &self.sql,
             &self.request,
             &self.hash,
+            &self.client_query_id,
+            &self.sites,
         ]
     }
 }
@@ -179,6 +193,33 @@ pub fn utc(time_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Decision, Hash, Record, Requester, SiteRelease};
+
+    #[test]
+    fn the_csv_columns_keep_their_order() {
+        // Scripts read columns by position: this list only ever grows at its end.
+        assert_eq!(
+            FlatRow::HEADER.join(","),
+            "seq,time,time_ms,service,query_id,decision,subject,project,roles,peer,refusal_code,refusal_reason,\
+             groups_released,groups_withheld,duration_ms,privacy_cost,request_hash,release_hash,sql,request,hash,\
+             client_query_id,sites"
+        );
+        let site =
+            |site: &str, outcome: &str| SiteRelease { site: site.into(), outcome: outcome.into(), release_hash: None };
+        let record =
+            Record::new("coordinator", "uuid", Decision::Answered, Requester::default(), serde_json::json!({}))
+                .with_client_query_id("mine")
+                .with_sites(vec![site("site-a", "answered"), site("site-b", "refused")]);
+        let row = FlatRow::new(&Entry { seq: 1, hash: Hash::GENESIS, record });
+        let values = row.values();
+        assert_eq!(values.len(), FlatRow::HEADER.len());
+        assert_eq!(&values[21..], ["mine", "site-a:answered,site-b:refused"]);
+        let mut csv = Vec::new();
+        let mut writer = csv::Writer::from_writer(&mut csv);
+        writer.serialize(&row).expect("csv");
+        drop(writer);
+        assert!(String::from_utf8(csv).expect("utf8").trim_end().ends_with(",mine,\"site-a:answered,site-b:refused\""));
+    }
 
     #[test]
     fn times_print_as_utc() {

@@ -89,6 +89,12 @@
 //! written, or torn by a crash) vouches for nothing and is skipped. Reading ([`entries`], [`get`], [`find_query`]) and exporting
 //! ([`export_jsonl`], [`export_csv`], [`FlatRow`]) do not need the writer.
 //!
+//! ## For operators
+//! `verbund audit list|show|verify|export|reconcile` is built on this crate: [`Selection`]
+//! (filters as typed on a command line: [`parse_since`], [`parse_until`]), [`list_table`]
+//! and [`describe`] for terminals, [`reconcile`] to check that the coordinator's account of
+//! each site's answer matches the site's own log.
+//!
 //! ## Retention
 //! Segments never change once sealed. To keep the log bounded, archive or delete whole
 //! segments, oldest first, and keep `checkpoints.jsonl`: verify then anchors the first
@@ -102,11 +108,14 @@ mod export;
 mod keys;
 mod log;
 mod read;
+mod reconcile;
 mod record;
 mod recovery;
 mod segment;
+mod select;
 mod settings;
 mod stats;
+mod text;
 mod verify;
 mod writer;
 
@@ -120,11 +129,17 @@ pub use export::{FlatRow, export_csv, export_jsonl, utc};
 pub use keys::{PublicKey, SigningKey};
 pub use log::{AuditConfig, AuditLog, CommitHook, CommitInfo, Receipt};
 pub use read::{Entries, Entry, Filter, entries, find_query, get};
+pub use reconcile::{
+    COORDINATOR_SERVICE, Finding, FindingKind, ReconcileReport, Reconciler, Scope, parse_site_log, reconcile,
+    site_got_query,
+};
 pub use record::{Decision, Record, Refusal, Requester, SiteRelease, canonical_json, request_hash, sha256_hex};
 pub use recovery::{Recovery, SetAside};
 pub use segment::{CHECKPOINTS_FILE, segment_name};
+pub use select::{Selection, parse_since, parse_until};
 pub use settings::{AuditSettings, PUBLIC_KEY_FILE};
 pub use stats::StatsSnapshot;
+pub use text::{Align, Column, LIST_COLUMNS, describe, list_table, render_table, sanitize};
 pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport, verify, verify_with};
 
 /// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).

@@ -1,5 +1,6 @@
-//! The command line: `node`, `coordinator`, `query`, `sites`, `generate`, `demo`.
+//! The command line: `node`, `coordinator`, `query`, `sites`, `generate`, `demo`, `audit`.
 
+pub mod audit;
 pub mod demo;
 pub mod render;
 pub mod setup;
@@ -78,6 +79,13 @@ pub enum Command {
     /// Development tokens (a stand-in for the network's identity provider).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Read, verify, export and reconcile audit logs.
+    ///
+    /// Works on the log directories nodes and the coordinator write, reading the files only
+    /// (a running service need not stop). Exit codes: 0 all well; 1 `verify` found damage
+    /// or `reconcile` found the logs disagree; 2 the command could not run.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Write a ready-to-run demo network: data, PKI, token keys, policies and configs.
     Generate {
         #[arg(long)]
@@ -208,7 +216,8 @@ pub fn init_tracing(cli: &Cli) {
         | Command::Sites { .. }
         | Command::Generate { .. }
         | Command::Pki(_)
-        | Command::Token(_) => "warn",
+        | Command::Token(_)
+        | Command::Audit(_) => "warn",
         Command::Node { .. } | Command::Coordinator { .. } => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -336,7 +345,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { seed, scale } => demo::run(seed, scale).await,
+        Command::Audit(command) => audit::run(command),
     }
+}
+
+/// The process exit code for an error `run` returned: what an audit command asks for
+/// ([`audit::AuditExit::code`]: 1 found a problem, 2 could not run), 1 for the rest.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    error.downcast_ref::<audit::AuditExit>().map_or(1, audit::AuditExit::code)
 }
 
 /// Ends on Ctrl-C or SIGTERM.

@@ -34,6 +34,32 @@ async fn filters_select_by_time_requester_project_decision_and_query() {
 }
 
 #[tokio::test]
+async fn a_selection_keeps_the_newest_and_matches_either_query_id() {
+    let (dir, _) = log20().await;
+    let dir = dir.path();
+    let select = |selection: Selection| -> Vec<u64> {
+        selection.entries(dir).expect("read").map(|e| e.expect("entry").seq).collect()
+    };
+    let alice = Filter { subject: Some("alice".into()), ..Filter::default() };
+    let newest = |n| Selection { filter: alice.clone(), limit: Some(n), ..Selection::default() };
+    assert_eq!(select(newest(3)), [16, 18, 20], "the newest 3, oldest first");
+    assert_eq!(select(newest(100)).len(), 10);
+    assert_eq!(select(newest(0)), Vec::<u64>::new());
+    assert_eq!(select(Selection { filter: alice, ..Selection::default() }).len(), 10);
+    assert_eq!(select(Selection { any_query_id: Some("q3".into()), ..Selection::default() }), [6, 7]);
+
+    // A damaged line is an error, with or without a limit.
+    let first = segments(dir)[0].clone();
+    let mut lines = read_lines(&first);
+    lines[1] = "not an entry".into();
+    write_lines(&first, &lines);
+    for limit in [None, Some(5)] {
+        let selection = Selection { limit, ..Selection::default() };
+        assert!(selection.entries(dir).expect("read").any(|e| e.is_err()), "{limit:?}");
+    }
+}
+
+#[tokio::test]
 async fn entries_are_found_by_seq_and_query_id() {
     let (dir, _) = log20().await;
     let entry = get(dir.path(), 13).expect("get").expect("there");
@@ -74,6 +100,7 @@ async fn exports_as_json_lines_and_csv() {
     assert_eq!(&rows[2][column("time")], "2023-11-14T22:13:35.000Z");
     assert_eq!(&rows[2][column("refusal_reason")], "a group is smaller than 5");
     assert_eq!(&rows[2][column("request")], record(15).request.to_string());
+    assert_eq!((&rows[2][column("client_query_id")], &rows[2][column("sites")]), ("", ""));
 
     let mut empty = Vec::new();
     export_csv(std::iter::empty(), &mut empty).expect("export");
