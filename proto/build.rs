@@ -2,7 +2,8 @@
 //! generated tonic/prost code and its serde (pbjson) to OUT_DIR only.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["verbund/v1/query.proto", "verbund/v1/link.proto", "verbund/v1/researcher.proto"];
+    let files =
+        ["verbund/v1/query.proto", "verbund/v1/audit.proto", "verbund/v1/link.proto", "verbund/v1/researcher.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

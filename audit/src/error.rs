@@ -70,6 +70,9 @@ pub enum AuditError {
     BadSiteLog { text: String },
     #[error("CSV export failed: {0}")]
     Csv(#[from] csv::Error),
+    /// A remote read request that cannot be served as asked.
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 pub type Result<T, E = AuditError> = std::result::Result<T, E>;

@@ -111,6 +111,7 @@ mod read;
 mod reconcile;
 mod record;
 mod recovery;
+pub mod remote;
 mod segment;
 mod select;
 mod settings;

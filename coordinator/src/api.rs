@@ -92,6 +92,9 @@ impl Coordinator {
         started: std::time::Instant,
     ) -> Result<pb::QueryResponse, Error> {
         let (request, wire_id) = (asked.request, asked.wire_id.to_string());
+        if claims.roles.iter().any(|r| r == verbund_audit::remote::AUDITOR_ROLE) {
+            return Err(Forbidden::AuditorsCannotQuery.into());
+        }
         if request.project.is_empty() {
             return Err(Forbidden::NoProject { granted: claims.projects.clone() }.into());
         }
@@ -305,6 +308,11 @@ impl Researcher for ResearcherService {
         };
         c.metrics().query_finished(outcome, started.elapsed());
         Ok(Response::new(result?))
+    }
+
+    async fn read_audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
+        let (claims, token) = authenticate(&self.coordinator, &request)?;
+        Ok(Response::new(self.coordinator.read_audit(request.into_inner(), &claims, &token).await?))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {

@@ -126,3 +126,92 @@ impl CoordinatorAudit {
         }
     }
 }
+
+/// How long the coordinator waits for a site's answer to an audit read.
+const SITE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl crate::Coordinator {
+    /// An auditor's read of the coordinator's log or of a site's (forwarded over its link).
+    /// The read is recorded here, with what was sent, before the answer leaves.
+    pub async fn read_audit(
+        &self,
+        request: pb::AuditRequest,
+        claims: &Claims,
+        token: &str,
+    ) -> Result<pb::AuditResponse, RequestError> {
+        let Some(audit) = self.audit() else { return Err(RequestError::AuditUnavailable) };
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let requester = Requester { subject: claims.sub.clone(), project: None, roles: claims.roles.clone() };
+        let outcome = if !claims.roles.iter().any(|r| r == verbund_audit::remote::AUDITOR_ROLE) {
+            Err(crate::Forbidden::NotAnAuditor.into())
+        } else if request.site.is_empty() {
+            let (dir, key, asked) = (audit.log.dir().to_path_buf(), audit.log.public_key(), request.clone());
+            match tokio::task::spawn_blocking(move || verbund_audit::remote::answer(&dir, SERVICE, &key, &asked)).await
+            {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(verbund_audit::AuditError::BadRequest(why))) => Err(RequestError::BadAuditRequest(why)),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot read the audit log");
+                    Err(RequestError::AuditUnavailable)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reading the audit log stopped");
+                    Err(RequestError::AuditUnavailable)
+                }
+            }
+        } else {
+            self.read_site_audit(&request_id, &request, claims, token).await
+        };
+        let mut record = verbund_audit::remote::read_record(SERVICE, &request_id, requester, &request);
+        record = match &outcome {
+            Ok(response) => {
+                record.with_release(&prost::Message::encode_to_vec(response), response.entries.len() as u64, 0)
+            }
+            Err(error) => record.with_refusal(error.outcome(), error.to_string()),
+        };
+        audit.append(record).await?;
+        outcome
+    }
+
+    async fn read_site_audit(
+        &self,
+        request_id: &str,
+        request: &pb::AuditRequest,
+        claims: &Claims,
+        token: &str,
+    ) -> Result<pb::AuditResponse, RequestError> {
+        let site = request.site.clone();
+        if !self.knows_site(&site) {
+            let known: Vec<String> = self.sites().list().into_iter().map(|s| s.site).collect();
+            return Err(RequestError::UnknownSite { site, known: known.join(", ") });
+        }
+        let read = pb::AuditRead {
+            request_id: request_id.to_string(),
+            identity: Some(pb::Identity {
+                researcher_token: token.to_string(),
+                researcher: claims.sub.clone(),
+                project: String::new(),
+            }),
+            request: Some(request.clone()),
+        };
+        let unreachable = |why: String| RequestError::SiteUnreachable { site: site.clone(), why };
+        let reply = self.sites().dispatch_audit(&site, read).map_err(|e| unreachable(e.to_string()))?;
+        let reply = match tokio::time::timeout(SITE_READ_TIMEOUT, reply).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.sites().forget(&site, request_id);
+                return Err(unreachable(format!("no answer within {} s", SITE_READ_TIMEOUT.as_secs())));
+            }
+        };
+        match reply {
+            Ok(crate::sites::SiteReply::Audit(result)) => match result.outcome {
+                Some(pb::audit_result::Outcome::Response(response)) => Ok(response),
+                Some(pb::audit_result::Outcome::Refusal(r)) => {
+                    Err(RequestError::SiteRefused { site, code: r.code(), message: r.message })
+                }
+                None => Err(unreachable("its answer was empty".into())),
+            },
+            Ok(_) | Err(_) => Err(unreachable("the connection broke before it answered".into())),
+        }
+    }
+}

@@ -81,6 +81,12 @@ async fn ask(
             guard.armed = false;
             match reply {
                 Ok(SiteReply::Result(result)) => outcome_of(site, result, started),
+                Ok(SiteReply::Audit(_)) => SiteOutcome::new(
+                    site,
+                    pb::SiteOutcome::Failed,
+                    "the site answered the query with an audit result; nothing is used",
+                    started,
+                ),
                 Ok(SiteReply::Disconnected) | Err(_) => SiteOutcome::new(
                     site,
                     pb::SiteOutcome::Disconnected,

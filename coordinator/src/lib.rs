@@ -68,6 +68,13 @@ pub enum RequestError {
          tell the network's operators (the reason is in the coordinator's log)"
     )]
     AuditUnavailable,
+    #[error("{0}")]
+    BadAuditRequest(String),
+    /// A site refused an auditor's read of its log.
+    #[error("site {site} refused: {message}")]
+    SiteRefused { site: String, code: verbund_proto::v1::RefusalCode, message: String },
+    #[error("site {site} did not answer: {why}")]
+    SiteUnreachable { site: String, why: String },
 }
 
 /// What a researcher's token does not allow.
@@ -79,6 +86,11 @@ pub enum Forbidden {
     ProjectNotGranted { project: String, granted: Vec<String> },
     #[error("no site asked lets project '{project}' query any dataset; ask the sites' operators to allow it")]
     NoDatasetsForProject { project: String },
+    #[error("reading audit logs needs a token with the role 'auditor'")]
+    NotAnAuditor,
+    /// Separation of duties: who reviews the record does not add to it.
+    #[error("tokens with the role 'auditor' read audit logs and cannot submit queries")]
+    AuditorsCannotQuery,
 }
 
 impl RequestError {
@@ -86,9 +98,17 @@ impl RequestError {
         use tonic::Code;
         match self {
             RequestError::Query(frontend::Unsupported::PlannerUnavailable(_)) => Code::Unavailable,
-            RequestError::Query(_) | RequestError::UnknownSite { .. } | RequestError::InvalidQueryId => {
-                Code::InvalidArgument
-            }
+            RequestError::Query(_)
+            | RequestError::UnknownSite { .. }
+            | RequestError::InvalidQueryId
+            | RequestError::BadAuditRequest(_) => Code::InvalidArgument,
+            RequestError::SiteRefused { code, .. } => match code {
+                verbund_proto::v1::RefusalCode::Unauthenticated => Code::Unauthenticated,
+                verbund_proto::v1::RefusalCode::Policy => Code::PermissionDenied,
+                verbund_proto::v1::RefusalCode::InvalidRequest => Code::InvalidArgument,
+                _ => Code::Unavailable,
+            },
+            RequestError::SiteUnreachable { .. } => Code::Unavailable,
             RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => Code::Unavailable,
             RequestError::DuplicateQueryId(_) => Code::AlreadyExists,
             RequestError::Merge(_) => Code::Internal,
@@ -104,7 +124,10 @@ impl RequestError {
             RequestError::Query(_)
             | RequestError::UnknownSite { .. }
             | RequestError::InvalidQueryId
+            | RequestError::BadAuditRequest(_)
             | RequestError::DuplicateQueryId(_) => "rejected",
+            RequestError::SiteRefused { .. } => "site_refused",
+            RequestError::SiteUnreachable { .. } => "unavailable",
             RequestError::Unauthenticated(_) => "unauthenticated",
             RequestError::PermissionDenied(_) => "forbidden",
             RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => "unavailable",

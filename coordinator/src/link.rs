@@ -94,6 +94,9 @@ impl NodeLink for LinkService {
                         registry.touch(&site);
                         match message.kind {
                             Some(pb::node_message::Kind::Result(result)) => registry.deliver(&site, connection, result),
+                            Some(pb::node_message::Kind::AuditResult(result)) => {
+                                registry.deliver_audit(&site, connection, result)
+                            }
                             Some(pb::node_message::Kind::Heartbeat(_)) => {}
                             Some(pb::node_message::Kind::Hello(_)) | None => {
                                 warn!(site = %site, "unexpected message on the link ignored")

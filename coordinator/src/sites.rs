@@ -15,6 +15,8 @@ pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 #[derive(Debug)]
 pub enum SiteReply {
     Result(pb::QueryResult),
+    /// The site's answer to an auditor's read of its log.
+    Audit(pb::AuditResult),
     /// The connection ended before the site answered.
     Disconnected,
 }
@@ -169,19 +171,59 @@ impl SiteRegistry {
         }
     }
 
-    /// Sends a query to a connected site and returns where its answer will arrive.
-    pub fn dispatch(&self, site: &str, query: pb::NodeQuery) -> Result<oneshot::Receiver<SiteReply>, DispatchError> {
+    /// Hands a site's answer to an audit read to the request waiting for it.
+    pub fn deliver_audit(&self, site: &str, connection: u64, result: pb::AuditResult) {
+        let waiter = self
+            .lock()
+            .get_mut(site)
+            .and_then(|e| e.connection.as_mut())
+            .filter(|c| c.id == connection)
+            .and_then(|c| c.pending.remove(&result.request_id));
+        if let Some(w) = waiter {
+            let _ = w.send(SiteReply::Audit(result));
+        }
+    }
+
+    /// Forwards an auditor's read to a connected site; its answer arrives on the receiver.
+    pub fn dispatch_audit(
+        &self,
+        site: &str,
+        read: pb::AuditRead,
+    ) -> Result<oneshot::Receiver<SiteReply>, DispatchError> {
+        let id = read.request_id.clone();
+        let message = pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::AuditRead(read)) };
+        self.send_awaiting(site, id, message)
+    }
+
+    /// Stops waiting for an answer (a read that ran past its deadline).
+    pub fn forget(&self, site: &str, id: &str) {
+        if let Some(connection) = self.lock().get_mut(site).and_then(|e| e.connection.as_mut()) {
+            connection.pending.remove(id);
+        }
+    }
+
+    fn send_awaiting(
+        &self,
+        site: &str,
+        id: String,
+        message: pb::CoordinatorMessage,
+    ) -> Result<oneshot::Receiver<SiteReply>, DispatchError> {
         let mut sites = self.lock();
         let connection = sites.get_mut(site).and_then(|e| e.connection.as_mut()).ok_or(DispatchError::NotConnected)?;
         let (tx, rx) = oneshot::channel();
-        let query_id = query.query_id.clone();
-        let message = pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Query(query)) };
         connection.tx.try_send(Ok(message)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => DispatchError::Busy,
             mpsc::error::TrySendError::Closed(_) => DispatchError::NotConnected,
         })?;
-        connection.pending.insert(query_id, tx);
+        connection.pending.insert(id, tx);
         Ok(rx)
+    }
+
+    /// Sends a query to a connected site and returns where its answer will arrive.
+    pub fn dispatch(&self, site: &str, query: pb::NodeQuery) -> Result<oneshot::Receiver<SiteReply>, DispatchError> {
+        let query_id = query.query_id.clone();
+        let message = pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Query(query)) };
+        self.send_awaiting(site, query_id, message)
     }
 
     /// Stops waiting for a site's answer and tells the site to stop working on it.

@@ -99,3 +99,70 @@ impl SiteAudit {
         outcome
     }
 }
+
+impl crate::Node {
+    /// Answers an auditor's read of this site's log, forwarded by the coordinator: the token
+    /// verified here, the auditor role and this site's policy checked, and the read itself
+    /// recorded before the answer leaves.
+    pub async fn read_audit(&self, read: &pb::AuditRead) -> pb::AuditResult {
+        let outcome = self.serve_audit_read(read).await;
+        let outcome = match outcome {
+            Ok(response) => pb::audit_result::Outcome::Response(response),
+            Err(refusal) => pb::audit_result::Outcome::Refusal(refusal.to_proto()),
+        };
+        pb::AuditResult { request_id: read.request_id.clone(), outcome: Some(outcome) }
+    }
+
+    async fn serve_audit_read(&self, read: &pb::AuditRead) -> Result<pb::AuditResponse, Refusal> {
+        let site = self.site().to_string();
+        let token = read.identity.as_ref().map(|i| i.researcher_token.as_str()).unwrap_or_default();
+        let request = read.request.clone().unwrap_or_default();
+        let (requester, decided) = match self.tokens().verify(token) {
+            Err(reason) => {
+                let who = Requester { subject: "(token not verified)".into(), project: None, roles: vec![] };
+                (who, Err(Refusal::Unauthenticated { site: site.clone(), reason }))
+            }
+            Ok(claims) => {
+                let who = Requester { subject: claims.sub.clone(), project: None, roles: claims.roles.clone() };
+                let decided = if !claims.roles.iter().any(|r| r == verbund_audit::remote::AUDITOR_ROLE) {
+                    Err(Refusal::NotAnAuditor { site: site.clone() })
+                } else if !self.engine().policy().remote_audit_reads {
+                    Err(Refusal::AuditReadsNotAllowed { site: site.clone() })
+                } else {
+                    Ok(())
+                };
+                (who, decided)
+            }
+        };
+        let Some(audit) = self.audit() else {
+            return Err(Refusal::internal("an audit read reached a node without an audit log"));
+        };
+        let outcome = match decided {
+            Err(refusal) => Err(refusal),
+            Ok(()) => {
+                let (dir, key, request) = (audit.log.dir().to_path_buf(), audit.log.public_key(), request.clone());
+                let service = site.clone();
+                match tokio::task::spawn_blocking(move || verbund_audit::remote::answer(&dir, &service, &key, &request))
+                    .await
+                {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(verbund_audit::AuditError::BadRequest(why))) => Err(Refusal::BadAuditRequest(why)),
+                    Ok(Err(error)) => Err(Refusal::internal(error)),
+                    Err(error) => Err(Refusal::internal(error)),
+                }
+            }
+        };
+        let mut record = verbund_audit::remote::read_record(&site, &read.request_id, requester, &request);
+        if let Some(peer) = &audit.peer {
+            record = record.with_peer(peer);
+        }
+        record = match &outcome {
+            Ok(response) => {
+                record.with_release(&prost::Message::encode_to_vec(response), response.entries.len() as u64, 0)
+            }
+            Err(refusal) => record.with_refusal(outcome_label(&Err(refusal.clone())), refusal.to_string()),
+        };
+        audit.append(record).await?;
+        outcome
+    }
+}

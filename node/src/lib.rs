@@ -259,6 +259,10 @@ impl Node {
         &self.site
     }
 
+    pub(crate) fn tokens(&self) -> &Verifier {
+        &self.tokens
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -277,6 +277,14 @@ async fn session(
                             token.cancel();
                         }
                     }
+                    Some(pb::coordinator_message::Kind::AuditRead(read)) => {
+                        let (node, tx) = (node.clone(), tx.clone());
+                        let span = tracing::info_span!("audit_read", request_id = %read.request_id);
+                        queries.spawn(async move {
+                            let result = node.read_audit(&read).await;
+                            let _ = tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::AuditResult(result)) }).await;
+                        }.instrument(span));
+                    }
                     Some(pb::coordinator_message::Kind::Heartbeat(_)) | None => {}
                 }
             }

@@ -25,6 +25,17 @@ pub enum Refusal {
     TimedOut,
     #[error("site {site} is shutting down; retry later")]
     ShuttingDown { site: String },
+    /// An audit read by a token without the auditor role.
+    #[error("site {site}: reading the audit log needs a token with the role 'auditor'")]
+    NotAnAuditor { site: String },
+    /// This site's policy keeps its audit log to its own operators.
+    #[error(
+        "site {site} does not allow remote reads of its audit log (policy: remote_audit_reads); \
+         its operators can read it locally"
+    )]
+    AuditReadsNotAllowed { site: String },
+    #[error("{0}")]
+    BadAuditRequest(String),
     /// The site could not write the audit record of this query, so it releases nothing.
     #[error(
         "site {site} cannot write its audit log and answers nothing unrecorded; its operators \
@@ -74,7 +85,10 @@ impl Refusal {
         match self {
             Refusal::InvalidRequest(_) => C::InvalidRequest,
             Refusal::Unauthenticated { .. } => C::Unauthenticated,
-            Refusal::PermissionDenied(_) => C::Policy,
+            Refusal::PermissionDenied(_) | Refusal::NotAnAuditor { .. } | Refusal::AuditReadsNotAllowed { .. } => {
+                C::Policy
+            }
+            Refusal::BadAuditRequest(_) => C::InvalidRequest,
             Refusal::ResourceExhausted(_) => C::ResourceExhausted,
             Refusal::Cancelled => C::Cancelled,
             Refusal::TimedOut => C::TimedOut,

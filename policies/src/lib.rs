@@ -53,6 +53,10 @@ pub struct Policy {
     /// (aggregates + histogram bins), where the possible groups are the product of the bin
     /// counts of binned groupings, capped by `max_groups`.
     pub max_cells: u64,
+    /// Whether auditors (tokens with the role `auditor`) may read and verify this site's
+    /// audit log through the coordinator. Off by default: the site's own operators can always
+    /// read it locally (`verbund audit`).
+    pub remote_audit_reads: bool,
     /// Which projects may ask what. No rule: nobody may ask anything.
     #[serde(rename = "project")]
     pub projects: Vec<ProjectRule>,
@@ -67,6 +71,7 @@ impl Default for Policy {
             max_queued_queries: DEFAULT_MAX_QUEUED_QUERIES,
             max_query_memory_mb: DEFAULT_MAX_QUERY_MEMORY_MB,
             max_cells: DEFAULT_MAX_CELLS,
+            remote_audit_reads: false,
             projects: Vec::new(),
         }
     }

@@ -80,6 +80,11 @@ impl Pki {
     pub fn token(&self) -> String {
         self.issuer.issue("alice", &[PROJECT], &["researcher"], Duration::from_secs(3600))
     }
+
+    /// A valid token for the test auditor (role `auditor`, no project).
+    pub fn auditor_token(&self) -> String {
+        self.issuer.issue("dora-dpo", &[], &["auditor"], Duration::from_secs(3600))
+    }
 }
 
 impl Default for Pki {

@@ -202,3 +202,74 @@ async fn sixty_four_parallel_queries_leave_one_intact_chain() {
     let coordinator = network.coordinator.audit().unwrap().log();
     assert_eq!(verify(coordinator.dir(), None).unwrap().records, 128);
 }
+
+fn list(site: &str) -> pb::AuditRequest {
+    pb::AuditRequest { site: site.into(), action: pb::AuditAction::List as i32, ..Default::default() }
+}
+
+/// The auditor reads and verifies the coordinator's log and, where the site's policy allows
+/// it, a site's; a researcher cannot read; the auditor cannot query; every read is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_read_logs_researchers_do_not_and_every_read_is_recorded() {
+    let mut network = Network::start(&["open", "closed"]).await;
+    let mut open = open_policy(5);
+    open.remote_audit_reads = true;
+    let open_node: Arc<Node> = network.node("open", vitals("open", 20), open).into();
+    network.add_node(open_node.clone()).await;
+    let closed_node: Arc<Node> = network.node("closed", vitals("closed", 20), open_policy(5)).into();
+    network.add_node(closed_node.clone()).await;
+    network.query("SELECT count(*) AS n FROM vitals").await.unwrap();
+
+    let auditor = network.pki.auditor_token();
+    let researcher = network.pki.token();
+    let mut client = network.client().await;
+
+    // The coordinator's own log: the query's two records, and a verification.
+    let coordinator = client.read_audit(with_token(list(""), &auditor)).await.unwrap().into_inner();
+    assert_eq!(coordinator.service, "coordinator");
+    assert_eq!(coordinator.entries.len(), 2, "{:?}", coordinator.entries);
+    assert!(coordinator.entries[1].contains("\"decision\":\"answered\""));
+    let verify = pb::AuditRequest { action: pb::AuditAction::Verify as i32, ..Default::default() };
+    let verified = client.read_audit(with_token(verify, &auditor)).await.unwrap().into_inner();
+    let verification = verified.verification.unwrap();
+    assert!(verification.intact, "{}", verification.problem);
+    assert!(verification.records >= 3, "the query's records and the first read");
+
+    // A site that allows it answers over its link; one that does not says so.
+    let site = client.read_audit(with_token(list("open"), &auditor)).await.unwrap().into_inner();
+    assert_eq!(site.service, "open");
+    assert_eq!(site.entries.len(), 2);
+    let refused = client.read_audit(with_token(list("closed"), &auditor)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("does not allow remote reads"), "{}", refused.message());
+
+    // A researcher reads nothing, an auditor queries nothing.
+    let denied = client.read_audit(with_token(list(""), &researcher)).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(denied.message().contains("auditor"), "{}", denied.message());
+    let forwarded = client.read_audit(with_token(list("open"), &researcher)).await.unwrap_err();
+    assert_eq!(forwarded.code(), tonic::Code::PermissionDenied);
+    let query =
+        pb::ResearchQuery { sql: "SELECT count(*) FROM vitals".into(), project: PROJECT.into(), ..Default::default() };
+    let cannot = client.query(with_token(query, &auditor)).await.unwrap_err();
+    assert_eq!(cannot.code(), tonic::Code::PermissionDenied);
+    assert!(cannot.message().contains("cannot submit queries"), "{}", cannot.message());
+
+    // Every read is on record: at the coordinator all six, at each site what reached it.
+    let reads = |dir: &std::path::Path| -> Vec<Entry> {
+        let filter = Filter { decision: Some(Decision::AuditRead), ..Filter::default() };
+        entries(dir, filter).unwrap().map(Result::unwrap).collect()
+    };
+    let coordinator_dir = network.coordinator.audit().unwrap().log().dir().to_path_buf();
+    let at_coordinator = reads(&coordinator_dir);
+    assert_eq!(at_coordinator.len(), 6, "{at_coordinator:#?}");
+    assert_eq!(at_coordinator.iter().filter(|e| e.record.refusal.is_some()).count(), 3);
+    assert!(at_coordinator.iter().any(|e| e.record.requester.subject == "dora-dpo"));
+    let open_reads = reads(open_node.audit().unwrap().log().dir());
+    assert_eq!(open_reads.len(), 1, "the auditor's read; the researcher's was refused before it left");
+    assert_eq!(open_reads[0].record.requester.subject, "dora-dpo");
+    assert_eq!(open_reads[0].record.groups_released, Some(2), "two records sent");
+    let closed_reads = reads(closed_node.audit().unwrap().log().dir());
+    assert_eq!(closed_reads.len(), 1);
+    assert!(closed_reads[0].record.refusal.is_some());
+}
