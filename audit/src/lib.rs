@@ -138,7 +138,7 @@ pub use record::{Decision, Record, Refusal, Requester, SiteRelease, canonical_js
 pub use recovery::{Recovery, SetAside};
 pub use segment::{CHECKPOINTS_FILE, segment_name};
 pub use select::{Selection, parse_since, parse_until};
-pub use settings::{AuditSettings, PUBLIC_KEY_FILE};
+pub use settings::{AuditSettings, PUBLIC_KEY_FILE, spawn_periodic_checkpoints};
 pub use stats::StatsSnapshot;
 pub use text::{Align, Column, LIST_COLUMNS, describe, list_table, render_table, sanitize};
 pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport, verify, verify_with};

@@ -98,6 +98,20 @@ pub fn entry_json(entry: &Entry) -> Result<String> {
     serde_json::to_string(&value).map_err(AuditError::Serialize)
 }
 
+/// Reads back a line written by [`entry_json`] (what a remote read returns).
+pub fn parse_entry_json(line: &str) -> Result<Entry> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        seq: u64,
+        hash: String,
+        record: Record,
+    }
+    let bad = |what: String| AuditError::BadRequest(format!("an entry in the answer is not readable: {what}"));
+    let parsed: Line = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+    let hash = crate::Hash::from_hex(&parsed.hash).ok_or_else(|| bad(format!("'{}' is not a hash", parsed.hash)))?;
+    Ok(Entry { seq: parsed.seq, hash, record: parsed.record })
+}
+
 /// The record of a read of this log: who read what, and how much was sent.
 pub fn read_record(service: &str, request_id: &str, requester: Requester, request: &pb::AuditRequest) -> Record {
     let value = serde_json::to_value(request).unwrap_or_default();
@@ -121,6 +135,12 @@ mod tests {
         assert_eq!(s.filter.decision, Some(Decision::TimedOut));
         assert_eq!(s.any_query_id.as_deref(), Some("q1"));
         assert_eq!(s.limit, Some(MAX_LIMIT));
+        let entry = Entry {
+            seq: 7,
+            hash: crate::Hash([3; 32]),
+            record: Record::new("site-a", "q1", Decision::Answered, Requester::default(), serde_json::json!({})),
+        };
+        assert_eq!(parse_entry_json(&entry_json(&entry).unwrap()).unwrap(), entry);
         let bad = pb::AuditRequest { decision: "deleted".into(), ..request };
         assert!(selection(&bad).unwrap_err().to_string().contains("unknown decision 'deleted'"));
     }

@@ -25,6 +25,10 @@ fn default_checkpoint_every() -> u64 {
     AuditConfig::DEFAULT_CHECKPOINT_EVERY
 }
 
+fn default_checkpoint_seconds() -> u64 {
+    60
+}
+
 /// Where the audit log lives and how it is kept. Relative paths are resolved against the
 /// configuration file's directory.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -44,6 +48,11 @@ pub struct AuditSettings {
     /// shutdown).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// ... and at the latest this many seconds after a record, so that the newest records
+    /// are vouched for by a signature soon (records after the last checkpoint could be cut
+    /// off without trace by someone who can write the files).
+    #[serde(default = "default_checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
 }
 
 impl Default for AuditSettings {
@@ -53,6 +62,7 @@ impl Default for AuditSettings {
             key: default_key(),
             max_segment_mb: default_segment_mb(),
             checkpoint_every: default_checkpoint_every(),
+            checkpoint_seconds: default_checkpoint_seconds(),
         }
     }
 }
@@ -73,8 +83,8 @@ impl AuditSettings {
 
     /// What reading the file cannot check.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.max_segment_mb == 0 || self.checkpoint_every == 0 {
-            return Err("[audit] max_segment_mb and checkpoint_every must be at least 1".into());
+        if self.max_segment_mb == 0 || self.checkpoint_every == 0 || self.checkpoint_seconds == 0 {
+            return Err("[audit] max_segment_mb, checkpoint_every and checkpoint_seconds must be at least 1".into());
         }
         Ok(())
     }
@@ -112,6 +122,27 @@ impl AuditSettings {
         );
         Ok(log)
     }
+}
+
+/// Signs a checkpoint every `every` while the log is open (none when nothing was appended
+/// since the last one). Stops when the log is dropped. Needs a tokio runtime.
+pub fn spawn_periodic_checkpoints(log: &std::sync::Arc<AuditLog>, every: std::time::Duration) {
+    let log = std::sync::Arc::downgrade(log);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(log) = log.upgrade() else { return };
+            match log.checkpoint().await {
+                Ok(_) => {}
+                // A closed log has signed its last checkpoint already.
+                Err(crate::AuditError::Closed) => return,
+                Err(error) => tracing::warn!(%error, "cannot sign the periodic audit checkpoint"),
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -126,6 +126,23 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Read or verify a log over the network, as an auditor: the coordinator's own, or a
+    /// site's (where its policy allows remote reads). Needs a token with the role `auditor`;
+    /// every read is recorded in the log it reads (and at the coordinator).
+    Remote {
+        #[command(flatten)]
+        connection: crate::ResearcherConnection,
+        /// The site whose log to read; the coordinator's own when absent.
+        #[arg(long)]
+        site: Option<String>,
+        /// Verify the whole log instead of listing records (exit 1 when damaged).
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        select: Select,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
 }
 
 /// The log directory an audit command reads.
@@ -243,6 +260,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Show { log, seq, query_id, format } => show(&log.dir, seq, query_id, format),
         AuditCommand::Verify { log, public_key, through_seq } => verify(&log.dir, public_key, through_seq),
         AuditCommand::Export { log, select, format, out } => export(&log.dir, &select, format, out),
+        AuditCommand::Remote { .. } => {
+            Err(anyhow::anyhow!("`verbund audit remote` runs through the asynchronous entry point"))
+        }
         AuditCommand::Reconcile { coordinator_log, site_logs, query_id, since, until, format } => {
             let scope = Scope { query_id, from_ms: since, until_ms: until };
             reconcile(&coordinator_log, &site_logs, scope, format)
@@ -435,4 +455,81 @@ fn reconcile(
         OutputFormat::Json => out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?,
     }
     if report.is_ok() { Ok(()) } else { Err(AuditExit::Found("the logs disagree (see above)").into()) }
+}
+
+/// `verbund audit remote`: an auditor's read over the coordinator's API.
+pub async fn remote(
+    connection: &crate::ResearcherConnection,
+    site: Option<String>,
+    verify: bool,
+    select: &Select,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let result = remote_read(connection, site, verify, select, format).await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.is::<AuditExit>() => Err(e),
+        Err(e) => Err(AuditExit::Failed(e).into()),
+    }
+}
+
+async fn remote_read(
+    connection: &crate::ResearcherConnection,
+    site: Option<String>,
+    verify: bool,
+    select: &Select,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    use verbund_proto::v1 as pb;
+    let (mut client, token) = crate::connect(connection).await?;
+    let action = if verify { pb::AuditAction::Verify } else { pb::AuditAction::List };
+    let request = pb::AuditRequest {
+        site: site.unwrap_or_default(),
+        action: action as i32,
+        since_ms: select.since.unwrap_or(0),
+        until_ms: select.until.unwrap_or(0),
+        subject: select.subject.clone().unwrap_or_default(),
+        project: select.project.clone().unwrap_or_default(),
+        decision: select.decision.map(|d| d.as_str().to_string()).unwrap_or_default(),
+        query_id: select.query_id.clone().unwrap_or_default(),
+        limit: select.limit.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+    };
+    let response =
+        client.read_audit(crate::authorized(request, &token)?).await.map_err(crate::status_error)?.into_inner();
+    if let Some(v) = response.verification {
+        println!(
+            "{}: {} records, {} checkpoints, {} signatures checked, last seq {}",
+            response.service, v.records, v.checkpoints, v.signatures, v.last_seq
+        );
+        if !v.intact {
+            println!("DAMAGED: {}", v.problem);
+            return Err(AuditExit::Found("the audit log is damaged").into());
+        }
+        println!("intact");
+        return Ok(());
+    }
+    if response.entries.is_empty() {
+        eprintln!("no records match");
+    }
+    match format {
+        OutputFormat::Json => {
+            for line in &response.entries {
+                println!("{line}");
+            }
+        }
+        OutputFormat::Table => {
+            let entries = response
+                .entries
+                .iter()
+                .map(|line| verbund_audit::remote::parse_entry_json(line))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !entries.is_empty() {
+                out(&verbund_audit::list_table(&entries))?;
+            }
+        }
+    }
+    if response.truncated {
+        eprintln!("more records match than were sent: narrow the filters or raise --limit (at most 10000)");
+    }
+    Ok(())
 }

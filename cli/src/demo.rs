@@ -123,7 +123,62 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         println!("refused ({:?}): {}\n", status.code(), status.message());
     }
 
+    show_audit(&connection, &layout, &mut client, &token).await?;
+
     shutdown.cancel();
     server.await.context("coordinator task failed")??;
+    Ok(())
+}
+
+/// The audit trail as a data-protection officer sees it: the coordinator's records, a
+/// site's (forwarded over its link), a verification, and a researcher who may not look.
+async fn show_audit(
+    connection: &ResearcherConnection,
+    layout: &setup::NetworkLayout,
+    client: &mut verbund_proto::v1::researcher_client::ResearcherClient<tonic::transport::Channel>,
+    researcher_token: &str,
+) -> anyhow::Result<()> {
+    let auditor = std::fs::read_to_string(&layout.auditor_token_file)?.trim().to_string();
+    let list = |site: &str, limit: u32| pb::AuditRequest {
+        site: site.into(),
+        action: pb::AuditAction::List as i32,
+        limit,
+        ..Default::default()
+    };
+    println!("== The audit trail: an auditor (token role 'auditor') reads the coordinator's log\n");
+    let response = client.read_audit(authorized(list("", 6), &auditor)?).await.map_err(status_error)?.into_inner();
+    print_entries(&response)?;
+    let site = &layout.sites[0].site;
+    println!("== ... and site {site}'s own log, forwarded over its link (its policy allows it)\n");
+    let response = client.read_audit(authorized(list(site, 4), &auditor)?).await.map_err(status_error)?.into_inner();
+    print_entries(&response)?;
+    let verify = pb::AuditRequest { action: pb::AuditAction::Verify as i32, ..Default::default() };
+    let verified = client.read_audit(authorized(verify, &auditor)?).await.map_err(status_error)?.into_inner();
+    if let Some(v) = verified.verification {
+        let state = if v.intact { "intact".to_string() } else { format!("DAMAGED: {}", v.problem) };
+        println!("coordinator log verified: {} records, {} signed checkpoints: {state}\n", v.records, v.signatures);
+    }
+    println!("== A researcher's token cannot read the audit log\n");
+    if let Err(status) = client.read_audit(authorized(list("", 6), researcher_token)?).await {
+        println!("refused ({:?}): {}\n", status.code(), status.message());
+    }
+    println!(
+        "Operators read the logs on disk with `verbund audit list|show|verify|export --log DIR`,\n\
+         and reconcile coordinator and sites with `verbund audit reconcile`; auditors use\n\
+         `verbund audit remote --coordinator {} --ca {} --token-file {}`.\n",
+        connection.coordinator,
+        connection.ca.display(),
+        layout.auditor_token_file.display()
+    );
+    Ok(())
+}
+
+fn print_entries(response: &pb::AuditResponse) -> anyhow::Result<()> {
+    let entries = response
+        .entries
+        .iter()
+        .map(|line| verbund_audit::remote::parse_entry_json(line))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("{}", verbund_audit::list_table(&entries));
     Ok(())
 }

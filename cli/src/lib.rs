@@ -345,6 +345,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { seed, scale } => demo::run(seed, scale).await,
+        Command::Audit(audit::AuditCommand::Remote { connection, site, verify, select, format }) => {
+            audit::remote(&connection, site, verify, &select, format).await
+        }
         Command::Audit(command) => audit::run(command),
     }
 }

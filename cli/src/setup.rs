@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::Uri;
+use verbund_audit::remote::AUDITOR_ROLE;
 use verbund_coordinator::CoordinatorConfig;
 use verbund_node::NodeConfig;
 use verbund_node::config::{DatasetConfig, NodeTls};
@@ -29,6 +30,8 @@ pub struct NetworkLayout {
     pub site_tls: Vec<TlsFiles>,
     pub auth: TokenConfig,
     pub token_file: PathBuf,
+    /// A token with the role `auditor`, for reading audit logs (a data-protection officer's).
+    pub auditor_token_file: PathBuf,
     pub policy_files: Vec<PathBuf>,
 }
 
@@ -75,6 +78,9 @@ pub fn write_network(
     let token = issuer.issue("demo-researcher", &[DEMO_PROJECT], &["researcher"], Duration::from_secs(12 * 3600));
     let token_file = auth_dir.join("researcher.token");
     write_secret(&token_file, token.as_bytes(), Overwrite::Refuse)?;
+    let auditor = issuer.issue("demo-auditor", &[], &[AUDITOR_ROLE], Duration::from_secs(12 * 3600));
+    let auditor_token_file = auth_dir.join("auditor.token");
+    write_secret(&auditor_token_file, auditor.as_bytes(), Overwrite::Refuse)?;
     Ok(NetworkLayout {
         dir: dir.to_path_buf(),
         sites,
@@ -83,13 +89,15 @@ pub fn write_network(
         site_tls,
         auth,
         token_file,
+        auditor_token_file,
         policy_files,
     })
 }
 
 /// The demo sites' policy: minimum cell size 5, the demo project may ask about everything.
 pub fn demo_policy() -> Policy {
-    let mut policy = Policy::default();
+    // The demo hospitals let auditors read their audit logs through the coordinator.
+    let mut policy = Policy { remote_audit_reads: true, ..Policy::default() };
     policy.projects.push(ProjectRule { roles: vec!["researcher".into()], ..ProjectRule::everything(DEMO_PROJECT) });
     policy
 }

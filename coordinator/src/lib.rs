@@ -236,7 +236,9 @@ impl Coordinator {
         let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
             .await
             .map_err(|e| verbund_audit::AuditError::Spawn(std::io::Error::other(e.to_string())))??;
-        let audit = Some(audit::CoordinatorAudit::new(Arc::new(log), audit_metrics));
+        let log = Arc::new(log);
+        verbund_audit::spawn_periodic_checkpoints(&log, Duration::from_secs(config.audit.checkpoint_seconds));
+        let audit = Some(audit::CoordinatorAudit::new(log, audit_metrics));
         Ok(Arc::new(Self {
             audit,
             sites: Arc::new(SiteRegistry::with_gauge(metrics.sites_connected())),

@@ -180,7 +180,12 @@ impl Node {
         let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
             .await
             .map_err(|e| Error::Config(format!("opening the audit log stopped: {e}")))??;
-        Ok(node.with_audit(Arc::new(log), Some(config.coordinator_name()?)))
+        let log = Arc::new(log);
+        verbund_audit::spawn_periodic_checkpoints(
+            &log,
+            std::time::Duration::from_secs(config.audit.checkpoint_seconds),
+        );
+        Ok(node.with_audit(log, Some(config.coordinator_name()?)))
     }
 
     /// Decides and answers one request on the site's own authority, with its audit records:
