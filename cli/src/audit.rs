@@ -268,6 +268,12 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             reconcile(&coordinator_log, &site_logs, scope, format)
         }
     };
+    finish(result)
+}
+
+/// A command's result with its exit code: a reader that went away (`| head`) is no error;
+/// damage and disagreement exit 1; anything else that stopped the command, 2.
+fn finish(result: anyhow::Result<()>) -> anyhow::Result<()> {
     match result {
         Ok(()) => Ok(()),
         Err(e) if broken_pipe(&e) => Ok(()),
@@ -465,12 +471,7 @@ pub async fn remote(
     select: &Select,
     format: OutputFormat,
 ) -> anyhow::Result<()> {
-    let result = remote_read(connection, site, verify, select, format).await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.is::<AuditExit>() => Err(e),
-        Err(e) => Err(AuditExit::Failed(e).into()),
-    }
+    finish(remote_read(connection, site, verify, select, format).await)
 }
 
 async fn remote_read(

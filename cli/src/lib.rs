@@ -560,10 +560,11 @@ mod secret_files {
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "key" || e == "token"))
             .collect();
-        // generate: CA, coordinator, 3 sites, dev signing key, researcher token; pki: CA,
-        // coordinator, a site; token keygen: a signing key.
-        assert_eq!(secrets.len(), 11, "{secrets:?}");
+        // generate: CA, coordinator, 3 sites, dev signing key, researcher and auditor tokens;
+        // pki: CA, coordinator, a site; token keygen: a signing key.
+        assert_eq!(secrets.len(), 12, "{secrets:?}");
         assert!(secrets.contains(&dir.path().join("net/auth/researcher.token")));
+        assert!(secrets.contains(&dir.path().join("net/auth/auditor.token")));
         for file in &secrets {
             let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());

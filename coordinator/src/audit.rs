@@ -162,6 +162,11 @@ impl crate::Coordinator {
         } else {
             self.read_site_audit(&request_id, &request, claims, token).await
         };
+        if let Ok(pb::AuditResponse { verification: Some(v), .. }) = &outcome
+            && request.site.is_empty()
+        {
+            audit.metrics.verified(v.intact);
+        }
         let mut record = verbund_audit::remote::read_record(SERVICE, &request_id, requester, &request);
         record = match &outcome {
             Ok(response) => {

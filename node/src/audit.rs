@@ -152,6 +152,9 @@ impl crate::Node {
                 }
             }
         };
+        if let Ok(pb::AuditResponse { verification: Some(v), .. }) = &outcome {
+            audit.metrics.verified(v.intact);
+        }
         let mut record = verbund_audit::remote::read_record(&site, &read.request_id, requester, &request);
         if let Some(peer) = &audit.peer {
             record = record.with_peer(peer);

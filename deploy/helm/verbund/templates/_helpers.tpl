@@ -77,6 +77,65 @@ config's own directory does not matter.
 {{- define "verbund.paths.jwks" -}}/etc/verbund/jwks{{- end -}}
 {{- define "verbund.paths.jwksCa" -}}/etc/verbund/jwks-ca{{- end -}}
 {{- define "verbund.paths.policy" -}}/etc/verbund/policy{{- end -}}
+{{/* The audit log's volume: the log in audit/, its signing key apart from it in keys/. */}}
+{{- define "verbund.paths.state" -}}/var/lib/verbund{{- end -}}
+
+{{/* The [audit] section; call with the role's audit values. */}}
+{{- define "verbund.auditToml" -}}
+[audit]
+dir = {{ printf "%s/audit" (include "verbund.paths.state" .) | toJson }}
+key = {{ printf "%s/keys/audit-signing.key" (include "verbund.paths.state" .) | toJson }}
+max_segment_mb = {{ int .maxSegmentMb }}
+checkpoint_every = {{ int .checkpointEvery }}
+checkpoint_seconds = {{ int .checkpointSeconds }}
+{{- end -}}
+
+{{/* Name of the audit log's PVC; call with (list $ "coordinator"). */}}
+{{- define "verbund.auditClaimName" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- $p := (index $root.Values $role).audit.persistence -}}
+{{- default (printf "%s-audit" (include "verbund.componentName" (list $root $role))) $p.existingClaim -}}
+{{- end -}}
+
+{{/*
+The audit log's PersistentVolumeClaim, unless an existing one is named; call with
+(list $ "coordinator").
+*/}}
+{{- define "verbund.auditPvc" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- $p := (index $root.Values $role).audit.persistence -}}
+{{- if not $p.existingClaim }}
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {{ include "verbund.auditClaimName" . }}
+  labels:
+    {{- include "verbund.labels" . | nindent 4 }}
+  {{- if or $p.keepOnUninstall $p.annotations }}
+  annotations:
+    {{- if $p.keepOnUninstall }}
+    # The audit log outlives the release: `helm uninstall` leaves this claim.
+    helm.sh/resource-policy: keep
+    {{- end }}
+    {{- with $p.annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+spec:
+  accessModes:
+    {{- toYaml $p.accessModes | nindent 4 }}
+  {{- if eq $p.storageClass "-" }}
+  storageClassName: ""
+  {{- else if $p.storageClass }}
+  storageClassName: {{ $p.storageClass | quote }}
+  {{- end }}
+  resources:
+    requests:
+      storage: {{ required (printf "%s.audit.persistence.size is required (or existingClaim)" $role) $p.size | quote }}
+{{- end }}
+{{- end -}}
 
 {{/*
 The [tls] section's file lines; call with the role's tls values. TOML strings are written
