@@ -273,3 +273,64 @@ async fn auditors_read_logs_researchers_do_not_and_every_read_is_recorded() {
     assert_eq!(closed_reads.len(), 1);
     assert!(closed_reads[0].record.refusal.is_some());
 }
+
+/// The coordinator's logs and the sites' agree query by query, as `verbund audit reconcile`
+/// checks them; a site record removed from a copy of its log is found missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_and_site_logs_reconcile_and_a_missing_site_record_is_found() {
+    use verbund_audit::{FindingKind, Scope, reconcile};
+    let (network, nodes) = start(&[("north", 40), ("south", 30)]).await;
+    for sql in ["SELECT count(*) AS n FROM vitals", "SELECT ward, sum(value) AS s FROM vitals GROUP BY ward"] {
+        network.query(sql).await.unwrap();
+    }
+    network.query("SELECT value FROM vitals").await.unwrap_err();
+    let coordinator_dir = network.coordinator.audit().unwrap().log().dir().to_path_buf();
+    let read = |dir: &std::path::Path| entries(dir, Filter::default()).unwrap().collect::<Vec<_>>();
+    let sites = |drop_one: bool| {
+        nodes
+            .iter()
+            .map(|n| {
+                let mut records = read(n.audit().unwrap().log().dir());
+                if drop_one && n.site() == "south" {
+                    // A copy of south's log without its last answered record.
+                    let last = records.iter().rposition(|e| e.as_ref().unwrap().record.decision == Decision::Answered);
+                    let _removed = records.remove(last.unwrap());
+                }
+                (n.site().to_string(), records)
+            })
+            .collect::<Vec<_>>()
+    };
+    let report = reconcile(Scope::default(), read(&coordinator_dir), sites(false)).unwrap();
+    assert!(report.is_ok(), "{}", report.render());
+    assert_eq!(report.queries, 3);
+    assert_eq!(report.site_outcomes_checked, 4, "two sites × two queries that reached them");
+    let report = reconcile(Scope::default(), read(&coordinator_dir), sites(true)).unwrap();
+    assert_eq!(report.findings.len(), 1, "{}", report.render());
+    assert_eq!(report.findings[0].kind, FindingKind::MissingAtSite);
+    assert_eq!(report.findings[0].site, "south");
+}
+
+/// Fail closed at the coordinator too: a query whose record cannot be written gets no
+/// answer; the researcher is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_cannot_write_its_log_releases_nothing() {
+    let (network, _nodes) = start(&[("north", 40)]).await;
+    let sql = "SELECT count(*) AS n FROM vitals";
+    network.query(sql).await.unwrap();
+    let log = network.coordinator.audit().unwrap().log();
+    // The next write, the query's received record, meets a full disk: nothing goes to the
+    // sites, nothing comes back.
+    let before = log.last_seq();
+    log.inject_disk_full(1);
+    let error = network.query(sql).await.expect_err("no answer without its record");
+    assert_eq!(error.code(), tonic::Code::Unavailable);
+    assert!(error.message().contains("cannot write its audit log"), "{}", error.message());
+    let after: Vec<Entry> = entries(log.dir(), Filter { from_seq: Some(before + 1), ..Filter::default() })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(after.iter().all(|e| e.record.decision != Decision::Answered), "{after:#?}");
+    assert!(after.iter().any(|e| e.record.decision == Decision::Failed), "the failure is on record");
+    network.query(sql).await.unwrap();
+    assert!(verify(log.dir(), None).unwrap().is_ok());
+}
