@@ -31,9 +31,35 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// Generates a key and writes it to `path` (mode 0600). An existing file is never
     /// replaced: the error names it.
+    ///
+    /// The key is written whole (and synced) to `<path>.partial` first and then linked to
+    /// `path`, so a crash while writing never leaves a partial key at `path`: that would stop
+    /// every later start ("not an Ed25519 private key") until someone deleted it by hand. A
+    /// `.partial` left by such a crash is replaced by the next attempt.
     pub fn generate(path: &Path) -> Result<SigningKey> {
         let (key, pkcs8) = Self::generate_in_memory()?;
-        write_secret(path, pem("PRIVATE KEY", &pkcs8).as_bytes(), Overwrite::Refuse)?;
+        if path.exists() {
+            return Err(verbund_security::Error::Exists { path: path.to_path_buf() }.into());
+        }
+        let partial = beside(path, ".partial");
+        match std::fs::remove_file(&partial) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(AuditError::write(&partial, e)),
+            _ => {}
+        }
+        write_secret(&partial, pem("PRIVATE KEY", &pkcs8).as_bytes(), Overwrite::Refuse)?;
+        // A hard link never replaces an existing file (as a rename would).
+        let linked = std::fs::hard_link(&partial, path);
+        let _ = std::fs::remove_file(&partial);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(verbund_security::Error::Exists { path: path.to_path_buf() }.into());
+            }
+            Err(e) => return Err(AuditError::write(path, e)),
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::recovery::sync_dir(dir).map_err(|e| AuditError::write(dir, e))?;
+        }
         Ok(key)
     }
 
@@ -104,9 +130,21 @@ impl PublicKey {
         Some(PublicKey(raw.try_into().ok()?))
     }
 
-    /// Writes the PEM public key (it is not secret; an existing file is replaced).
+    /// Writes the PEM public key (it is not secret; an existing file is replaced). Written
+    /// to a temporary file beside it and renamed, so a crash never leaves a partial key.
     pub fn write(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_pem()).map_err(|e| AuditError::write(path, e))
+        let temporary = beside(path, &format!(".{}.tmp", std::process::id()));
+        let written = std::fs::write(&temporary, self.to_pem())
+            .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(AuditError::write(path, e));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::recovery::sync_dir(dir).map_err(|e| AuditError::write(dir, e))?;
+        }
+        Ok(())
     }
 
     pub fn load(path: &Path) -> Result<PublicKey> {
@@ -120,6 +158,13 @@ impl PublicKey {
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, &self.0).verify(message, signature).is_ok()
     }
+}
+
+/// `path` with `suffix` added to its file name.
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -169,9 +214,33 @@ mod tests {
         assert!(key.public_key().verify(b"message", &signature));
         assert!(!key.public_key().verify(b"massage", &signature));
 
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "no temporary file is left behind: {left:?}");
+
         std::fs::write(dir.path().join("junk.key"), b"not a key").unwrap();
         let e = SigningKey::load(&dir.path().join("junk.key")).unwrap_err();
         assert!(e.to_string().contains("not an Ed25519 private key"), "{e}");
         assert!(PublicKey::load(&path).is_err(), "a private key is not a public key");
+    }
+
+    #[test]
+    fn a_crash_while_creating_the_key_leaves_no_partial_key_behind_it() {
+        // What a crash inside `generate` can leave: the key written only in part, under the
+        // temporary name. The final name has nothing yet, so the next start generates again.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.key");
+        std::fs::write(dir.path().join("audit.key.partial"), b"-----BEGIN PRIVATE KEY-----\nMC4CAQAw").unwrap();
+        let key = SigningKey::generate(&path).unwrap();
+        assert_eq!(SigningKey::load(&path).unwrap().public_key(), key.public_key());
+        assert!(!dir.path().join("audit.key.partial").exists());
+
+        // The public key is replaced whole, whatever was there.
+        let public = dir.path().join("signing.pub");
+        std::fs::write(&public, b"-----BEGIN PUB").unwrap();
+        key.public_key().write(&public).unwrap();
+        assert_eq!(PublicKey::load(&public).unwrap(), key.public_key());
+        let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["audit.key", "signing.pub"]);
     }
 }

@@ -2,7 +2,7 @@
 //! describes: the signing key is created on first start (like an SSH host key) and its
 //! public half is written next to the log for whoever verifies it.
 
-use crate::{AuditConfig, AuditLog, CommitHook, Result, SigningKey};
+use crate::{AuditConfig, AuditLog, CommitHook, PublicKey, Result, SigningKey};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -109,8 +109,21 @@ impl AuditSettings {
         config.on_commit = on_commit;
         let log = AuditLog::open(config, key)?;
         let public = self.dir.join(PUBLIC_KEY_FILE);
-        if !public.exists() {
-            log.public_key().write(&public)?;
+        match PublicKey::load(&public) {
+            Ok(written) if written == log.public_key() => {}
+            Ok(other) => tracing::warn!(
+                file = %public.display(),
+                holds = %other.key_id(),
+                signing_key = %log.public_key().key_id(),
+                "the public key beside the audit log is not the signing key's; left as it is"
+            ),
+            // Absent, or unreadable: a crash while it was written (before writes were atomic).
+            Err(_) => {
+                if public.exists() {
+                    tracing::warn!(file = %public.display(), "the public key beside the audit log is unreadable; written again");
+                }
+                log.public_key().write(&public)?;
+            }
         }
         let recovery = log.recovery();
         tracing::info!(
@@ -162,6 +175,27 @@ mod tests {
         let parsed: AuditSettings = toml_like("max_segment_mb = 1");
         assert_eq!(parsed.max_segment_mb, 1);
         assert_eq!(parsed.dir, PathBuf::from("audit"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_public_key_is_written_again_and_another_key_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AuditSettings::in_dir(dir.path());
+        let public = settings.dir.join(PUBLIC_KEY_FILE);
+        let key = settings.open(None).unwrap();
+        let ours = key.public_key();
+        key.close().await.unwrap();
+
+        // What a crash while writing it could leave (it used to be written in place).
+        std::fs::write(&public, b"").unwrap();
+        settings.open(None).unwrap().close().await.unwrap();
+        assert_eq!(PublicKey::load(&public).unwrap(), ours);
+
+        // Someone put another key there: not for the log to overwrite.
+        let (other, _) = SigningKey::generate_in_memory().unwrap();
+        other.public_key().write(&public).unwrap();
+        settings.open(None).unwrap().close().await.unwrap();
+        assert_eq!(PublicKey::load(&public).unwrap(), other.public_key());
     }
 
     fn toml_like(line: &str) -> AuditSettings {
