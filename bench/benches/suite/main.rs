@@ -4,10 +4,12 @@
 //! 2. Federated latency p50/p99 over mutual TLS on loopback for 1, 10 and 50 sites.
 //! 3. Throughput with 64 concurrent researchers over 10 sites.
 //! 4. Resident memory of a node running as an OS process of its own.
+//! 5. The audit log: appends per second with fsync, and the latency it adds to a query.
 //!
 //! Prints Markdown tables to stdout (progress to stderr) and writes the figures as JSON to
 //! `bench/results/latest.json` (`quick.json` with `--quick`). See BENCHMARKS.md.
 
+mod audit;
 mod data;
 mod exec;
 mod net;
@@ -29,7 +31,9 @@ const USAGE: &str = "cargo bench -p verbund-bench [-- OPTIONS]
   --site-rows N        rows per site in the network runs (default 20000)
   --researchers N      concurrent researchers in the throughput run (default 64)
   --seconds N          length of each throughput run (default 10)
-  --only LIST          comma-separated sections: exec, latency, load (default: all)
+  --audit-records N    records each appender appends in the audit runs (default 2000)
+  --audit-runs N       Node::handle runs with and without the audit log (default 400)
+  --only LIST          comma-separated sections: exec, latency, load, audit (default: all)
   --exec-filter TEXT   run only the execution queries whose id contains TEXT (e.g. b_grouped)
   --exec-side SIDE     both (default), node or raw: time one side only (for profiling)
   --explain            print DataFusion's physical plan of each raw execution query
@@ -47,6 +51,8 @@ struct Options {
     site_counts: Vec<usize>,
     researchers: usize,
     seconds: u64,
+    audit_records: usize,
+    audit_runs: usize,
     sections: Vec<String>,
     exec_filter: Option<String>,
     exec_side: exec::Side,
@@ -80,7 +86,9 @@ impl Options {
             site_counts: vec![1, 10, 50],
             researchers: 64,
             seconds: if quick { 3 } else { 10 },
-            sections: vec!["exec".into(), "latency".into(), "load".into()],
+            audit_records: if quick { 200 } else { 2000 },
+            audit_runs: if quick { 40 } else { 400 },
+            sections: vec!["exec".into(), "latency".into(), "load".into(), "audit".into()],
             exec_filter: None,
             exec_side: exec::Side::Both,
             explain: false,
@@ -113,6 +121,8 @@ impl Options {
                 "--site-rows" => o.site_rows = value()?.parse()?,
                 "--researchers" => o.researchers = value()?.parse()?,
                 "--seconds" => o.seconds = value()?.parse()?,
+                "--audit-records" => o.audit_records = value()?.parse()?,
+                "--audit-runs" => o.audit_runs = value()?.parse()?,
                 "--only" => o.sections = value()?.split(',').map(|s| s.trim().to_string()).collect(),
                 "--exec-filter" => o.exec_filter = Some(value()?.clone()),
                 "--data-dir" => o.data_dir = PathBuf::from(value()?),
@@ -125,11 +135,18 @@ impl Options {
             }
         }
         for s in &o.sections {
-            if !["exec", "latency", "load"].contains(&s.as_str()) {
-                bail!("unknown section '{s}' (exec, latency, load)");
+            if !["exec", "latency", "load", "audit"].contains(&s.as_str()) {
+                bail!("unknown section '{s}' (exec, latency, load, audit)");
             }
         }
-        if o.rows == 0 || o.iterations == 0 || o.queries == 0 || o.site_rows == 0 || o.researchers == 0 {
+        if o.rows == 0
+            || o.iterations == 0
+            || o.queries == 0
+            || o.site_rows == 0
+            || o.researchers == 0
+            || o.audit_records == 0
+            || o.audit_runs == 0
+        {
             bail!("counts must be at least 1");
         }
         Ok(o)
@@ -177,6 +194,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
             "quick": o.quick, "rows": o.rows, "seed": o.seed, "iterations": o.iterations,
             "queries_per_site_count": o.queries, "warmup_queries": o.warmup, "rows_per_site": o.site_rows,
             "researchers": o.researchers, "seconds_per_load_run": o.seconds,
+            "audit_records_per_appender": o.audit_records, "audit_handle_runs": o.audit_runs,
         },
         "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     });
@@ -283,6 +301,25 @@ async fn run(o: Options) -> anyhow::Result<()> {
         println!("{text}");
         report.push_str(&text);
         results["throughput"] = Value::Array(loads.iter().map(net::Throughput::to_json).collect());
+    }
+    if o.runs("audit") {
+        eprintln!("audit log: appends and the latency it adds ({} rows, under {})", o.site_rows, o.data_dir.display());
+        let plan = audit::Plan {
+            data_dir: &o.data_dir,
+            rows: o.site_rows,
+            seed: o.seed,
+            records: o.audit_records,
+            appenders: 64,
+            runs: o.audit_runs,
+        };
+        let figures = audit::run(&pki, &plan).await?;
+        let text = format!(
+            "\n## Audit log (appends with fsync, and the latency a node's records add)\n\n{}",
+            figures.markdown()
+        );
+        println!("{text}");
+        report.push_str(&text);
+        results["audit"] = figures.to_json();
     }
     let total = started.elapsed();
     println!("\nTotal time: {:.0} s", total.as_secs_f64());

@@ -83,6 +83,24 @@ pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory { rss_mib: kib("VmRSS")? / 1024.0, hwm_mib: kib("VmHWM")? / 1024.0 })
 }
 
+/// The file system holding `path`, from /proc/mounts: "ext4 on /dev/vda (mounted at /)".
+pub fn filesystem_of(path: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            Some((fields.next()?, fields.next()?, fields.next()?))
+        })
+        .filter(|(_, at, _)| path.starts_with(at))
+        .max_by_key(|(_, at, _)| at.len())
+        .map_or_else(
+            || "unknown file system".into(),
+            |(device, at, kind)| format!("{kind} on {device}, mounted at {at}"),
+        )
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
