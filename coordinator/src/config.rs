@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use verbund_audit::AuditSettings;
-use verbund_security::settings;
+use verbund_security::settings::{self, ConfigError};
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::TokenConfig;
 
@@ -89,8 +89,8 @@ impl CoordinatorConfig {
 
     /// Reads a configuration; relative paths are resolved against `base` (the directory of
     /// the file).
-    pub fn from_toml(text: &str, base: &Path) -> Result<Self, String> {
-        let mut config: CoordinatorConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: CoordinatorConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         config.tls.resolve(base);
         config.auth.resolve(base);
@@ -98,20 +98,32 @@ impl CoordinatorConfig {
         Ok(config)
     }
 
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::from_toml(&text, path.parent().unwrap_or(Path::new(".")))
-            .map_err(|e| format!("coordinator config {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            what: "coordinator config",
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_toml(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| ConfigError::In {
+            what: "coordinator config",
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        })
     }
 
     /// The configuration as a file holds it (paths as they are here: relative ones are read
     /// against the directory of the file).
-    pub fn to_toml(&self) -> Result<String, String> {
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
         self.validate()?;
-        toml::to_string_pretty(self).map_err(|e| format!("cannot write the coordinator config: {e}"))
+        toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::Write { what: "coordinator config", message: e.to_string() })
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(ConfigError::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.sites.is_empty() {
             return Err("sites lists no site: name the sites (as their certificates do) that may connect".into());
         }
@@ -158,9 +170,15 @@ jwks_file = "jwks.json"
         assert!(CoordinatorConfig::from_toml(&GOOD.replace("= 20", "= 0"), Path::new(".")).is_err());
         let e =
             CoordinatorConfig::from_toml(&GOOD.replace("\"uniklinik-nord\", \"klinikum-sued\"", ""), Path::new("."));
-        assert!(e.unwrap_err().contains("sites"));
+        assert!(matches!(e, Err(ConfigError::Invalid(m)) if m.contains("sites")));
         let e = CoordinatorConfig::from_toml(&GOOD.replace("= 20", "= 0"), Path::new(".")).unwrap_err();
-        assert!(e.contains("default_timeout_seconds must be at least 1"), "{e}");
+        assert!(matches!(e, ConfigError::Invalid(_)), "{e:?}");
+        assert!(e.to_string().contains("default_timeout_seconds must be at least 1"), "{e}");
+        let e = CoordinatorConfig::from_toml("sites = 3", Path::new(".")).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        let e = CoordinatorConfig::load(Path::new("/nonexistent/coordinator.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("cannot read coordinator config /nonexistent/coordinator.toml"), "{e}");
     }
 
     #[test]

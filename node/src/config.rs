@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use verbund_audit::AuditSettings;
 use verbund_security::egress::{CREDENTIALS_IN_URL, DEFAULT_CONNECT_TIMEOUT, Egress, EgressSettings, ProxySetting};
-use verbund_security::settings;
+use verbund_security::settings::{self, ConfigError};
+
+/// A setting that parses but cannot work.
+fn invalid(message: impl Into<String>) -> Error {
+    Error::Config(ConfigError::Invalid(message.into()))
+}
 use verbund_security::tls::TlsFiles;
 use verbund_security::token::TokenConfig;
 
@@ -157,7 +162,7 @@ impl DatasetConfig {
         match self.path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("parquet") => Ok(FileFormat::Parquet),
             Some("csv") => Ok(FileFormat::Csv),
-            _ => Err(Error::Config(format!(
+            _ => Err(invalid(format!(
                 "dataset '{}': cannot tell the format of {}; set format = \"parquet\" or \"csv\"",
                 self.name,
                 self.path.display()
@@ -191,17 +196,24 @@ impl NodeConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read node config {}: {e}", path.display())))?;
-        let mut config =
-            Self::from_toml(&text).map_err(|e| Error::Config(format!("node config {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            what: "node config",
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            Error::Config(error) => {
+                Error::Config(ConfigError::In { what: "node config", path: path.to_path_buf(), error: Box::new(error) })
+            }
+            other => other,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: NodeConfig = toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))?;
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(toml_error(text, &e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -210,7 +222,8 @@ impl NodeConfig {
     /// against the directory of the file).
     pub fn to_toml(&self) -> Result<String> {
         self.validate()?;
-        toml::to_string_pretty(self).map_err(|e| Error::Config(format!("cannot write the node config: {e}")))
+        toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::Write { what: "node config", message: e.to_string() }.into())
     }
 
     /// Makes relative paths relative to `base` (the directory of the configuration file).
@@ -231,29 +244,28 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.site.trim().is_empty() {
-            return Err(Error::Config("site must not be empty".into()));
+            return Err(invalid("site must not be empty"));
         }
-        settings::require_https("coordinator", &self.coordinator, "the link is always mutual TLS")
-            .map_err(Error::Config)?;
+        settings::require_https("coordinator", &self.coordinator, "the link is always mutual TLS").map_err(invalid)?;
         self.coordinator_name()?;
-        self.egress_settings().validate().map_err(|e| Error::Config(e.to_string()))?;
-        self.auth.validate().map_err(|e| Error::Config(format!("[auth]: {e}")))?;
-        self.audit.validate().map_err(Error::Config)?;
+        self.egress_settings().validate().map_err(|e| invalid(e.to_string()))?;
+        self.auth.validate().map_err(|e| invalid(format!("[auth]: {e}")))?;
+        self.audit.validate().map_err(invalid)?;
         if self.datasets.is_empty() {
-            return Err(Error::Config("no [[dataset]] declared: a node without data has nothing to answer".into()));
+            return Err(invalid("no [[dataset]] declared: a node without data has nothing to answer"));
         }
         let mut names = std::collections::HashSet::new();
         for d in &self.datasets {
             if !names.insert(&d.name) {
-                return Err(Error::Config(format!("dataset '{}' is declared twice", d.name)));
+                return Err(invalid(format!("dataset '{}' is declared twice", d.name)));
             }
             if d.columns.is_empty() {
-                return Err(Error::Config(format!("dataset '{}' exposes no columns", d.name)));
+                return Err(invalid(format!("dataset '{}' exposes no columns", d.name)));
             }
             d.format()?;
         }
         if self.heartbeat.is_zero() || self.tls_reload.is_zero() {
-            return Err(Error::Config("heartbeat_seconds and tls_reload_seconds must be at least 1".into()));
+            return Err(invalid("heartbeat_seconds and tls_reload_seconds must be at least 1"));
         }
         Ok(())
     }
@@ -272,7 +284,7 @@ impl NodeConfig {
     /// How this node reaches the outside: the configured proxy settings, or, when `proxy` is
     /// absent, what `env` says (`HTTPS_PROXY`, `NO_PROXY`). Reads the credentials file.
     pub fn egress_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Egress> {
-        Egress::resolve(&self.egress_settings(), env).map_err(|e| Error::Config(e.to_string()))
+        Egress::resolve(&self.egress_settings(), env).map_err(|e| invalid(e.to_string()))
     }
 
     /// The name the coordinator's certificate must carry.
@@ -283,7 +295,7 @@ impl NodeConfig {
         self.coordinator
             .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-            .ok_or_else(|| Error::Config(format!("the coordinator address '{}' has no host", self.coordinator)))
+            .ok_or_else(|| invalid(format!("the coordinator address '{}' has no host", self.coordinator)))
     }
 }
 
@@ -327,10 +339,14 @@ columns = ["patient_id", "sex", "age"]
 
     #[test]
     fn mistakes_are_explained() {
-        let e = NodeConfig::from_toml(&GOOD.replace("https://127", "http://127")).unwrap_err().to_string();
-        assert!(e.contains("https://"), "{e}");
-        let e = NodeConfig::from_toml(&GOOD.replace("[auth]", "[authx]")).unwrap_err().to_string();
-        assert!(e.contains("auth"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("https://127", "http://127")).unwrap_err();
+        assert!(matches!(e, Error::Config(ConfigError::Invalid(_))), "{e:?}");
+        assert!(e.to_string().contains("https://"), "{e}");
+        let e = NodeConfig::from_toml(&GOOD.replace("[auth]", "[authx]")).unwrap_err();
+        assert!(matches!(e, Error::Config(ConfigError::Syntax(_))), "{e:?}");
+        assert!(e.to_string().contains("auth"), "{e}");
+        let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err();
+        assert!(matches!(e, Error::Config(ConfigError::Read { .. })), "{e:?}");
         let e = NodeConfig::from_toml(&GOOD.replace("patients.parquet", "patients.xlsx")).unwrap_err().to_string();
         assert!(e.contains("format"), "{e}");
         let e = NodeConfig::from_toml(&GOOD.replace("patient_key", "patientkey")).unwrap_err().to_string();

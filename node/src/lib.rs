@@ -25,12 +25,13 @@ use verbund_policies::{Access, Policy};
 use verbund_proto::v1 as pb;
 use verbund_query::validate::{InvalidRequest, Missing};
 use verbund_security::egress::Egress;
+use verbund_security::settings::ConfigError;
 use verbund_security::token::{Claims, Verifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[from] verbund_security::settings::ConfigError),
     #[error("dataset '{dataset}': {message}")]
     Dataset { dataset: String, message: String },
     #[error("policy {path}: {error}")]
@@ -155,20 +156,23 @@ impl Node {
     pub async fn from_config(config: &NodeConfig, egress: Arc<Egress>) -> Result<Self> {
         let cert = verbund_security::certs::CertInfo::load(&config.tls.cert)?;
         if cert.identity.as_deref() != Some(config.site.as_str()) {
-            return Err(Error::Config(format!(
+            return Err(Error::Config(ConfigError::Invalid(format!(
                 "the site certificate {} names '{}', but this node is configured as '{}'",
                 config.tls.cert.display(),
                 cert.identity.unwrap_or_default(),
                 config.site
-            )));
+            ))));
         }
         cert.report("site", &config.tls.cert);
         let tokens = Verifier::from_config_with(&config.auth, egress).await?;
         let policy = match &config.policy {
             Some(path) => {
                 let shown = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("cannot read policy {shown}: {e}")))?;
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    what: "policy",
+                    path: path.clone(),
+                    error,
+                })?;
                 Policy::from_toml(&text).map_err(|error| Error::Policy { path: shown, error })?
             }
             None => Policy::default(),
@@ -179,7 +183,7 @@ impl Node {
         let hook = audit::commit_hook(node.audit_metrics());
         let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
             .await
-            .map_err(|e| Error::Config(format!("opening the audit log stopped: {e}")))??;
+            .map_err(|e| Error::Config(ConfigError::Invalid(format!("opening the audit log stopped: {e}"))))??;
         let log = Arc::new(log);
         verbund_audit::spawn_periodic_checkpoints(
             &log,

@@ -81,6 +81,26 @@ pub mod settings {
     use serde::{Deserialize, Deserializer, Serializer};
     pub use tonic::transport::Uri;
 
+    /// What is wrong with a configuration file, node's or coordinator's: callers tell a file
+    /// they cannot read from one that is not valid TOML of the right keys, and both from a
+    /// setting that parses but cannot work.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConfigError {
+        #[error("cannot read {what} {}: {error}", path.display())]
+        Read { what: &'static str, path: std::path::PathBuf, error: std::io::Error },
+        /// Not TOML, or not the keys and types the file may hold (the message shows where).
+        #[error("{0}")]
+        Syntax(String),
+        /// A setting that parses but cannot work; the message names it.
+        #[error("{0}")]
+        Invalid(String),
+        /// An error found in the file at `path`.
+        #[error("{what} {}: {error}", path.display())]
+        In { what: &'static str, path: std::path::PathBuf, error: Box<ConfigError> },
+        #[error("cannot write the {what}: {message}")]
+        Write { what: &'static str, message: String },
+    }
+
     /// A duration written as whole seconds (`heartbeat_seconds = 15`), held as a
     /// [`std::time::Duration`]: `#[serde(with = "verbund_security::settings::seconds")]`.
     /// Whether 0 is allowed is for each setting to say.
