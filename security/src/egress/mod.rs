@@ -211,10 +211,12 @@ impl ProxyCredentials {
 #[cfg(unix)]
 fn warn_if_others_may_read(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
+    // Group access is how services share secrets (root:verbund 0640 on a host, the pod's
+    // fsGroup on Kubernetes), so only access for everyone else is worth a warning.
     if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o007 != 0
     {
-        tracing::warn!(file = %path.display(), "the proxy credentials file is readable by others; chmod 600 it");
+        tracing::warn!(file = %path.display(), "the proxy credentials file is readable by everyone; chmod o-rwx it");
     }
 }
 

@@ -77,6 +77,8 @@ config's own directory does not matter.
 {{- define "verbund.paths.jwks" -}}/etc/verbund/jwks{{- end -}}
 {{- define "verbund.paths.jwksCa" -}}/etc/verbund/jwks-ca{{- end -}}
 {{- define "verbund.paths.policy" -}}/etc/verbund/policy{{- end -}}
+{{- define "verbund.paths.proxyCredentials" -}}/etc/verbund/proxy{{- end -}}
+{{- define "verbund.paths.proxyCa" -}}/etc/verbund/proxy-ca{{- end -}}
 {{/* The audit log's volume: the log in audit/, its signing key apart from it in keys/. */}}
 {{- define "verbund.paths.state" -}}/var/lib/verbund{{- end -}}
 
@@ -231,4 +233,71 @@ and verbund picks the new certificate up (tls_reload_seconds).
   value: {{ .Values.logging.json | quote }}
 - name: RUST_LOG
   value: {{ .Values.logging.level | quote }}
+{{- end -}}
+
+{{/*
+The node's proxy settings, checked as verbund checks them (security/src/egress): nothing
+beside proxy = "direct", proxy_ca only for an https:// (or the environment's) proxy, no_proxy
+only with a configured proxy. Call with the node values.
+*/}}
+{{- define "verbund.validateProxy" -}}
+{{- $proxy := .proxy | default "" -}}
+{{- if and .proxyCa.configMap .proxyCa.secret }}
+{{- fail "node.proxyCa: set configMap or secret, not both" }}
+{{- end }}
+{{- if eq $proxy "direct" }}
+{{- if or .proxyCredentials.existingSecret .proxyCa.configMap .proxyCa.secret .noProxy }}
+{{- fail "node.proxy is \"direct\": proxyCredentials, proxyCa and noProxy would not be used; remove them or name a proxy" }}
+{{- end }}
+{{- end }}
+{{- if and (hasPrefix "http://" $proxy) (or .proxyCa.configMap .proxyCa.secret) }}
+{{- fail "node.proxyCa is for an https:// proxy, but node.proxy is http:// (no certificate of the proxy is checked)" }}
+{{- end }}
+{{- if and (not $proxy) .noProxy }}
+{{- fail "node.noProxy applies to the proxy named by node.proxy; without it set NO_PROXY in node.extraEnv" }}
+{{- end }}
+{{- end -}}
+
+{{/* The node's proxy volumes (credentials from a Secret, CA from a ConfigMap or Secret). */}}
+{{- define "verbund.proxyVolumes" -}}
+{{- if .proxyCredentials.existingSecret }}
+- name: proxy-credentials
+  secret:
+    secretName: {{ .proxyCredentials.existingSecret }}
+    # Readable by the fsGroup (65532), not by others.
+    defaultMode: 0440
+    items:
+      - key: {{ .proxyCredentials.key }}
+        path: credentials
+{{- end }}
+{{- if .proxyCa.configMap }}
+- name: proxy-ca
+  configMap:
+    name: {{ .proxyCa.configMap }}
+    items:
+      - key: {{ .proxyCa.key }}
+        path: ca.pem
+{{- else if .proxyCa.secret }}
+- name: proxy-ca
+  secret:
+    secretName: {{ .proxyCa.secret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .proxyCa.key }}
+        path: ca.pem
+{{- end }}
+{{- end -}}
+
+{{/* Mounts matching verbund.proxyVolumes (no subPath: a rotated Secret reaches the file). */}}
+{{- define "verbund.proxyMounts" -}}
+{{- if .proxyCredentials.existingSecret }}
+- name: proxy-credentials
+  mountPath: {{ include "verbund.paths.proxyCredentials" . }}
+  readOnly: true
+{{- end }}
+{{- if or .proxyCa.configMap .proxyCa.secret }}
+- name: proxy-ca
+  mountPath: {{ include "verbund.paths.proxyCa" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
