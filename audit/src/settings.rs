@@ -91,7 +91,11 @@ impl AuditSettings {
 
     /// Opens the log for appending (blocking: call at start-up). A missing signing key is
     /// created; the public key is written to `<dir>/signing.pub` when absent.
-    pub fn open(&self, on_commit: Option<CommitHook>) -> Result<AuditLog> {
+    /// `on_commit` hears of each group commit: records in it, its fsync time (for metrics).
+    pub fn open(
+        &self,
+        on_commit: Option<std::sync::Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>>,
+    ) -> Result<AuditLog> {
         let key = if self.key.exists() {
             SigningKey::load(&self.key)?
         } else {
@@ -106,7 +110,9 @@ impl AuditSettings {
         let mut config = AuditConfig::new(&self.dir);
         config.max_segment_bytes = self.max_segment_mb.saturating_mul(1 << 20);
         config.checkpoint_every = self.checkpoint_every;
-        config.on_commit = on_commit;
+        config.on_commit = on_commit.map(|observe| -> CommitHook {
+            std::sync::Arc::new(move |c: &crate::CommitInfo| observe(c.records, c.fsync))
+        });
         let log = AuditLog::open(config, key)?;
         let public = self.dir.join(PUBLIC_KEY_FILE);
         match PublicKey::load(&public) {

@@ -471,66 +471,61 @@ pub async fn remote(
     select: &Select,
     format: OutputFormat,
 ) -> anyhow::Result<()> {
-    finish(remote_read(connection, site, verify, select, format).await)
-}
-
-async fn remote_read(
-    connection: &crate::ResearcherConnection,
-    site: Option<String>,
-    verify: bool,
-    select: &Select,
-    format: OutputFormat,
-) -> anyhow::Result<()> {
-    use verbund_proto::v1 as pb;
-    let (mut client, token) = crate::connect(connection).await?;
-    let action = if verify { pb::AuditAction::Verify } else { pb::AuditAction::List };
-    let request = pb::AuditRequest {
-        site: site.unwrap_or_default(),
-        action: action as i32,
-        since_ms: select.since.unwrap_or(0),
-        until_ms: select.until.unwrap_or(0),
-        subject: select.subject.clone().unwrap_or_default(),
-        project: select.project.clone().unwrap_or_default(),
-        decision: select.decision.map(|d| d.as_str().to_string()).unwrap_or_default(),
-        query_id: select.query_id.clone().unwrap_or_default(),
-        limit: select.limit.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-    };
-    let response =
-        client.read_audit(crate::authorized(request, &token)?).await.map_err(crate::status_error)?.into_inner();
-    if let Some(v) = response.verification {
-        println!(
-            "{}: {} records, {} checkpoints, {} signatures checked, last seq {}",
-            response.service, v.records, v.checkpoints, v.signatures, v.last_seq
-        );
-        if !v.intact {
-            println!("DAMAGED: {}", v.problem);
-            return Err(AuditExit::Found("the audit log is damaged").into());
-        }
-        println!("intact");
-        return Ok(());
-    }
-    if response.entries.is_empty() {
-        eprintln!("no records match");
-    }
-    match format {
-        OutputFormat::Json => {
-            for line in &response.entries {
-                println!("{line}");
+    finish(
+        async {
+            use verbund_proto::v1 as pb;
+            let (mut client, token) = crate::connect(connection).await?;
+            let action = if verify { pb::AuditAction::Verify } else { pb::AuditAction::List };
+            let request = pb::AuditRequest {
+                site: site.unwrap_or_default(),
+                action: action as i32,
+                since_ms: select.since.unwrap_or(0),
+                until_ms: select.until.unwrap_or(0),
+                subject: select.subject.clone().unwrap_or_default(),
+                project: select.project.clone().unwrap_or_default(),
+                decision: select.decision.map(|d| d.as_str().to_string()).unwrap_or_default(),
+                query_id: select.query_id.clone().unwrap_or_default(),
+                limit: select.limit.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            };
+            let response =
+                client.read_audit(crate::authorized(request, &token)?).await.map_err(crate::status_error)?.into_inner();
+            if let Some(v) = response.verification {
+                println!(
+                    "{}: {} records, {} checkpoints, {} signatures checked, last seq {}",
+                    response.service, v.records, v.checkpoints, v.signatures, v.last_seq
+                );
+                if !v.intact {
+                    println!("DAMAGED: {}", v.problem);
+                    return Err(AuditExit::Found("the audit log is damaged").into());
+                }
+                println!("intact");
+                return Ok(());
             }
-        }
-        OutputFormat::Table => {
-            let entries = response
-                .entries
-                .iter()
-                .map(|line| verbund_audit::remote::parse_entry_json(line))
-                .collect::<Result<Vec<_>, _>>()?;
-            if !entries.is_empty() {
-                out(&verbund_audit::list_table(&entries))?;
+            if response.entries.is_empty() {
+                eprintln!("no records match");
             }
+            match format {
+                OutputFormat::Json => {
+                    for line in &response.entries {
+                        println!("{line}");
+                    }
+                }
+                OutputFormat::Table => {
+                    let entries = response
+                        .entries
+                        .iter()
+                        .map(|line| verbund_audit::remote::parse_entry_json(line))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if !entries.is_empty() {
+                        out(&verbund_audit::list_table(&entries))?;
+                    }
+                }
+            }
+            if response.truncated {
+                eprintln!("more records match than were sent: narrow the filters or raise --limit (at most 10000)");
+            }
+            Ok(())
         }
-    }
-    if response.truncated {
-        eprintln!("more records match than were sent: narrow the filters or raise --limit (at most 10000)");
-    }
-    Ok(())
+        .await,
+    )
 }

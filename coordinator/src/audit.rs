@@ -7,7 +7,7 @@ use crate::RequestError;
 use crate::fanout::SiteOutcome;
 use std::sync::Arc;
 use std::time::Duration;
-use verbund_audit::{AuditLog, CommitHook, Decision, Record, Requester, SiteRelease, sha256_hex};
+use verbund_audit::{AuditLog, Decision, Record, Requester, SiteRelease, sha256_hex};
 use verbund_ops::AuditMetrics;
 use verbund_proto::v1 as pb;
 use verbund_security::token::Claims;
@@ -18,12 +18,6 @@ pub const SERVICE: &str = "coordinator";
 pub struct CoordinatorAudit {
     log: Arc<AuditLog>,
     metrics: AuditMetrics,
-}
-
-/// A metrics hook for [`verbund_audit::AuditConfig::on_commit`].
-pub fn commit_hook(metrics: &AuditMetrics) -> CommitHook {
-    let metrics = metrics.clone();
-    Arc::new(move |c: &verbund_audit::CommitInfo| metrics.committed(c.records, c.fsync))
 }
 
 /// What is known of a query before it is planned.

@@ -232,7 +232,7 @@ impl Coordinator {
         let metrics = CoordinatorMetrics::new(&mut metrics_registry, config.sites.len());
         let audit_metrics = AuditMetrics::new(&mut metrics_registry);
         let settings = config.audit.clone();
-        let hook = audit::commit_hook(&audit_metrics);
+        let hook = audit_metrics.on_commit();
         let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
             .await
             .map_err(|e| verbund_audit::AuditError::Spawn(std::io::Error::other(e.to_string())))??;

@@ -5,7 +5,7 @@
 use crate::refusal::{Refusal, outcome_label};
 use std::sync::Arc;
 use std::time::Duration;
-use verbund_audit::{AuditLog, CommitHook, Decision, Record, Requester};
+use verbund_audit::{AuditLog, Decision, Record, Requester};
 use verbund_ops::AuditMetrics;
 use verbund_proto::v1 as pb;
 
@@ -16,12 +16,6 @@ pub struct SiteAudit {
     site: String,
     /// Who sends this node its queries: the coordinator, as its certificate must name it.
     peer: Option<String>,
-}
-
-/// A metrics hook for [`verbund_audit::AuditConfig::on_commit`].
-pub fn commit_hook(metrics: &AuditMetrics) -> CommitHook {
-    let metrics = metrics.clone();
-    Arc::new(move |c: &verbund_audit::CommitInfo| metrics.committed(c.records, c.fsync))
 }
 
 /// The requester as the record names them: from the verified token, or, when the token did

@@ -95,7 +95,7 @@ impl Node {
     }
 
     /// The audit log's metrics, registered with the node's; pass
-    /// [`audit::commit_hook`] of them when opening the log.
+    /// their `on_commit()` when opening the log.
     pub fn audit_metrics(&self) -> &AuditMetrics {
         &self.audit_metrics
     }
@@ -180,7 +180,7 @@ impl Node {
         let catalogue = Catalogue::open(&config.datasets).await?;
         let node = Self::new(config.site.clone(), catalogue, policy, tokens);
         let settings = config.audit.clone();
-        let hook = audit::commit_hook(node.audit_metrics());
+        let hook = node.audit_metrics().on_commit();
         let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))
             .await
             .map_err(|e| Error::Config(ConfigError::Invalid(format!("opening the audit log stopped: {e}"))))??;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use metrics::{AuditMetrics, CoordinatorMetrics, NodeMetrics, RunningGuard};
+pub use metrics::{AuditMetrics, CommitObserver, CoordinatorMetrics, NodeMetrics, RunningGuard};
 pub use prometheus_client;
 
 /// Whether the service should receive work now; `Err` says why not.

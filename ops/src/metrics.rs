@@ -115,6 +115,9 @@ impl NodeMetrics {
     }
 }
 
+/// Called after each group commit of an audit log: records committed, fsync time.
+pub type CommitObserver = std::sync::Arc<dyn Fn(usize, Duration) + Send + Sync>;
+
 /// What an audit log counts, at a node and at the coordinator alike.
 #[derive(Clone)]
 pub struct AuditMetrics {
@@ -153,6 +156,12 @@ impl AuditMetrics {
                 Counter::default(),
             ),
         }
+    }
+
+    /// What the audit log calls after each group commit (records in it, its fsync time).
+    pub fn on_commit(&self) -> CommitObserver {
+        let metrics = self.clone();
+        std::sync::Arc::new(move |records, fsync| metrics.committed(records, fsync))
     }
 
     pub fn committed(&self, records: usize, fsync: Duration) {

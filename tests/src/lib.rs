@@ -291,7 +291,7 @@ impl Network {
         let n = unique();
         let settings = verbund_audit::AuditSettings::in_dir(&self.pki.dir.path().join(format!("audit/{site}-{n}")));
         let node = Node::new(site, catalogue, policy, self.pki.verifier());
-        let hook = verbund_node::audit::commit_hook(node.audit_metrics());
+        let hook = node.audit_metrics().on_commit();
         let log = settings.open(Some(hook)).expect("a test audit log");
         node.with_audit(Arc::new(log), Some("127.0.0.1".into()))
     }

@@ -224,7 +224,7 @@ pub async fn run(pki: &verbund_tests::Pki, plan: &Plan<'_>) -> anyhow::Result<Fi
     let settings_dir = tempfile::Builder::new().prefix("audit-node-").tempdir_in(plan.data_dir)?;
     let audited = Node::new("bench-site", open().await?, verbund_tests::open_policy(5), pki.verifier());
     let settings = AuditSettings::in_dir(settings_dir.path());
-    let hook = verbund_node::audit::commit_hook(audited.audit_metrics());
+    let hook = audited.audit_metrics().on_commit();
     let log = Arc::new(tokio::task::spawn_blocking(move || settings.open(Some(hook))).await??);
     let audited = audited.with_audit(log.clone(), Some("127.0.0.1".into()));
 
