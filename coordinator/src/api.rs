@@ -220,6 +220,8 @@ fn status_of(o: &SiteOutcome) -> pb::SiteStatus {
         message: o.message.clone(),
         groups: p.map(|p| p.groups.len() as u32).unwrap_or(0),
         elapsed_ms: o.elapsed_ms,
+        profile: p.map(|p| p.profile.clone()).unwrap_or_default(),
+        cost: p.and_then(|p| p.cost),
     }
 }
 
@@ -253,6 +255,7 @@ fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec
              answered, and merged numbers include only what the sites released"
         ));
     }
+    notes.extend(profile_notes(outcomes));
     let bins: u32 = answered.iter().map(|p| p.withheld_bins).sum();
     let values: u32 = answered.iter().map(|p| p.withheld_values).sum();
     let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
@@ -266,6 +269,54 @@ fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec
             "{} withheld at sites in the groups shown (counted over all sites); a value or bin that no site \
              released is NULL",
             withheld_parts.join(" and ")
+        ));
+    }
+    notes
+}
+
+/// How each answering site protected its numbers, said plainly: noise and what it cost, exact
+/// numbers, or raw numbers.
+fn profile_notes(outcomes: &[SiteOutcome]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let by_profile = |profile: &str| -> Vec<&str> {
+        outcomes
+            .iter()
+            .filter(|o| o.partial.as_ref().is_some_and(|p| p.profile == profile))
+            .map(|o| o.site.as_str())
+            .collect()
+    };
+    let private: Vec<&SiteOutcome> = outcomes
+        .iter()
+        .filter(|o| o.partial.as_ref().is_some_and(|p| p.profile == "dp" || p.profile == "feasibility"))
+        .collect();
+    if !private.is_empty() {
+        let costs: Vec<String> = private
+            .iter()
+            .filter_map(|o| {
+                let c = o.partial.as_ref()?.cost?;
+                let spent = if c.repeat { "a repeat, no new cost".to_string() } else { format!("ε {}", c.epsilon) };
+                Some(format!("{}: {spent}, ε {:.3} left", o.site, c.epsilon_left))
+            })
+            .collect();
+        notes.push(format!(
+            "numbers carry differential-privacy noise added at each site (counts can be off by a few, means \
+             and sums by more in small groups); asking the same question again returns the same numbers at no \
+             cost. Privacy budget: {}",
+            costs.join("; ")
+        ));
+    }
+    let exact = by_profile("k-only");
+    if !exact.is_empty() {
+        notes.push(format!(
+            "{} released exact numbers (profile k-only: cell-size floors without noise)",
+            exact.join(", ")
+        ));
+    }
+    let raw = by_profile("test-only-raw");
+    if !raw.is_empty() {
+        notes.push(format!(
+            "WARNING: {} released RAW, UNPROTECTED numbers (profile test-only-raw, for synthetic test data only)",
+            raw.join(", ")
         ));
     }
     notes

@@ -51,36 +51,56 @@ impl PartialOrd for KeyValue {
     }
 }
 
+/// Power sums of noisy parts (count, Σx, Σx²), added across sites in floating point: they
+/// are noisy already, so exactness is not what they need.
+#[derive(Debug, Clone, Copy, Default)]
+struct NoisyParts {
+    count: f64,
+    sum: f64,
+    squares: f64,
+}
+
+impl NoisyParts {
+    fn add(&mut self, s: &pb::NoisySum) {
+        let (n, v, v2) = (s.count as f64, s.sum as f64, s.sum_squares as f64);
+        // A row's value is centre + unit · v.
+        self.count += n;
+        self.sum += s.centre * n + s.unit * v;
+        self.squares += s.centre * s.centre * n + 2.0 * s.centre * s.unit * v + s.unit * s.unit * v2;
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Acc {
-    /// `None` until some site released the count.
-    Count(Option<u64>),
+    /// Exact counts add as they are; noisy ones (signed) too, clamped at 0 when finished.
+    Count { total: Option<i128>, noisy: bool },
     Sum {
         count: u64,
         int: i128,
         float: f64,
         is_float: bool,
+        noisy: Option<NoisyParts>,
     },
-    Moments(Moments),
-    /// Counts per bin; `None` until some site released the bin.
-    Histogram(Vec<Option<u64>>),
+    Moments(Moments, Option<NoisyParts>),
+    Histogram(Vec<Option<i128>>, bool),
 }
 
 impl Acc {
     fn empty((kind, bins): (pb::AggregateKind, usize)) -> Acc {
         use pb::AggregateKind as K;
         match kind {
-            K::Sum | K::Mean | K::SumOfProducts => Acc::Sum { count: 0, int: 0, float: 0.0, is_float: false },
-            K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation => {
-                Acc::Moments(Moments::default())
+            K::Sum | K::Mean | K::SumOfProducts => {
+                Acc::Sum { count: 0, int: 0, float: 0.0, is_float: false, noisy: None }
             }
-            K::Histogram => Acc::Histogram(vec![None; bins]),
-            K::CountRows | K::CountPatients | K::Count | K::Unspecified => Acc::Count(None),
+            K::VarianceSample | K::VariancePopulation | K::StddevSample | K::StddevPopulation => {
+                Acc::Moments(Moments::default(), None)
+            }
+            K::Histogram => Acc::Histogram(vec![None; bins], false),
+            K::CountRows | K::CountPatients | K::Count | K::Unspecified => Acc::Count { total: None, noisy: false },
         }
     }
 }
 
-/// What is wrong with a site's answer: it is discarded, and the site marked failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MalformedAnswer {
     #[error("a group has {got} keys, expected {expected}")]
@@ -185,6 +205,20 @@ impl<'a> Merger<'a> {
                     (Some(State::Histogram(h)), K::Histogram) => {
                         h.counts.len() == bins && h.withheld_bins.iter().all(|b| (*b as usize) < bins)
                     }
+                    (Some(State::NoisyCount(_)), K::CountRows | K::CountPatients | K::Count) => true,
+                    (
+                        Some(State::NoisySum(s)),
+                        K::Sum
+                        | K::Mean
+                        | K::SumOfProducts
+                        | K::VarianceSample
+                        | K::VariancePopulation
+                        | K::StddevSample
+                        | K::StddevPopulation,
+                    ) => s.unit.is_finite() && s.unit > 0.0 && s.centre.is_finite(),
+                    (Some(State::NoisyHistogram(h)), K::Histogram) => {
+                        h.counts.len() == bins && h.withheld_bins.iter().all(|b| (*b as usize) < bins)
+                    }
                     _ => false,
                 };
                 if !ok {
@@ -202,8 +236,14 @@ impl<'a> Merger<'a> {
             let accs = self.groups.entry(key).or_insert_with(|| self.empty.clone());
             for (acc, p) in accs.iter_mut().zip(&g.aggregates) {
                 match (acc, &p.state) {
-                    (Acc::Count(n), Some(State::Count(c))) => *n = Some(n.unwrap_or(0) + c.count),
-                    (Acc::Sum { count, int, float, is_float }, Some(State::Sum(s))) => {
+                    (Acc::Count { total, .. }, Some(State::Count(c))) => {
+                        *total = Some(total.unwrap_or(0) + i128::from(c.count))
+                    }
+                    (Acc::Count { total, noisy }, Some(State::NoisyCount(c))) => {
+                        *total = Some(total.unwrap_or(0) + i128::from(c.count));
+                        *noisy = true;
+                    }
+                    (Acc::Sum { count, int, float, is_float, .. }, Some(State::Sum(s))) => {
                         *count += s.count;
                         match s.sum {
                             Some(pb::sum_state::Sum::Int64(v)) => *int += i128::from(v),
@@ -214,21 +254,18 @@ impl<'a> Merger<'a> {
                             None => {}
                         }
                     }
-                    (Acc::Moments(m), Some(State::Moments(s))) => {
+                    (Acc::Sum { noisy, .. } | Acc::Moments(_, noisy), Some(State::NoisySum(s))) => {
+                        noisy.get_or_insert_default().add(s)
+                    }
+                    (Acc::Moments(m, _), Some(State::Moments(s))) => {
                         m.merge(&Moments { count: s.count, shift: s.shift, mean: s.mean, m2: s.m2 })
                     }
-                    (Acc::Histogram(counts), Some(State::Histogram(h))) => {
-                        let mut withheld = vec![false; counts.len()];
-                        for b in &h.withheld_bins {
-                            if let Some(w) = withheld.get_mut(*b as usize) {
-                                *w = true;
-                            }
-                        }
-                        for ((c, v), withheld) in counts.iter_mut().zip(&h.counts).zip(withheld) {
-                            if !withheld {
-                                *c = Some(c.unwrap_or(0) + v);
-                            }
-                        }
+                    (Acc::Histogram(counts, _), Some(State::Histogram(h))) => {
+                        add_bins(counts, h.counts.iter().map(|c| i128::from(*c)), &h.withheld_bins)
+                    }
+                    (Acc::Histogram(counts, noisy), Some(State::NoisyHistogram(h))) => {
+                        add_bins(counts, h.counts.iter().map(|c| i128::from(*c)), &h.withheld_bins);
+                        *noisy = true;
                     }
                     _ => {}
                 }
@@ -236,7 +273,6 @@ impl<'a> Merger<'a> {
         }
     }
 
-    /// The merged table.
     pub fn finish(self) -> Result<RecordBatch, MergeError> {
         let schema = self.plan.schema.clone();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.outputs.len());
@@ -268,6 +304,35 @@ impl<'a> Merger<'a> {
     }
 }
 
+/// Adds one site's bins, passing over those it withheld.
+fn add_bins(counts: &mut [Option<i128>], site: impl Iterator<Item = i128>, withheld_bins: &[u32]) {
+    let mut withheld = vec![false; counts.len()];
+    for b in withheld_bins {
+        if let Some(w) = withheld.get_mut(*b as usize) {
+            *w = true;
+        }
+    }
+    for ((c, v), withheld) in counts.iter_mut().zip(site).zip(withheld) {
+        if !withheld {
+            *c = Some(c.unwrap_or(0) + v);
+        }
+    }
+}
+
+/// Exact moments and noisy parts together, as (count, Σx, Σx²); the exact part is moved to
+/// power sums, which is precise enough beside noise.
+fn pooled_power_sums(m: &Moments, noisy: &NoisyParts) -> (f64, f64, f64) {
+    let n = m.count as f64;
+    let mean = m.shift + m.mean;
+    (n + noisy.count, n * mean + noisy.sum, m.m2 + n * mean * mean + noisy.squares)
+}
+
+/// Variance from noisy power sums: NULL without at least two (noisy) rows, never negative.
+fn noisy_variance((n, s1, s2): (f64, f64, f64), sample: bool) -> Option<f64> {
+    let denominator = if sample { n - 1.0 } else { n };
+    (n >= 2.0 && denominator > 0.0).then(|| ((s2 - s1 * s1 / n) / denominator).max(0.0))
+}
+
 fn finish_aggregate(
     aggregate: &pb::Aggregate,
     acc: &Acc,
@@ -275,27 +340,58 @@ fn finish_aggregate(
 ) -> Result<ScalarValue, MergeError> {
     use pb::AggregateKind as K;
     let value = match (aggregate.kind(), acc) {
-        (_, Acc::Count(n)) => {
-            ScalarValue::Int64(n.map(i64::try_from).transpose().map_err(|_| MergeError::Overflow("a merged count"))?)
+        (_, Acc::Count { total, noisy }) => {
+            let total = total.map(|t| if *noisy { t.max(0) } else { t });
+            ScalarValue::Int64(
+                total.map(i64::try_from).transpose().map_err(|_| MergeError::Overflow("a merged count"))?,
+            )
         }
-        (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, is_float }) => match (*count, *is_float) {
-            (0, _) => ScalarValue::Float64(None),
-            (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
-            (_, false) => {
-                ScalarValue::Int64(Some(i64::try_from(*int).map_err(|_| MergeError::Overflow("the merged sum"))?))
+        (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, noisy: Some(n), .. }) => {
+            // Rounded, not truncated, where the column is an integer one.
+            let sum = (*count > 0 || n.count > 0.0).then(|| *float + *int as f64 + n.sum);
+            match data_type {
+                datafusion::arrow::datatypes::DataType::Int64 => ScalarValue::Int64(sum.map(|s| s.round() as i64)),
+                _ => ScalarValue::Float64(sum),
             }
-        },
-        (K::Mean, Acc::Sum { count, int, float, is_float }) => ScalarValue::Float64(match *count {
+        }
+        (K::Mean, Acc::Sum { count, int, float, noisy: Some(n), .. }) => {
+            let total = *count as f64 + n.count;
+            ScalarValue::Float64((total >= 1.0).then(|| (*float + *int as f64 + n.sum) / total))
+        }
+        (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, is_float, noisy: None }) => {
+            match (*count, *is_float) {
+                (0, _) => ScalarValue::Float64(None),
+                (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
+                (_, false) => ScalarValue::Int64(Some(
+                    i64::try_from(*int).map_err(|_| MergeError::Overflow("the merged sum"))?,
+                )),
+            }
+        }
+        (K::Mean, Acc::Sum { count, int, float, is_float, noisy: None }) => ScalarValue::Float64(match *count {
             0 => None,
             n if *is_float => Some((*float + *int as f64) / n as f64),
             n => Some(*int as f64 / n as f64),
         }),
-        (K::VarianceSample, Acc::Moments(m)) => ScalarValue::Float64(m.variance_sample()),
-        (K::VariancePopulation, Acc::Moments(m)) => ScalarValue::Float64(m.variance_population()),
-        (K::StddevSample, Acc::Moments(m)) => ScalarValue::Float64(m.variance_sample().map(f64::sqrt)),
-        (K::StddevPopulation, Acc::Moments(m)) => ScalarValue::Float64(m.variance_population().map(f64::sqrt)),
-        (K::Histogram, Acc::Histogram(counts)) => {
-            let counts = counts.iter().map(|c| c.and_then(|c| i64::try_from(c).ok())).collect::<Vec<_>>();
+        (kind, Acc::Moments(m, Some(noisy))) => {
+            let sums = pooled_power_sums(m, noisy);
+            let sample = matches!(kind, K::VarianceSample | K::StddevSample);
+            let variance = noisy_variance(sums, sample);
+            ScalarValue::Float64(match kind {
+                K::StddevSample | K::StddevPopulation => variance.map(f64::sqrt),
+                _ => variance,
+            })
+        }
+        (K::VarianceSample, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_sample()),
+        (K::VariancePopulation, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_population()),
+        (K::StddevSample, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_sample().map(f64::sqrt)),
+        (K::StddevPopulation, Acc::Moments(m, None)) => {
+            ScalarValue::Float64(m.variance_population().map(f64::sqrt))
+        }
+        (K::Histogram, Acc::Histogram(counts, noisy)) => {
+            let counts = counts
+                .iter()
+                .map(|c| c.map(|c| if *noisy { c.max(0) } else { c }).and_then(|c| i64::try_from(c).ok()))
+                .collect::<Vec<_>>();
             let list = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(counts)]);
             ScalarValue::List(Arc::new(list))
         }

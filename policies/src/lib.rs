@@ -3,10 +3,15 @@
 //! Pure: no I/O. The node reads the policy file and hands its text to [`Policy::from_toml`].
 
 mod access;
+pub mod noise;
 mod output;
+pub mod private;
+mod profile;
 
 pub use access::{Access, AccessDenied, ProjectRule};
 pub use output::{CandidateAggregate, CandidateGroup, empty_result, release, release_group};
+pub use private::{PrivacyRefusal, PrivatePlan};
+pub use profile::{BudgetSettings, DatasetRule, DpSettings, Level, Profile};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +39,11 @@ pub const DEFAULT_MAX_CELLS: u64 = 10_000_000;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
+    /// How released numbers are protected: "dp" (differential privacy with a budget, the
+    /// default), "feasibility", "k-only" or "test-only-raw".
+    pub profile: Profile,
+    /// The test-only-raw profile releases raw numbers; it is accepted only with this set.
+    pub i_understand_this_releases_raw_numbers: bool,
     /// Minimum number of distinct patients behind every released number: a group, a
     /// histogram bin, and each value over the rows where its column is set. A cell with
     /// 0..k-1 such patients is withheld (an empty cell looks the same as a small one).
@@ -60,11 +70,20 @@ pub struct Policy {
     /// Which projects may ask what. No rule: nobody may ask anything.
     #[serde(rename = "project")]
     pub projects: Vec<ProjectRule>,
+    /// Differential-privacy settings (profiles dp and feasibility).
+    pub dp: DpSettings,
+    /// Each project's privacy budget at this site.
+    pub budget: BudgetSettings,
+    /// What the site declares about its datasets: clipping bounds and public levels.
+    #[serde(rename = "dataset")]
+    pub datasets: Vec<DatasetRule>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
+            profile: Profile::default(),
+            i_understand_this_releases_raw_numbers: false,
             min_cell_size: DEFAULT_MIN_CELL_SIZE,
             max_groups: DEFAULT_MAX_GROUPS,
             max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
@@ -73,6 +92,9 @@ impl Default for Policy {
             max_cells: DEFAULT_MAX_CELLS,
             remote_audit_reads: false,
             projects: Vec::new(),
+            dp: DpSettings::default(),
+            budget: BudgetSettings::default(),
+            datasets: Vec::new(),
         }
     }
 }
@@ -90,9 +112,10 @@ impl Policy {
         Ok(toml::to_string_pretty(self)?)
     }
 
-    /// A policy with minimum cell size `k` and defaults otherwise (no project allowed yet).
+    /// A policy of exact numbers withheld under minimum cell size `k` (profile k-only), with
+    /// defaults otherwise (no project allowed yet).
     pub fn with_min_cell_size(k: u32) -> Result<Self> {
-        let policy = Self { min_cell_size: k, ..Self::default() };
+        let policy = Self { profile: Profile::KOnly, min_cell_size: k, ..Self::default() };
         policy.validate()?;
         Ok(policy)
     }
@@ -119,6 +142,43 @@ impl Policy {
         if self.max_cells == 0 {
             return Err(Error::Invalid("max_cells must be at least 1".into()));
         }
+        if self.profile == Profile::TestOnlyRaw && !self.i_understand_this_releases_raw_numbers {
+            return Err(Error::Invalid(
+                "profile \"test-only-raw\" releases raw, unprotected numbers; it is for tests on synthetic data, and accepted only with i_understand_this_releases_raw_numbers = true".into(),
+            ));
+        }
+        let dp = &self.dp;
+        if !(dp.epsilon_per_query.is_finite() && dp.epsilon_per_query >= 1e-6) {
+            return Err(Error::Invalid("dp.epsilon_per_query must be a positive number (at least 0.000001)".into()));
+        }
+        if !(dp.delta_per_query.is_finite() && dp.delta_per_query > 0.0 && dp.delta_per_query < 1e-3) {
+            return Err(Error::Invalid("dp.delta_per_query must be above 0 and below 0.001".into()));
+        }
+        if dp.max_rows_per_patient == 0 || dp.round_to == 0 {
+            return Err(Error::Invalid("dp.max_rows_per_patient and dp.round_to must be at least 1".into()));
+        }
+        if !(dp.dominance_share > 0.0 && dp.dominance_share <= 1.0) {
+            return Err(Error::Invalid("dp.dominance_share must be above 0 and at most 1".into()));
+        }
+        let budget = &self.budget;
+        if !(budget.epsilon.is_finite() && budget.epsilon >= dp.epsilon_per_query) {
+            return Err(Error::Invalid(format!(
+                "budget.epsilon must be at least dp.epsilon_per_query ({}), or no query could ever be answered",
+                dp.epsilon_per_query
+            )));
+        }
+        if !(budget.delta.is_finite() && budget.delta >= dp.delta_per_query) || budget.period_days == 0 {
+            return Err(Error::Invalid(
+                "budget.delta must be at least dp.delta_per_query, and budget.period_days at least 1".into(),
+            ));
+        }
+        let mut datasets = std::collections::HashSet::new();
+        for d in &self.datasets {
+            d.validate().map_err(Error::Invalid)?;
+            if !datasets.insert(&d.name) {
+                return Err(Error::Invalid(format!("dataset '{}' has two [[dataset]] entries; merge them", d.name)));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for p in &self.projects {
             if p.name.trim().is_empty() {
@@ -139,7 +199,7 @@ impl Policy {
     /// is withheld, the difference would tell whether a person is among the patients. With
     /// k = 1 there is no small cell to hide, and an empty one is released.
     pub fn releasable(&self, patients: u64) -> bool {
-        self.min_cell_size <= 1 || patients >= u64::from(self.min_cell_size)
+        self.profile == Profile::TestOnlyRaw || self.min_cell_size <= 1 || patients >= u64::from(self.min_cell_size)
     }
 }
 
@@ -151,6 +211,7 @@ mod tests {
     fn empty_policy_gets_safe_defaults() {
         assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
         assert_eq!(Policy::default().min_cell_size, 5);
+        assert_eq!(Policy::default().profile, Profile::Dp, "the default protects with noise");
     }
 
     #[test]
@@ -176,7 +237,8 @@ mod tests {
         }
         let open = Policy::with_min_cell_size(3).unwrap().allowing("study");
         let written = open.to_toml().unwrap();
-        assert!(written.starts_with("min_cell_size = 3\n") && written.contains("[[project]]"), "{written}");
+        assert!(written.starts_with("profile = \"k-only\"\n") && written.contains("min_cell_size = 3\n"), "{written}");
+        assert!(written.contains("[[project]]"), "{written}");
         assert_eq!(Policy::from_toml(&written).unwrap(), open);
         assert!(Policy { min_cell_size: 0, ..open }.to_toml().is_err(), "an invalid policy is not written");
     }

@@ -84,7 +84,11 @@ pub fn release(policy: &Policy, groups: impl IntoIterator<Item = CandidateGroup>
 
 /// An answer with no group yet, stamped with the policy's minimum cell size.
 pub fn empty_result(policy: &Policy) -> pb::PartialResult {
-    pb::PartialResult { min_cell_size: policy.min_cell_size, ..Default::default() }
+    pb::PartialResult {
+        min_cell_size: policy.min_cell_size,
+        profile: policy.profile.label().into(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub fn register_all(ctx: &SessionContext) {
     ctx.register_udaf(histogram_udaf(BinKind::Fixed));
     ctx.register_udaf(histogram_udaf(BinKind::Edges));
     ctx.register_udaf(moments_udaf());
+    ctx.register_udf(crate::private::dp_units_udf());
+    ctx.register_udf(crate::private::row_order_udf());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,6 +8,7 @@ pub mod capped;
 pub mod functions;
 pub mod literal;
 pub mod moments;
+pub mod private;
 pub mod validate;
 
 pub use bins::BinSpec;
