@@ -122,9 +122,14 @@ pub struct Record {
     pub groups_withheld: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Refusal>,
-    /// Reserved for privacy accounting (a budget spent by the answer); not used yet.
+    /// The ε the answer cost the project's privacy budget (0 for a repeat, which releases
+    /// nothing new); absent where no budget applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy_cost: Option<f64>,
+    /// The privacy profile the answer was released under ("dp", "feasibility", "k-only",
+    /// "test-only-raw").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_profile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// The coordinator's account of each site's answer.
@@ -159,6 +164,7 @@ impl Record {
             groups_withheld: None,
             refusal: None,
             privacy_cost: None,
+            privacy_profile: None,
             duration_ms: None,
             sites: Vec::new(),
         }
@@ -211,6 +217,11 @@ impl Record {
 
     pub fn with_privacy_cost(mut self, cost: f64) -> Self {
         self.privacy_cost = Some(cost);
+        self
+    }
+
+    pub fn with_privacy_profile(mut self, profile: impl Into<String>) -> Self {
+        self.privacy_profile = Some(profile.into());
         self
     }
 

@@ -560,9 +560,10 @@ mod secret_files {
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "key" || e == "token"))
             .collect();
-        // generate: CA, coordinator, 3 sites, dev signing key, researcher and auditor tokens;
-        // pki: CA, coordinator, a site; token keygen: a signing key.
-        assert_eq!(secrets.len(), 12, "{secrets:?}");
+        // generate: CA, coordinator, 3 sites, 3 noise keys, dev signing key, researcher and
+        // auditor tokens; pki: CA, coordinator, a site; token keygen: a signing key.
+        assert_eq!(secrets.len(), 15, "{secrets:?}");
+        assert!(secrets.contains(&dir.path().join("net/privacy/uniklinik-nord-noise.key")));
         assert!(secrets.contains(&dir.path().join("net/auth/researcher.token")));
         assert!(secrets.contains(&dir.path().join("net/auth/auditor.token")));
         for file in &secrets {

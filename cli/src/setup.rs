@@ -11,7 +11,7 @@ use verbund_audit::remote::AUDITOR_ROLE;
 use verbund_coordinator::CoordinatorConfig;
 use verbund_node::NodeConfig;
 use verbund_node::config::{DatasetConfig, NodeTls};
-use verbund_policies::{Policy, ProjectRule};
+use verbund_policies::{DatasetRule, Level, Policy, ProjectRule};
 use verbund_security::files::{Overwrite, write_secret};
 use verbund_security::pki::{NetworkCa, Validity};
 use verbund_security::tls::TlsFiles;
@@ -68,6 +68,11 @@ pub fn write_network(
         let path = dir.join("data").join(&site.site).join("policy.toml");
         std::fs::write(&path, &policy).with_context(|| format!("cannot write {}", path.display()))?;
         policy_files.push(path);
+        // Each site's own secret for differential-privacy noise, readable by its owner only.
+        let privacy = dir.join("privacy");
+        std::fs::create_dir_all(&privacy).with_context(|| format!("cannot create {}", privacy.display()))?;
+        let key = privacy.join(format!("{}-noise.key", site.site));
+        verbund_node::private::write_noise_key(&key).with_context(|| format!("cannot write {}", key.display()))?;
     }
 
     let auth_dir = dir.join("auth");
@@ -94,12 +99,68 @@ pub fn write_network(
     })
 }
 
-/// The demo sites' policy: minimum cell size 5, the demo project may ask about everything.
+/// The demo sites' policy: the research default (differential privacy with a budget per
+/// project, minimum cell size 5), the demo project may ask about everything, with clipping
+/// bounds and public levels declared for the generated datasets.
 pub fn demo_policy() -> Policy {
     // The demo hospitals let auditors read their audit logs through the coordinator.
     let mut policy = Policy { remote_audit_reads: true, ..Policy::default() };
     policy.projects.push(ProjectRule { roles: vec!["researcher".into()], ..ProjectRule::everything(DEMO_PROJECT) });
+    policy.datasets = demo_dataset_rules();
     policy
+}
+
+/// Bounds and levels of the generated data, from the generator's own definitions.
+fn demo_dataset_rules() -> Vec<DatasetRule> {
+    use verbund_synth::model::{CONDITIONS, OBSERVATIONS, SITES};
+    let text = |values: &mut dyn Iterator<Item = &str>| {
+        let mut v: Vec<String> = values.map(str::to_string).collect();
+        v.sort();
+        v.dedup();
+        v.into_iter().map(Level::Text).collect::<Vec<_>>()
+    };
+    let sexes = text(&mut ["female", "male", "diverse"].into_iter());
+    let yes_no = vec![Level::Bool(false), Level::Bool(true)];
+    let age = ("age".to_string(), [0.0, 110.0]);
+    let rule = |name: &str, bounds: Vec<(String, [f64; 2])>, levels: Vec<(&str, Vec<Level>)>| DatasetRule {
+        name: name.into(),
+        bounds: bounds.into_iter().collect(),
+        levels: levels.into_iter().map(|(c, l)| (c.to_string(), l)).collect(),
+        ..DatasetRule::default()
+    };
+    let mut patients = rule(
+        "patients",
+        vec![age.clone(), ("bmi".into(), [10.0, 60.0])],
+        vec![
+            ("sex", sexes.clone()),
+            ("region", text(&mut SITES.iter().flat_map(|s| s.regions.iter().map(|(r, _)| *r)))),
+            ("smoker", yes_no.clone()),
+            ("deceased", yes_no),
+        ],
+    );
+    patients.one_row_per_patient = true;
+    let conditions = rule(
+        "conditions",
+        vec![age.clone()],
+        vec![
+            ("sex", sexes.clone()),
+            ("icd10", text(&mut CONDITIONS.iter().map(|c| c.icd10))),
+            ("icd10_group", text(&mut CONDITIONS.iter().map(|c| &c.icd10[..3]))),
+            ("snomed", text(&mut CONDITIONS.iter().map(|c| c.snomed))),
+            ("description", text(&mut CONDITIONS.iter().map(|c| c.description))),
+        ],
+    );
+    let observations = rule(
+        "observations",
+        vec![age, ("value".into(), [0.0, 400.0])],
+        vec![
+            ("sex", sexes),
+            ("name", text(&mut OBSERVATIONS.iter().map(|o| o.name))),
+            ("loinc", text(&mut OBSERVATIONS.iter().map(|o| o.loinc))),
+            ("unit", text(&mut OBSERVATIONS.iter().map(|o| o.unit))),
+        ],
+    );
+    vec![patients, conditions, observations]
 }
 
 impl NetworkLayout {
@@ -132,6 +193,8 @@ pub fn node_config(layout: &NetworkLayout, index: usize, coordinator: &Uri) -> N
     // Every service its own log and key: the configs share one directory.
     config.audit.dir = PathBuf::from("audit").join(&site.site);
     config.audit.key = PathBuf::from("audit").join(format!("{}-signing.key", site.site));
+    config.noise_key = PathBuf::from("privacy").join(format!("{}-noise.key", site.site));
+    config.ledger = PathBuf::from("privacy").join(format!("{}-budget.redb", site.site));
     config.datasets = site
         .tables
         .iter()

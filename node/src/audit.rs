@@ -85,7 +85,15 @@ impl SiteAudit {
             Ok(answer) => {
                 // Exactly the bytes that go to the coordinator, which hashes what it receives.
                 let released = prost::Message::encode_to_vec(answer);
-                record.with_release(&released, answer.groups.len() as u64, u64::from(answer.withheld_groups))
+                let mut record =
+                    record.with_release(&released, answer.groups.len() as u64, u64::from(answer.withheld_groups));
+                if !answer.profile.is_empty() {
+                    record = record.with_privacy_profile(&answer.profile);
+                }
+                if let Some(cost) = &answer.cost {
+                    record = record.with_privacy_cost(cost.epsilon);
+                }
+                record
             }
             Err(refusal) => record.with_refusal(outcome_label(&Err(refusal.clone())), refusal.to_string()),
         };

@@ -19,6 +19,9 @@ use verbund_query::literal::column_type_of;
 pub struct Catalogue {
     pub(crate) ctx: SessionContext,
     catalogue: pb::Catalogue,
+    /// Per dataset, what identifies its data as loaded: differentially private noise is
+    /// derived from it, so new data gets new noise (and a new charge) for every question.
+    versions: std::collections::HashMap<String, String>,
 }
 
 impl Catalogue {
@@ -34,7 +37,7 @@ impl Catalogue {
             }
         };
         verbund_query::functions::register_all(&ctx);
-        Self { ctx, catalogue: pb::Catalogue::default() }
+        Self { ctx, catalogue: pb::Catalogue::default(), versions: Default::default() }
     }
 
     /// Registers every configured dataset, failing with the dataset's name and the reason
@@ -94,6 +97,7 @@ impl Catalogue {
         registered.map_err(|e| dataset_err(format!("cannot read {}: {}", d.path.display(), e.find_root())))?;
         let provider =
             self.ctx.table_provider(d.name.as_str()).await.map_err(|e| dataset_err(e.find_root().to_string()))?;
+        self.versions.insert(d.name.clone(), file_version(&d.path));
         self.describe(&d.name, provider.schema(), &d.patient_key, &d.columns)
     }
 
@@ -109,6 +113,7 @@ impl Catalogue {
             return Err(Error::Dataset { dataset: name.into(), message: "declared twice".into() });
         }
         let schema = provider.schema();
+        self.versions.insert(name.to_string(), format!("table:{name}"));
         self.ctx
             .register_table(name, provider)
             .map_err(|e| Error::Dataset { dataset: name.into(), message: e.find_root().to_string() })?;
@@ -148,6 +153,37 @@ impl Catalogue {
 
     pub fn catalogue(&self) -> &pb::Catalogue {
         &self.catalogue
+    }
+
+    /// The version of a dataset's data as loaded (see `versions`).
+    pub fn version(&self, dataset: &str) -> &str {
+        self.versions.get(dataset).map(String::as_str).unwrap_or("")
+    }
+
+    /// Sets the version of a dataset added with [`Catalogue::add_table`] (tests that change a
+    /// table's contents, embedders that know their data's version).
+    pub fn set_version(&mut self, dataset: &str, version: impl Into<String>) {
+        self.versions.insert(dataset.to_string(), version.into());
+    }
+}
+
+/// A file's (or a directory's files') path, size and modification time: changes when the
+/// data is replaced.
+fn file_version(path: &std::path::Path) -> String {
+    let describe = |p: &std::path::Path| match std::fs::metadata(p) {
+        Ok(m) => {
+            let modified = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            format!("{}:{}:{}", p.display(), m.len(), modified.map(|d| d.as_nanos()).unwrap_or(0))
+        }
+        Err(_) => p.display().to_string(),
+    };
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut files: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| describe(&e.path())).collect();
+            files.sort();
+            files.join("|")
+        }
+        Err(_) => describe(path),
     }
 }
 

@@ -72,8 +72,25 @@ pub struct NodeConfig {
     /// answer leaves; by default in `audit/` beside this file.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// The secret this site's differential-privacy noise derives from: 32 random bytes, kept
+    /// like a private key (`verbund generate` writes one). Needed by the dp and feasibility
+    /// profiles. Replacing it gives every question new noise, so keep it with the ledger.
+    #[serde(default = "default_noise_key")]
+    pub noise_key: PathBuf,
+    /// The privacy-budget ledger: what each project has spent here (an embedded database;
+    /// back it up, never delete it).
+    #[serde(default = "default_ledger")]
+    pub ledger: PathBuf,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+}
+
+fn default_noise_key() -> PathBuf {
+    PathBuf::from("noise.key")
+}
+
+fn default_ledger() -> PathBuf {
+    PathBuf::from("privacy/budget.redb")
 }
 
 fn coordinator_url<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Uri, D::Error> {
@@ -191,6 +208,8 @@ impl NodeConfig {
             tls,
             auth,
             audit: AuditSettings::default(),
+            noise_key: default_noise_key(),
+            ledger: default_ledger(),
             datasets: Vec::new(),
         }
     }
@@ -237,6 +256,8 @@ impl NodeConfig {
         self.tls.key = resolve(&self.tls.key);
         self.auth.resolve(base);
         self.audit.resolve_paths(base);
+        self.noise_key = resolve(&self.noise_key);
+        self.ledger = resolve(&self.ledger);
         for d in &mut self.datasets {
             d.path = resolve(&d.path);
         }

@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Semaphore;
-use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy};
+use crate::private::{Privacy, cost_of, shape_of};
+use verbund_policies::noise::Seed;
+use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy, Profile};
 use verbund_proto::v1 as pb;
 use verbund_proto::v1::partial_aggregate::State;
 use verbund_query::capped::patients_up_to_udaf;
@@ -32,7 +34,7 @@ use verbund_query::validate::{
 };
 use verbund_query::{BinSpec, Moments};
 
-fn internal(e: DataFusionError) -> Refusal {
+pub(crate) fn internal(e: DataFusionError) -> Refusal {
     let root = e.find_root();
     if matches!(root, DataFusionError::ResourcesExhausted(_)) {
         return Exhausted::Memory.into();
@@ -43,6 +45,8 @@ fn internal(e: DataFusionError) -> Refusal {
 pub struct Engine {
     catalogue: Catalogue,
     policy: Policy,
+    /// Noise key and budget ledger, for the differentially private profiles.
+    privacy: Option<Privacy>,
     running: Semaphore,
     /// Queries waiting for a slot in `running`.
     waiting: AtomicU32,
@@ -82,7 +86,18 @@ fn contributors_alias(i: usize) -> String {
 impl Engine {
     pub fn new(catalogue: Catalogue, policy: Policy) -> Self {
         let running = Semaphore::new(policy.max_concurrent_queries as usize);
-        Self { catalogue, policy, running, waiting: AtomicU32::new(0) }
+        Self { catalogue, policy, privacy: None, running, waiting: AtomicU32::new(0) }
+    }
+
+    /// Gives the engine its noise key and budget ledger (needed by the dp and feasibility
+    /// profiles; without them such a site refuses every query).
+    pub fn with_privacy(mut self, privacy: Privacy) -> Self {
+        self.privacy = Some(privacy);
+        self
+    }
+
+    pub fn privacy(&self) -> Option<&Privacy> {
+        self.privacy.as_ref()
     }
 
     pub fn catalogue(&self) -> &pb::Catalogue {
@@ -99,6 +114,8 @@ impl Engine {
         let checked = check(query, self.catalogue())?;
         self.policy.authorize(access, &checked.dataset, &checked.columns())?;
         self.check_cells(&checked)?;
+        // Under differential privacy, what may be asked and what it costs is decided first.
+        let private = self.policy.plan_private(&shape_of(&checked, self.catalogue()))?;
         let _permit = match self.running.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -114,10 +131,27 @@ impl Engine {
                 permit
             }
         };
-        self.compute(&checked).await
+        let Some(plan) = private else {
+            let out = self.compute(&checked).await?;
+            if self.policy.profile == Profile::TestOnlyRaw {
+                tracing::warn!("released RAW, UNPROTECTED numbers (policy profile test-only-raw: for synthetic test data only)");
+            }
+            return Ok(out);
+        };
+        let privacy = self.privacy.as_ref().ok_or(Refusal::PrivacyUnconfigured)?;
+        let seed = Seed::for_request(
+            &privacy.key,
+            &query.encode_to_vec(),
+            self.catalogue.version(&checked.dataset),
+            &self.policy.mechanism_digest(&checked.dataset),
+        );
+        let (cost, debit) = self.debit(privacy, access.project, &seed, &plan).await?;
+        let mut out = self.compute_private(&checked, &plan, &seed).await?;
+        out.cost = Some(cost_of(cost, &debit));
+        Ok(out)
     }
 
-    async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
+    pub(crate) async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
         let df = self.catalogue.ctx.table(q.dataset.as_str()).await.map_err(internal)?;
         match &q.filter {
             Some(f) => df.filter(filter_expr(f)?).map_err(internal),
@@ -155,7 +189,7 @@ impl Engine {
     }
 
     /// The patient key with empty strings as NULL: a row whose key is either has no patient.
-    fn linked_key(&self, q: &CheckedQuery) -> Expr {
+    pub(crate) fn linked_key(&self, q: &CheckedQuery) -> Expr {
         let is_string = self
             .catalogue()
             .datasets
@@ -385,7 +419,7 @@ impl Engine {
 
     /// Runs a plan under this query's own memory limit: a query that needs more is refused
     /// as too large, without touching what other queries use.
-    async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream, Refusal> {
+    pub(crate) async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream, Refusal> {
         let base = self.catalogue.ctx.runtime_env();
         let limit = (self.policy.max_query_memory_mb as usize).saturating_mul(1024 * 1024);
         let runtime = Arc::new(RuntimeEnv {
@@ -401,7 +435,7 @@ impl Engine {
 }
 
 /// The group key of one result row: its first `ngroups` columns as wire literals.
-fn group_keys(batch: &RecordBatch, ngroups: usize, row: usize) -> Result<Vec<pb::Literal>, Refusal> {
+pub(crate) fn group_keys(batch: &RecordBatch, ngroups: usize, row: usize) -> Result<Vec<pb::Literal>, Refusal> {
     (0..ngroups)
         .map(|g| {
             let v = ScalarValue::try_from_array(batch.column(g), row).map_err(internal)?;
@@ -410,11 +444,11 @@ fn group_keys(batch: &RecordBatch, ngroups: usize, row: usize) -> Result<Vec<pb:
         .collect()
 }
 
-fn encode_keys(keys: &[pb::Literal]) -> Vec<u8> {
+pub(crate) fn encode_keys(keys: &[pb::Literal]) -> Vec<u8> {
     pb::GroupPartial { keys: keys.to_vec(), aggregates: vec![] }.encode_to_vec()
 }
 
-fn bin_expr(column: &str, spec: &BinSpec) -> Expr {
+pub(crate) fn bin_expr(column: &str, spec: &BinSpec) -> Expr {
     match spec {
         BinSpec::Fixed { start, width, count } => {
             bin_udf(BinKind::Fixed).call(vec![ident(column), lit(*start), lit(*width), lit(*count as i64)])
@@ -427,7 +461,7 @@ fn bin_expr(column: &str, spec: &BinSpec) -> Expr {
     }
 }
 
-fn grouping_expr(g: &CheckedGrouping) -> Expr {
+pub(crate) fn grouping_expr(g: &CheckedGrouping) -> Expr {
     match g {
         CheckedGrouping::Column { column, .. } => ident(column),
         CheckedGrouping::Bins { column, spec } => bin_expr(column, spec),

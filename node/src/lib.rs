@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod config;
 pub mod engine;
 pub mod link;
+pub mod private;
 pub mod refusal;
 
 pub use catalogue::Catalogue;
@@ -82,6 +83,12 @@ impl Node {
             audit: None,
             audit_metrics,
         }
+    }
+
+    /// Gives the node its noise key and budget ledger (the dp and feasibility profiles).
+    pub fn with_privacy(mut self, privacy: private::Privacy) -> Self {
+        self.engine = self.engine.with_privacy(privacy);
+        self
     }
 
     /// Records every request in `log` from now on; `peer` is the coordinator's name.
@@ -178,7 +185,20 @@ impl Node {
             None => Policy::default(),
         };
         let catalogue = Catalogue::open(&config.datasets).await?;
-        let node = Self::new(config.site.clone(), catalogue, policy, tokens);
+        let profile = policy.profile;
+        let mut node = Self::new(config.site.clone(), catalogue, policy, tokens);
+        if profile.is_private() {
+            let (key, ledger) = (config.noise_key.clone(), config.ledger.clone());
+            let privacy = tokio::task::spawn_blocking(move || private::Privacy::load(&key, &ledger))
+                .await
+                .map_err(|e| ConfigError::Invalid(format!("loading the privacy state stopped: {e}")))?
+                .map_err(ConfigError::Invalid)?;
+            node = node.with_privacy(privacy);
+        } else if profile == verbund_policies::Profile::TestOnlyRaw {
+            tracing::warn!(
+                "policy profile test-only-raw: this node releases RAW, UNPROTECTED numbers; for synthetic test data only"
+            );
+        }
         let settings = config.audit.clone();
         let hook = node.audit_metrics().on_commit();
         let log = tokio::task::spawn_blocking(move || settings.open(Some(hook)))

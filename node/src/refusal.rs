@@ -42,6 +42,18 @@ pub enum Refusal {
          find the reason in the node's log"
     )]
     AuditUnavailable { site: String },
+    /// The request cannot be answered under the site's privacy profile (missing bounds or
+    /// levels, or not a feasibility query where only those are answered).
+    #[error(transparent)]
+    Privacy(#[from] verbund_policies::PrivacyRefusal),
+    /// The project's privacy budget at this site cannot pay for the query.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    #[error(
+        "this site's policy releases numbers with differential privacy, but the node has no noise key \
+         or privacy ledger; its operators must set noise_key and ledger in the node's configuration"
+    )]
+    PrivacyUnconfigured,
     /// What went wrong is in the site's log, not in the answer.
     #[error("the site could not execute this query (the error is in the site's log)")]
     Internal,
@@ -85,9 +97,12 @@ impl Refusal {
         match self {
             Refusal::InvalidRequest(_) => C::InvalidRequest,
             Refusal::Unauthenticated { .. } => C::Unauthenticated,
-            Refusal::PermissionDenied(_) | Refusal::NotAnAuditor { .. } | Refusal::AuditReadsNotAllowed { .. } => {
-                C::Policy
-            }
+            Refusal::PermissionDenied(_)
+            | Refusal::NotAnAuditor { .. }
+            | Refusal::AuditReadsNotAllowed { .. }
+            | Refusal::Privacy(_) => C::Policy,
+            Refusal::BudgetExhausted(_) => C::ResourceExhausted,
+            Refusal::PrivacyUnconfigured => C::Unavailable,
             Refusal::BadAuditRequest(_) => C::InvalidRequest,
             Refusal::ResourceExhausted(_) => C::ResourceExhausted,
             Refusal::Cancelled => C::Cancelled,
@@ -106,6 +121,9 @@ impl Refusal {
 pub fn outcome_label(outcome: &Result<pb::PartialResult, Refusal>) -> &'static str {
     use pb::RefusalCode as C;
     let Err(refusal) = outcome else { return "answered" };
+    if let Refusal::BudgetExhausted(_) = refusal {
+        return "budget_exhausted";
+    }
     match refusal.code() {
         C::InvalidRequest => "invalid_request",
         C::Policy => "policy",

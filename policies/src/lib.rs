@@ -221,16 +221,25 @@ mod tests {
         assert!(Policy::from_toml("min_cell_size = \"five\"").is_err());
     }
 
+    const EXAMPLES: [&str; 4] = [
+        include_str!("../examples/default.toml"),
+        include_str!("../examples/registry-strict.toml"),
+        include_str!("../examples/feasibility.toml"),
+        include_str!("../examples/test-only-raw.toml"),
+    ];
+
     #[test]
     fn example_policies_parse() {
-        for text in [include_str!("../examples/default.toml"), include_str!("../examples/registry-strict.toml")] {
-            Policy::from_toml(text).unwrap();
-        }
+        let profiles: Vec<Profile> = EXAMPLES.iter().map(|text| Policy::from_toml(text).unwrap().profile).collect();
+        assert_eq!(profiles, [Profile::Dp, Profile::Dp, Profile::Feasibility, Profile::TestOnlyRaw]);
+        let raw = EXAMPLES[3].replace("i_understand_this_releases_raw_numbers = true", "");
+        let err = Policy::from_toml(&raw).unwrap_err().to_string();
+        assert!(err.contains("i_understand_this_releases_raw_numbers = true"), "{err}");
     }
 
     #[test]
     fn what_is_written_reads_back_the_same() {
-        for text in [include_str!("../examples/default.toml"), include_str!("../examples/registry-strict.toml")] {
+        for text in EXAMPLES {
             let policy = Policy::from_toml(text).unwrap();
             let written = policy.to_toml().unwrap();
             assert_eq!(Policy::from_toml(&written).unwrap(), policy, "{written}");

@@ -286,14 +286,49 @@ impl Network {
     }
 
     /// A node of this network (its verifier trusts this network's identity provider), with
-    /// an audit log of its own in the PKI's directory, as every node has.
+    /// an audit log, a noise key and a budget ledger of its own in the PKI's directory, as
+    /// every node has.
     pub fn node(&self, site: &str, catalogue: Catalogue, policy: Policy) -> Node {
+        let n = unique();
+        let privacy = self.privacy(&format!("{site}-{n}"));
+        self.node_with_privacy(site, catalogue, policy, privacy)
+    }
+
+    fn node_with_privacy(
+        &self,
+        site: &str,
+        catalogue: Catalogue,
+        policy: Policy,
+        privacy: verbund_node::private::Privacy,
+    ) -> Node {
         let n = unique();
         let settings = verbund_audit::AuditSettings::in_dir(&self.pki.dir.path().join(format!("audit/{site}-{n}")));
         let node = Node::new(site, catalogue, policy, self.pki.verifier());
         let hook = node.audit_metrics().on_commit();
         let log = settings.open(Some(hook)).expect("a test audit log");
-        node.with_audit(Arc::new(log), Some("127.0.0.1".into()))
+        node.with_audit(Arc::new(log), Some("127.0.0.1".into())).with_privacy(privacy)
+    }
+
+    /// A fresh noise key and budget ledger in the PKI's directory, as every node has.
+    pub fn privacy(&self, name: &str) -> verbund_node::private::Privacy {
+        let dir = self.pki.dir.path().join("privacy");
+        std::fs::create_dir_all(&dir).expect("privacy directory");
+        let key = dir.join(format!("{name}.key"));
+        verbund_node::private::write_noise_key(&key).expect("a noise key");
+        verbund_node::private::Privacy::load(&key, &dir.join(format!("{name}.redb"))).expect("privacy state")
+    }
+
+    /// A node like [`Network::node`] whose noise key is fixed (`key` repeated), so that its
+    /// noisy answers are the same in every run: tests of noise cannot flake.
+    pub fn node_with_noise_key(&self, site: &str, catalogue: Catalogue, policy: Policy, key: u8) -> Node {
+        let dir = self.pki.dir.path().join("privacy");
+        std::fs::create_dir_all(&dir).expect("privacy directory");
+        let ledger = dir.join(format!("{site}-{}.redb", unique()));
+        let privacy = verbund_node::private::Privacy {
+            key: verbund_policies::noise::NoiseKey::from_bytes(&[key; 32]).expect("a noise key"),
+            ledger: Arc::new(verbund_ledger::Ledger::open(&ledger).expect("a ledger")),
+        };
+        self.node_with_privacy(site, catalogue, policy, privacy)
     }
 
     /// Link options for a site: its certificate, quick heartbeats, redials and TLS checks.

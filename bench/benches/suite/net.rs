@@ -56,6 +56,8 @@ impl PolicyValues {
             min_cell_size: self.min_cell_size,
             max_groups: self.max_groups,
             max_concurrent_queries: self.max_concurrent_queries,
+            // Exact numbers: these sections measure the network, not the noise (see `--only privacy`).
+            profile: verbund_policies::Profile::KOnly,
             ..Policy::default()
         };
         policy.projects.push(ProjectRule { roles: vec!["researcher".into()], ..ProjectRule::everything(PROJECT) });

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nodes and a real coordinator in-process on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attacks;
 mod audit;
 mod bad_queries;
 mod disclosure;
