@@ -21,9 +21,14 @@ pub const QUERIES: &[(&str, &str)] = &[
          WHERE icd10_group = 'E11' AND age > 65 GROUP BY sex",
     ),
     (
-        "HbA1c (%) by sex: mean and spread, merged exactly from per-site partial aggregates",
-        "SELECT sex, count(*) AS measurements, avg(value) AS mean_hba1c, stddev_samp(value) AS sd_hba1c \
-         FROM observations WHERE name = 'hba1c' GROUP BY sex",
+        "Body-mass index by sex: mean and spread, finished at the coordinator from each site's noisy parts \
+         (bounds [10, 60], one row per patient)",
+        "SELECT sex, count(*) AS patients, avg(bmi) AS mean_bmi, stddev_samp(bmi) AS sd_bmi FROM patients GROUP BY sex",
+    ),
+    (
+        "Asked again: the same numbers at no new cost (the noise is fixed per question and data, so \
+         repeating a question cannot average it away)",
+        "SELECT sex, count(*) AS patients, avg(bmi) AS mean_bmi, stddev_samp(bmi) AS sd_bmi FROM patients GROUP BY sex",
     ),
     (
         "Patients by age group (20-year bins)",
@@ -34,12 +39,14 @@ pub const QUERIES: &[(&str, &str)] = &[
         "SELECT sex, histogram(bmi, 15, 5, 6) AS bmi_15_to_45 FROM patients WHERE age >= 18 AND bmi IS NOT NULL GROUP BY sex",
     ),
     (
-        "Systolic blood pressure by age band",
+        "Systolic blood pressure by age band (lab values share the bounds [0, 400] of the observations' \
+         value column, so these carry more noise than the BMI above)",
         "SELECT bin_edges(age, 18, 40, 65, 120) AS age_band, avg(value) AS mean_sbp, var_samp(value) AS var_sbp \
          FROM observations WHERE name = 'systolic_bp' GROUP BY age_band",
     ),
     (
-        "A fine grouping: the very old by region, sex and smoking (cells under 5 patients are withheld at each site)",
+        "A fine grouping: the very old by region, sex and smoking (a cell needs 5 patients, and under \
+         differential privacy a noisy count above the floor's threshold, so small cells stay hidden)",
         "SELECT region, sex, smoker, count(DISTINCT patient_id) AS patients FROM patients WHERE age >= 90 GROUP BY region, sex, smoker",
     ),
     (

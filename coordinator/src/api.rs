@@ -294,8 +294,9 @@ fn profile_notes(outcomes: &[SiteOutcome]) -> Vec<String> {
             .iter()
             .filter_map(|o| {
                 let c = o.partial.as_ref()?.cost?;
-                let spent = if c.repeat { "a repeat, no new cost".to_string() } else { format!("ε {}", c.epsilon) };
-                Some(format!("{}: {spent}, ε {:.3} left", o.site, c.epsilon_left))
+                let spent =
+                    if c.repeat { "asked before, no new cost".to_string() } else { format!("spent ε {}", c.epsilon) };
+                Some(format!("{}: {spent}, ε {} left", o.site, c.epsilon_left))
             })
             .collect();
         notes.push(format!(

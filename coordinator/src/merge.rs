@@ -73,7 +73,10 @@ impl NoisyParts {
 #[derive(Debug, Clone)]
 enum Acc {
     /// Exact counts add as they are; noisy ones (signed) too, clamped at 0 when finished.
-    Count { total: Option<i128>, noisy: bool },
+    Count {
+        total: Option<i128>,
+        noisy: bool,
+    },
     Sum {
         count: u64,
         int: i128,
@@ -348,7 +351,7 @@ fn finish_aggregate(
         }
         (K::Sum | K::SumOfProducts, Acc::Sum { count, int, float, noisy: Some(n), .. }) => {
             // Rounded, not truncated, where the column is an integer one.
-            let sum = (*count > 0 || n.count > 0.0).then(|| *float + *int as f64 + n.sum);
+            let sum = (*count > 0 || n.count > 0.0).then_some(*float + *int as f64 + n.sum);
             match data_type {
                 datafusion::arrow::datatypes::DataType::Int64 => ScalarValue::Int64(sum.map(|s| s.round() as i64)),
                 _ => ScalarValue::Float64(sum),
@@ -362,9 +365,9 @@ fn finish_aggregate(
             match (*count, *is_float) {
                 (0, _) => ScalarValue::Float64(None),
                 (_, true) => ScalarValue::Float64(Some(*float + *int as f64)),
-                (_, false) => ScalarValue::Int64(Some(
-                    i64::try_from(*int).map_err(|_| MergeError::Overflow("the merged sum"))?,
-                )),
+                (_, false) => {
+                    ScalarValue::Int64(Some(i64::try_from(*int).map_err(|_| MergeError::Overflow("the merged sum"))?))
+                }
             }
         }
         (K::Mean, Acc::Sum { count, int, float, is_float, noisy: None }) => ScalarValue::Float64(match *count {
@@ -384,9 +387,7 @@ fn finish_aggregate(
         (K::VarianceSample, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_sample()),
         (K::VariancePopulation, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_population()),
         (K::StddevSample, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_sample().map(f64::sqrt)),
-        (K::StddevPopulation, Acc::Moments(m, None)) => {
-            ScalarValue::Float64(m.variance_population().map(f64::sqrt))
-        }
+        (K::StddevPopulation, Acc::Moments(m, None)) => ScalarValue::Float64(m.variance_population().map(f64::sqrt)),
         (K::Histogram, Acc::Histogram(counts, noisy)) => {
             let counts = counts
                 .iter()

@@ -3,6 +3,7 @@
 //! checker. Nothing leaves this module except what `verbund_policies::release` built.
 
 use crate::catalogue::Catalogue;
+use crate::private::{Privacy, cost_of, shape_of};
 use crate::refusal::{Exhausted, Refusal};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
@@ -21,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Semaphore;
-use crate::private::{Privacy, cost_of, shape_of};
 use verbund_policies::noise::Seed;
 use verbund_policies::{Access, CandidateAggregate, CandidateGroup, Policy, Profile};
 use verbund_proto::v1 as pb;
@@ -134,7 +134,9 @@ impl Engine {
         let Some(plan) = private else {
             let out = self.compute(&checked).await?;
             if self.policy.profile == Profile::TestOnlyRaw {
-                tracing::warn!("released RAW, UNPROTECTED numbers (policy profile test-only-raw: for synthetic test data only)");
+                tracing::warn!(
+                    "released RAW, UNPROTECTED numbers (policy profile test-only-raw: for synthetic test data only)"
+                );
             }
             return Ok(out);
         };

@@ -338,6 +338,10 @@ async fn answer(
         Ok(p) => (p.withheld_groups, p.withheld_bins),
         Err(_) => (0, 0),
     };
+    if let Ok(pb::PartialResult { cost: Some(cost), .. }) = &outcome {
+        let project = q.identity.as_ref().map(|i| i.project.as_str()).unwrap_or_default();
+        node.metrics().privacy_spent(project, cost.epsilon);
+    }
     node.metrics().query_finished(outcome_label(&outcome), started.elapsed(), withheld_groups, withheld_bins);
     let outcome = match outcome {
         Ok(answer) => pb::query_result::Outcome::Answer(answer),

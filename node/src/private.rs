@@ -123,12 +123,9 @@ pub fn shape_of<'a>(q: &'a CheckedQuery, catalogue: &pb::Catalogue) -> Shape<'a>
                 AggregateShape::Sum { column, integer: integer(column) }
             }
             CheckedAggregate::Moments { column, .. } => AggregateShape::Moments { column, integer: integer(column) },
-            CheckedAggregate::SumOfProducts { left, right, .. } => AggregateShape::Products {
-                left,
-                right,
-                left_integer: integer(left),
-                right_integer: integer(right),
-            },
+            CheckedAggregate::SumOfProducts { left, right, .. } => {
+                AggregateShape::Products { left, right, left_integer: integer(left), right_integer: integer(right) }
+            }
             CheckedAggregate::Histogram { column, .. } => AggregateShape::Histogram { column },
         })
         .collect();
@@ -252,9 +249,7 @@ impl Engine {
                     let product = units_expr(&left.column, left) * units_expr(&right.column, right);
                     aggr.push(count(product.clone()).alias(agg_alias(j, "_n")));
                     aggr.push(sum(product).alias(agg_alias(j, "_s")));
-                    aggr.push(
-                        contributors(vec![ident(&left.column), ident(&right.column)])?.alias(agg_alias(j, "_c")),
-                    );
+                    aggr.push(contributors(vec![ident(&left.column), ident(&right.column)])?.alias(agg_alias(j, "_c")));
                 }
                 _ => return Err(Refusal::internal("an aggregate does not match its privacy plan")),
             }

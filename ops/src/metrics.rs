@@ -39,6 +39,7 @@ pub struct NodeMetrics {
     withheld_bins: Counter,
     connected: Gauge,
     connects: Counter,
+    epsilon_spent: Family<[(&'static str, String); 1], Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl NodeMetrics {
@@ -87,6 +88,19 @@ impl NodeMetrics {
                 "Links established to the coordinator (more than one means reconnects)",
                 Counter::default(),
             ),
+            epsilon_spent: registered(
+                registry,
+                "verbund_node_privacy_epsilon_spent",
+                "Privacy budget (ε) this site's answers cost, by project (repeats cost nothing)",
+                Family::default(),
+            ),
+        }
+    }
+
+    /// Counts what an answer cost a project's privacy budget.
+    pub fn privacy_spent(&self, project: &str, epsilon: f64) {
+        if epsilon > 0.0 {
+            self.epsilon_spent.get_or_create(&[("project", project.to_string())]).inc_by(epsilon);
         }
     }
 

@@ -58,13 +58,28 @@ pub struct Shape<'a> {
 pub enum AggregateShape<'a> {
     CountRows,
     CountPatients,
-    Count { column: &'a str },
+    Count {
+        column: &'a str,
+    },
     /// Sums and means: count and sum of the clipped values.
-    Sum { column: &'a str, integer: bool },
+    Sum {
+        column: &'a str,
+        integer: bool,
+    },
     /// Variances: count, sum and sum of squares.
-    Moments { column: &'a str, integer: bool },
-    Products { left: &'a str, right: &'a str, left_integer: bool, right_integer: bool },
-    Histogram { column: &'a str },
+    Moments {
+        column: &'a str,
+        integer: bool,
+    },
+    Products {
+        left: &'a str,
+        right: &'a str,
+        left_integer: bool,
+        right_integer: bool,
+    },
+    Histogram {
+        column: &'a str,
+    },
 }
 
 /// How the node turns a column's values into integer units: clip to [low, high], subtract
@@ -94,8 +109,18 @@ pub enum AggregatePlan {
     /// The cell's own patient count (the plan's `patients`).
     Patients,
     Count(Noisy),
-    Sum { count: Noisy, sum: Scale, units: Units, squares: Option<Scale> },
-    Products { count: Noisy, sum: Scale, left: Units, right: Units },
+    Sum {
+        count: Noisy,
+        sum: Scale,
+        units: Units,
+        squares: Option<Scale>,
+    },
+    Products {
+        count: Noisy,
+        sum: Scale,
+        left: Units,
+        right: Units,
+    },
     Histogram(Noisy),
 }
 
@@ -129,10 +154,10 @@ impl Policy {
         }
         let empty = DatasetRule::default();
         let rule = self.dataset_rule(shape.dataset).unwrap_or(&empty);
-        if self.profile == Profile::Feasibility {
-            if let Some(a) = shape.aggregates.iter().find(|a| !matches!(a, AggregateShape::CountPatients)) {
-                return Err(PrivacyRefusal::FeasibilityOnly { what: describe(a) });
-            }
+        if self.profile == Profile::Feasibility
+            && let Some(a) = shape.aggregates.iter().find(|a| !matches!(a, AggregateShape::CountPatients))
+        {
+            return Err(PrivacyRefusal::FeasibilityOnly { what: describe(a) });
         }
         let mut levels = Vec::new();
         for column in &shape.group_columns {
@@ -203,7 +228,11 @@ impl Policy {
                 AggregateShape::Sum { column, integer } | AggregateShape::Moments { column, integer } => {
                     let units = units(column, integer, true)?;
                     let squares = matches!(a, AggregateShape::Moments { .. }).then(|| {
-                        Scale::laplace(m64.saturating_mul(units.bound.saturating_mul(units.bound)), parts, epsilon_micro)
+                        Scale::laplace(
+                            m64.saturating_mul(units.bound.saturating_mul(units.bound)),
+                            parts,
+                            epsilon_micro,
+                        )
                     });
                     AggregatePlan::Sum {
                         count: noisy(m64, value_floor),
@@ -239,13 +268,8 @@ impl Policy {
     /// settings gives new noise (and a new charge) for every question.
     pub fn mechanism_digest(&self, dataset: &str) -> Vec<u8> {
         let rule = self.dataset_rule(dataset);
-        let described = format!(
-            "v{MECHANISM_VERSION}|{}|k={}|{:?}|{:?}",
-            self.profile.label(),
-            self.min_cell_size,
-            self.dp,
-            rule
-        );
+        let described =
+            format!("v{MECHANISM_VERSION}|{}|k={}|{:?}|{:?}", self.profile.label(), self.min_cell_size, self.dp, rule);
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, described.as_bytes()).as_ref().to_vec()
     }
 }
@@ -352,7 +376,9 @@ pub fn release_private_group(
                 Some(n) => count(policy, n),
                 None => return Err("the plan has no patient count".into()),
             },
-            (AggregatePlan::Rows(p), TrueAggregate::Rows(rows)) => count(policy, rows.saturating_add(noise.laplace(p.scale)?)),
+            (AggregatePlan::Rows(p), TrueAggregate::Rows(rows)) => {
+                count(policy, rows.saturating_add(noise.laplace(p.scale)?))
+            }
             (AggregatePlan::Count(p), TrueAggregate::Count { count: n, contributors }) => {
                 let noisy = n.saturating_add(noise.laplace(p.scale)?);
                 if passes(value_floor(policy, plan), contributors, noisy, p.threshold) {
@@ -361,7 +387,10 @@ pub fn release_private_group(
                     withheld()
                 }
             }
-            (AggregatePlan::Sum { count: c, sum, units, squares }, TrueAggregate::Sum { count: n, sum: s, squares: s2, contributors }) => {
+            (
+                AggregatePlan::Sum { count: c, sum, units, squares },
+                TrueAggregate::Sum { count: n, sum: s, squares: s2, contributors },
+            ) => {
                 let noisy_n = n.saturating_add(noise.laplace(c.scale)?);
                 let noisy_s = s.saturating_add(noise.laplace(*sum)?);
                 let noisy_s2 = match squares {
@@ -386,7 +415,10 @@ pub fn release_private_group(
                     withheld()
                 }
             }
-            (AggregatePlan::Products { count: c, sum, left, right }, TrueAggregate::Sum { count: n, sum: s, contributors, .. }) => {
+            (
+                AggregatePlan::Products { count: c, sum, left, right },
+                TrueAggregate::Sum { count: n, sum: s, contributors, .. },
+            ) => {
                 let noisy_n = n.saturating_add(noise.laplace(c.scale)?);
                 let noisy_s = s.saturating_add(noise.laplace(*sum)?);
                 let unit = left.unit * right.unit;
@@ -414,7 +446,9 @@ pub fn release_private_group(
                     let noisy = rows.saturating_add(noise.laplace(p.scale)?);
                     let bin_patients = patients.get(i).copied().unwrap_or(0);
                     match policy.visible_count(noisy) {
-                        Some(c) if passes(value_floor(policy, plan), bin_patients, noisy, p.threshold) => released.push(c),
+                        Some(c) if passes(value_floor(policy, plan), bin_patients, noisy, p.threshold) => {
+                            released.push(c)
+                        }
                         _ => {
                             released.push(0);
                             withheld_bins.push(i as u32);
@@ -523,7 +557,10 @@ mod tests {
     fn small_cells_are_withheld_on_the_true_count_and_large_ones_get_noise() {
         let p = policy(BOUNDED);
         let plan = p
-            .plan_private(&shape(vec![AggregateShape::CountPatients, AggregateShape::Sum { column: "bmi", integer: false }], vec!["sex"]))
+            .plan_private(&shape(
+                vec![AggregateShape::CountPatients, AggregateShape::Sum { column: "bmi", integer: false }],
+                vec!["sex"],
+            ))
             .unwrap()
             .unwrap();
         let cell = |patients: u64| TrueCell {
@@ -546,8 +583,12 @@ mod tests {
     #[test]
     fn a_single_patient_cannot_dominate_a_released_sum() {
         // Bounds [0, 1e6] on a column where the cell's sum is small: one patient could be most of it.
-        let p = policy("[[dataset]]\nname = \"patients\"\none_row_per_patient = true\nbounds = { cost = [0, 1000000] }");
-        let plan = p.plan_private(&shape(vec![AggregateShape::Sum { column: "cost", integer: true }], vec![])).unwrap().unwrap();
+        let p =
+            policy("[[dataset]]\nname = \"patients\"\none_row_per_patient = true\nbounds = { cost = [0, 1000000] }");
+        let plan = p
+            .plan_private(&shape(vec![AggregateShape::Sum { column: "cost", integer: true }], vec![]))
+            .unwrap()
+            .unwrap();
         let cell = |sum_units: i64| TrueCell {
             keys: vec![],
             patients: 100_000,

@@ -94,8 +94,7 @@ impl ScalarUDFImpl for RowOrder {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays: Vec<ArrayRef> =
-            args.args.iter().map(|a| a.to_array(args.number_rows)).collect::<Result<_>>()?;
+        let arrays: Vec<ArrayRef> = args.args.iter().map(|a| a.to_array(args.number_rows)).collect::<Result<_>>()?;
         let mut hashes = vec![0u64; args.number_rows];
         create_hashes(&arrays, &RandomState::with_seed(0x7665_7262), &mut hashes)?;
         Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(hashes))))

@@ -170,9 +170,22 @@ pub struct Setup {
 }
 
 pub async fn setup(pki: &verbund_tests::Pki, path: &Path) -> anyhow::Result<Setup> {
+    setup_with(pki, path, verbund_tests::open_policy(5), None).await
+}
+
+/// Like [`setup`], with the node under `policy` (and, for the private profiles, `privacy`).
+pub async fn setup_with(
+    pki: &verbund_tests::Pki,
+    path: &Path,
+    policy: verbund_policies::Policy,
+    privacy: Option<verbund_node::private::Privacy>,
+) -> anyhow::Result<Setup> {
     let dataset = crate::net::dataset_config(crate::data::TABLE, path)?;
     let catalogue = Catalogue::open(&[dataset]).await?;
-    let node = Node::new("bench-site", catalogue, verbund_tests::open_policy(5), pki.verifier());
+    let mut node = Node::new("bench-site", catalogue, policy, pki.verifier());
+    if let Some(privacy) = privacy {
+        node = node.with_privacy(privacy);
+    }
     let raw = datafusion::prelude::SessionContext::new();
     let path_str = path.to_str().ok_or_else(|| anyhow::anyhow!("data path is not UTF-8"))?;
     raw.register_parquet(crate::data::TABLE, path_str, datafusion::prelude::ParquetReadOptions::default()).await?;

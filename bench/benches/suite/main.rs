@@ -13,6 +13,7 @@ mod audit;
 mod data;
 mod exec;
 mod net;
+mod privacy;
 mod sys;
 
 use anyhow::{Context, bail};
@@ -33,7 +34,7 @@ const USAGE: &str = "cargo bench -p verbund-bench [-- OPTIONS]
   --seconds N          length of each throughput run (default 10)
   --audit-records N    records each appender appends in the audit runs (default 2000)
   --audit-runs N       Node::handle runs with and without the audit log (default 400)
-  --only LIST          comma-separated sections: exec, latency, load, audit (default: all)
+  --only LIST          comma-separated sections: exec, privacy, latency, load, audit (default: all)
   --exec-filter TEXT   run only the execution queries whose id contains TEXT (e.g. b_grouped)
   --exec-side SIDE     both (default), node or raw: time one side only (for profiling)
   --explain            print DataFusion's physical plan of each raw execution query
@@ -207,6 +208,13 @@ async fn run(o: Options) -> anyhow::Result<()> {
         results["execution"] = section.1;
     }
 
+    if o.runs("privacy") {
+        let section = privacy_section(&o, &pki).await?;
+        println!("{}", section.0);
+        report.push_str(&section.0);
+        results["privacy"] = section.1;
+    }
+
     // One policy for the network runs, as a hospital might set it: the shipped defaults
     // (policies/examples/default.toml).
     let policy = net::PolicyValues { min_cell_size: 5, max_groups: 10_000, max_concurrent_queries: 8 };
@@ -332,6 +340,23 @@ async fn run(o: Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", o.out.display()))?;
     println!("Results: {}", o.out.display());
     Ok(())
+}
+
+async fn privacy_section(o: &Options, pki: &verbund_tests::Pki) -> anyhow::Result<(String, Value)> {
+    // The dp plan sorts each patient's rows: a smaller file keeps the section to minutes.
+    let rows = o.rows.min(1_000_000);
+    let (path, _) = data::cached(&o.data_dir, rows, o.seed)?;
+    let dir = tempfile::tempdir()?;
+    let setup = privacy::setup(pki, &path, dir.path()).await?;
+    let timing = privacy::timing(&setup, o.iterations).await?;
+    let questions = if o.quick { 20 } else { 100 };
+    let utility = privacy::utility(&setup, questions, o.seed).await?;
+    let text = format!(
+        "\n## Differential privacy: the node's time and the answers' utility ({rows} rows, {} timed rounds)\n\n{}",
+        o.iterations,
+        privacy::markdown(&timing, &utility, questions)
+    );
+    Ok((text, json!({ "rows": rows, "section": privacy::json(&timing, &utility) })))
 }
 
 async fn exec_section(o: &Options, pki: &verbund_tests::Pki) -> anyhow::Result<(String, Value)> {

@@ -74,11 +74,8 @@ fn dp_policy(budget: f64) -> Policy {
 }
 
 fn raw_policy() -> Policy {
-    let policy = Policy {
-        profile: Profile::TestOnlyRaw,
-        i_understand_this_releases_raw_numbers: true,
-        ..Policy::default()
-    };
+    let policy =
+        Policy { profile: Profile::TestOnlyRaw, i_understand_this_releases_raw_numbers: true, ..Policy::default() };
     policy.allowing(PROJECT)
 }
 
@@ -139,11 +136,9 @@ async fn differencing_estimates(network: &Network) -> Vec<(f64, f64)> {
             ask(network, &format!("SELECT sum(bmi) AS s, count(*) AS n FROM cohort WHERE ward = 'A' AND age <> {age}"))
                 .await;
         // The tracker: two overlapping cohorts whose difference is the target.
-        let (with, _) = ask(
-            network,
-            &format!("SELECT sum(bmi) AS s FROM cohort WHERE ward = 'A' AND (age < 60 OR age = {age})"),
-        )
-        .await;
+        let (with, _) =
+            ask(network, &format!("SELECT sum(bmi) AS s FROM cohort WHERE ward = 'A' AND (age < 60 OR age = {age})"))
+                .await;
         let (without, _) = ask(network, "SELECT sum(bmi) AS s FROM cohort WHERE ward = 'A' AND age < 60").await;
         let value = |b: &RecordBatch| float(b, 0, 0).unwrap_or_else(|| panic!("target {i}: no sum in {b:?}"));
         let by_difference = value(&all) - value(&less_one);
