@@ -129,6 +129,13 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
     if let Err(status) = client.query(authorized(other, &token)?).await {
         println!("refused ({:?}): {}\n", status.code(), status.message());
     }
+    println!("== What the demo project has left of its privacy budget at each site (`verbund sites`)\n");
+    let listed = client
+        .list_sites(authorized(pb::ListSitesRequest { project: setup::DEMO_PROJECT.into() }, &token)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}\n", render::sites(&listed, OutputFormat::Table)?);
 
     show_audit(&connection, &layout, &mut client, &token).await?;
 

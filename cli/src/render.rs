@@ -122,6 +122,26 @@ pub fn response(r: &pb::QueryResponse, format: OutputFormat) -> anyhow::Result<S
     }
 }
 
+/// "project: ε 8 of 10, renews in 12 d" per project.
+fn budgets(budgets: &[pb::ProjectBudget]) -> String {
+    budgets
+        .iter()
+        .map(|b| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let days = ((b.renews_at - now).max(0) as u64).div_ceil(86_400);
+            format!("{}: ε {} of {}, renews in {days} d", b.project, round3(b.epsilon_left), round3(b.epsilon))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<String> {
     let type_name = |t: i32| pb::ColumnType::try_from(t).map(verbund_query::literal::type_name).unwrap_or("unknown");
     match format {
@@ -140,12 +160,17 @@ pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<
                         if s.connected { "connected".into() } else { "disconnected".into() },
                         format_ms(s.last_seen_unix_ms),
                         s.min_cell_size.to_string(),
+                        s.profile.clone(),
+                        budgets(&s.budgets),
                         expiry(s.certificate_not_after_unix),
                         datasets,
                     ]
                 })
                 .collect();
-            let mut out = text_table(&["site", "state", "last seen", "k", "certificate expires", "datasets"], &rows);
+            let mut out = text_table(
+                &["site", "state", "last seen", "k", "privacy", "budget left", "certificate expires", "datasets"],
+                &rows,
+            );
             out.push_str(&format!(
                 "\ncoordinator certificate expires {}",
                 expiry(r.coordinator_certificate_not_after_unix)
@@ -190,6 +215,11 @@ pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<
                         "min_cell_size": s.min_cell_size,
                         "remote_addr": s.remote_addr,
                         "certificate_not_after_unix": s.certificate_not_after_unix,
+                        "profile": s.profile,
+                        "budgets": s.budgets.iter().map(|b| json!({
+                            "project": b.project, "epsilon_left": b.epsilon_left, "delta_left": b.delta_left,
+                            "epsilon": b.epsilon, "delta": b.delta, "period_days": b.period_days, "renews_at_unix": b.renews_at,
+                        })).collect::<Vec<_>>(),
                         "datasets": datasets,
                     })
                 })

@@ -105,6 +105,7 @@ impl Coordinator {
             }
             .into());
         }
+        self.quotas().admit(&claims.sub, std::time::Instant::now())?;
         let query_id =
             if request.query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.query_id.clone() };
         if !valid_query_id(&query_id) {
@@ -176,7 +177,12 @@ impl Coordinator {
                 }
             }
         }
+        let rules = &self.config().network;
+        let suppressed = merger.apply_network_rules(rules.min_total, rules.min_sites);
         for o in &outcomes {
+            if let Some(cost) = o.partial.as_ref().and_then(|p| p.cost.as_ref()) {
+                self.sites().note_cost(&o.site, &request.project, cost);
+            }
             // Per-site withheld counts are for operators (log, metrics), never for the researcher.
             let (groups, bins, values) =
                 o.partial.as_ref().map(|p| (p.withheld_groups, p.withheld_bins, p.withheld_values)).unwrap_or_default();
@@ -184,7 +190,8 @@ impl Coordinator {
             info!(site = %o.site, outcome = site_outcome_label(o.outcome), withheld_groups = groups, withheld_bins = bins, withheld_values = values, "site result");
         }
         let batch = merger.finish()?;
-        let notes = notes(&plan, &outcomes);
+        let mut notes = notes(&plan, &outcomes);
+        notes.extend(network_notes(rules, suppressed));
         let response = pb::QueryResponse {
             query_id,
             arrow_ipc: encode_ipc(&batch)?,
@@ -269,6 +276,24 @@ fn notes(plan: &crate::frontend::FederatedPlan, outcomes: &[SiteOutcome]) -> Vec
             "{} withheld at sites in the groups shown (counted over all sites); a value or bin that no site \
              released is NULL",
             withheld_parts.join(" and ")
+        ));
+    }
+    notes
+}
+
+/// What the network's own rules left out.
+fn network_notes(rules: &crate::config::NetworkRules, suppressed: crate::merge::NetworkSuppression) -> Vec<String> {
+    let mut notes = Vec::new();
+    if suppressed.groups > 0 {
+        notes.push(format!(
+            "{} group(s) left out: fewer than {} sites released numbers for them (this network's minimum)",
+            suppressed.groups, rules.min_sites
+        ));
+    }
+    if suppressed.values > 0 {
+        notes.push(format!(
+            "{} number(s) below threshold: fewer than {} values behind them across the network, shown as NULL",
+            suppressed.values, rules.min_total
         ));
     }
     notes

@@ -50,6 +50,26 @@ pub struct CoordinatorConfig {
     /// The coordinator's audit log (`[audit]`); by default in `audit/` beside this file.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Network-level disclosure rules and researchers' quotas (`[network]`), on top of each
+    /// site's own checks (which they never replace).
+    #[serde(default)]
+    pub network: NetworkRules,
+}
+
+/// What the coordinator checks on merged answers, and how much one researcher may ask.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkRules {
+    /// A merged count (patients, rows, values, a histogram bin) below this is released as
+    /// "below threshold", and so are means and variances over fewer values (the MII: 20).
+    /// 0: off.
+    pub min_total: u64,
+    /// A group is shown only with numbers from at least this many sites; fewer, and it is
+    /// left out (this also keeps single-site figures from researchers). 0 or 1: off.
+    pub min_sites: u32,
+    /// Questions one researcher may ask per minute and per week; 0: no limit.
+    pub queries_per_minute: u32,
+    pub queries_per_week: u32,
 }
 
 fn drain() -> Duration {
@@ -78,6 +98,7 @@ impl CoordinatorConfig {
             sites,
             default_timeout: default_timeout(),
             max_timeout: max_timeout(),
+            network: NetworkRules::default(),
             tls_reload: tls_reload(),
             ops_listen: None,
             drain: drain(),

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod frontend;
 pub mod link;
 pub mod merge;
+pub mod quota;
 pub mod sites;
 
 use parking_lot::Mutex;
@@ -75,6 +76,8 @@ pub enum RequestError {
     SiteRefused { site: String, code: verbund_proto::v1::RefusalCode, message: String },
     #[error("site {site} did not answer: {why}")]
     SiteUnreachable { site: String, why: String },
+    #[error(transparent)]
+    OverQuota(#[from] quota::OverQuota),
 }
 
 /// What a researcher's token does not allow.
@@ -114,6 +117,7 @@ impl RequestError {
             RequestError::Merge(_) => Code::Internal,
             RequestError::Unauthenticated(_) => Code::Unauthenticated,
             RequestError::PermissionDenied(_) => Code::PermissionDenied,
+            RequestError::OverQuota(_) => Code::ResourceExhausted,
         }
     }
 
@@ -132,6 +136,7 @@ impl RequestError {
             RequestError::PermissionDenied(_) => "forbidden",
             RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => "unavailable",
             RequestError::Merge(_) => "failed",
+            RequestError::OverQuota(_) => "over_quota",
         }
     }
 }
@@ -216,6 +221,7 @@ pub struct Coordinator {
     /// them after the servers stopped, and says which were still running.
     tasks: TaskTracker,
     audit: Option<audit::CoordinatorAudit>,
+    quotas: quota::Quotas,
 }
 
 impl Coordinator {
@@ -241,6 +247,7 @@ impl Coordinator {
         let audit = Some(audit::CoordinatorAudit::new(log, audit_metrics));
         Ok(Arc::new(Self {
             audit,
+            quotas: quota::Quotas::new(config.network.queries_per_minute, config.network.queries_per_week),
             sites: Arc::new(SiteRegistry::with_gauge(metrics.sites_connected())),
             metrics,
             metrics_registry: Arc::new(metrics_registry),
@@ -291,6 +298,10 @@ impl Coordinator {
 
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
+    }
+
+    pub fn quotas(&self) -> &quota::Quotas {
+        &self.quotas
     }
 
     pub fn metrics(&self) -> &CoordinatorMetrics {

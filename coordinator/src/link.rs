@@ -97,7 +97,7 @@ impl NodeLink for LinkService {
                             Some(pb::node_message::Kind::AuditResult(result)) => {
                                 registry.deliver_audit(&site, connection, result)
                             }
-                            Some(pb::node_message::Kind::Heartbeat(_)) => {}
+                            Some(pb::node_message::Kind::Heartbeat(beat)) => registry.set_budgets(&site, beat.budgets),
                             Some(pb::node_message::Kind::Hello(_)) | None => {
                                 warn!(site = %site, "unexpected message on the link ignored")
                             }

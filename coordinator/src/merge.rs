@@ -162,7 +162,50 @@ pub struct Merger<'a> {
     expected: Vec<(pb::AggregateKind, usize)>,
     /// The accumulators a new group starts with.
     empty: Vec<Acc>,
-    groups: BTreeMap<Vec<KeyValue>, Vec<Acc>>,
+    groups: BTreeMap<Vec<KeyValue>, (Vec<Acc>, u32)>,
+}
+
+/// What the network-level rules left out of a merged answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkSuppression {
+    /// Groups with numbers from fewer than `min_sites` sites.
+    pub groups: usize,
+    /// Numbers (and histogram bins) below `min_total`.
+    pub values: usize,
+}
+
+impl Acc {
+    /// The number of values behind an accumulator (noisy counts included), if it has any.
+    fn total(&self) -> Option<f64> {
+        match self {
+            Acc::Count { total, .. } => total.map(|t| t as f64),
+            Acc::Sum { count, noisy, .. } => Some(*count as f64 + noisy.map(|n| n.count).unwrap_or(0.0)),
+            Acc::Moments(m, noisy) => Some(m.count as f64 + noisy.map(|n| n.count).unwrap_or(0.0)),
+            Acc::Histogram(..) => None,
+        }
+    }
+
+    /// Withholds what is below `min_total`; returns how many numbers that were.
+    fn suppress_below(&mut self, min_total: f64, empty: &Acc) -> usize {
+        if let Acc::Histogram(bins, _) = self {
+            let mut n = 0;
+            for bin in bins.iter_mut().filter(|b| b.is_some_and(|c| (c as f64) < min_total)) {
+                *bin = None;
+                n += 1;
+            }
+            return n;
+        }
+        match self.total() {
+            Some(t) if t < min_total => {
+                *self = empty.clone();
+                if let Acc::Count { total, .. } = self {
+                    *total = None;
+                }
+                1
+            }
+            _ => 0,
+        }
+    }
 }
 
 impl<'a> Merger<'a> {
@@ -236,7 +279,8 @@ impl<'a> Merger<'a> {
     pub fn add(&mut self, partial: &pb::PartialResult) {
         for g in &partial.groups {
             let key: Vec<KeyValue> = g.keys.iter().cloned().map(KeyValue).collect();
-            let accs = self.groups.entry(key).or_insert_with(|| self.empty.clone());
+            let (accs, sites) = self.groups.entry(key).or_insert_with(|| (self.empty.clone(), 0));
+            *sites += 1;
             for (acc, p) in accs.iter_mut().zip(&g.aggregates) {
                 match (acc, &p.state) {
                     (Acc::Count { total, .. }, Some(State::Count(c))) => {
@@ -276,6 +320,26 @@ impl<'a> Merger<'a> {
         }
     }
 
+    /// The network's own floors, after every site's answer is in: groups need numbers from
+    /// `min_sites` sites, and numbers `min_total` values behind them (post-processing of what
+    /// the sites released; it never replaces their checks).
+    pub fn apply_network_rules(&mut self, min_total: u64, min_sites: u32) -> NetworkSuppression {
+        let mut out = NetworkSuppression::default();
+        if min_sites > 1 {
+            let before = self.groups.len();
+            self.groups.retain(|_, (_, sites)| *sites >= min_sites);
+            out.groups = before - self.groups.len();
+        }
+        if min_total > 0 {
+            for (accs, _) in self.groups.values_mut() {
+                for (acc, empty) in accs.iter_mut().zip(&self.empty) {
+                    out.values += acc.suppress_below(min_total as f64, empty);
+                }
+            }
+        }
+        out
+    }
+
     pub fn finish(self) -> Result<RecordBatch, MergeError> {
         let schema = self.plan.schema.clone();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.outputs.len());
@@ -284,7 +348,7 @@ impl<'a> Merger<'a> {
             let values = self
                 .groups
                 .iter()
-                .map(|(key, accs)| match source {
+                .map(|(key, (accs, _))| match source {
                     Source::Group(g) => Ok(literal_to_scalar(&key[*g].0, data_type)?),
                     Source::Aggregate(a) => finish_aggregate(&self.plan.request.aggregates[*a], &accs[*a], data_type),
                 })

@@ -46,6 +46,9 @@ struct SiteEntry {
     last_seen_ms: u64,
     certificate_not_after_unix: i64,
     connection: Option<Connection>,
+    profile: String,
+    /// Each project's privacy budget at the site, as of its last heartbeat or answer.
+    budgets: Vec<pb::ProjectBudget>,
 }
 
 /// Who looks at the sites: an operator sees everything a site announced, with its network
@@ -94,6 +97,8 @@ impl SiteRegistry {
             last_seen_ms: now,
             certificate_not_after_unix,
             connection: Some(Connection { id, tx, pending: HashMap::new() }),
+            profile: hello.profile.clone(),
+            budgets: hello.budgets.clone(),
         };
         let old = {
             let mut sites = self.lock();
@@ -152,6 +157,23 @@ impl SiteRegistry {
     pub fn touch(&self, site: &str) {
         if let Some(entry) = self.lock().get_mut(site) {
             entry.last_seen_ms = verbund_proto::unix_ms();
+        }
+    }
+
+    /// A site's latest budgets (from its heartbeat).
+    pub fn set_budgets(&self, site: &str, budgets: Vec<pb::ProjectBudget>) {
+        if let Some(entry) = self.lock().get_mut(site) {
+            entry.budgets = budgets;
+        }
+    }
+
+    /// What an answer says is left of `project`'s budget at `site`, kept until the next
+    /// heartbeat.
+    pub fn note_cost(&self, site: &str, project: &str, cost: &pb::PrivacyCost) {
+        if let Some(b) = self.lock().get_mut(site).and_then(|e| e.budgets.iter_mut().find(|b| b.project == project)) {
+            b.epsilon_left = cost.epsilon_left;
+            b.delta_left = cost.delta_left;
+            b.renews_at = cost.renews_at;
         }
     }
 
@@ -255,6 +277,15 @@ impl SiteRegistry {
             .lock()
             .iter()
             .map(|(name, e)| {
+                let budgets = e
+                    .budgets
+                    .iter()
+                    .filter(|b| match view {
+                        View::Operator => true,
+                        View::Projects(projects) => projects.contains(&b.project),
+                    })
+                    .cloned()
+                    .collect();
                 let (catalogue, remote_addr) = match view {
                     View::Operator => (e.catalogue.clone(), e.remote_addr.clone()),
                     View::Projects(projects) => {
@@ -275,6 +306,8 @@ impl SiteRegistry {
                     min_cell_size: e.min_cell_size,
                     remote_addr,
                     certificate_not_after_unix: e.certificate_not_after_unix,
+                    profile: e.profile.clone(),
+                    budgets,
                 }
             })
             .collect();

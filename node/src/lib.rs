@@ -303,6 +303,52 @@ impl Node {
             catalogue: Some(self.engine.catalogue().clone()),
             min_cell_size: self.engine.policy().min_cell_size,
             project_views: self.engine.policy().project_views(self.engine.catalogue()),
+            profile: self.engine.policy().profile.label().into(),
+            budgets: Vec::new(),
+        }
+    }
+
+    /// What each project of the policy has left of its privacy budget here (none without a
+    /// ledger). A ledger that cannot be read is logged and reported as nothing.
+    pub async fn budgets(&self) -> Vec<pb::ProjectBudget> {
+        let Some(privacy) = self.engine.privacy() else { return Vec::new() };
+        let policy = self.engine.policy();
+        if !policy.profile.is_private() {
+            return Vec::new();
+        }
+        let Ok(allowance) = private::allowance(policy) else { return Vec::new() };
+        let projects: Vec<String> = policy.projects.iter().map(|p| p.name.clone()).collect();
+        let ledger = privacy.ledger.clone();
+        let period_days = policy.budget.period_days;
+        let read = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now();
+            projects
+                .into_iter()
+                .map(|project| {
+                    let r = ledger.remaining(&project, &allowance, now)?;
+                    Ok(pb::ProjectBudget {
+                        project,
+                        epsilon_left: r.left.epsilon(),
+                        delta_left: r.left.delta(),
+                        epsilon: allowance.per_period.epsilon(),
+                        delta: allowance.per_period.delta(),
+                        period_days,
+                        renews_at: private::unix_seconds(r.renews_at),
+                    })
+                })
+                .collect::<Result<Vec<_>, verbund_ledger::LedgerError>>()
+        })
+        .await;
+        match read {
+            Ok(Ok(budgets)) => budgets,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the privacy ledger");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the privacy ledger stopped");
+                Vec::new()
+            }
         }
     }
 

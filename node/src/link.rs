@@ -175,7 +175,9 @@ async fn session(
         .max_encoding_message_size(options.max_message_bytes);
 
     let (tx, rx) = mpsc::channel::<pb::NodeMessage>(256);
-    tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(node.hello())) })
+    let mut hello = node.hello();
+    hello.budgets = node.budgets().await;
+    tx.send(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) })
         .await
         .map_err(|_| LinkError::SendClosed)?;
     let mut inbound = client.attach(ReceiverStream::new(rx)).await.map_err(LinkError::Refused)?.into_inner();
@@ -236,7 +238,8 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let beat = pb::NodeMessage { kind: Some(pb::node_message::Kind::Heartbeat(pb::Heartbeat { unix_ms: verbund_proto::unix_ms() })) };
+                let beat = pb::Heartbeat { unix_ms: verbund_proto::unix_ms(), budgets: node.budgets().await };
+                let beat = pb::NodeMessage { kind: Some(pb::node_message::Kind::Heartbeat(beat)) };
                 tx.send(beat).await.map_err(|_| LinkError::SendClosed)?;
             }
             message = inbound.message() => {

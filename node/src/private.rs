@@ -413,6 +413,10 @@ pub fn cost_of(cost: Cost, debit: &Debit) -> pb::PrivacyCost {
         repeat,
         epsilon_left: debit.left().epsilon(),
         delta_left: debit.left().delta(),
-        renews_at: debit.renews_at().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+        renews_at: unix_seconds(debit.renews_at()),
     }
+}
+
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

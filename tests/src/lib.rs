@@ -235,6 +235,11 @@ async fn start_coordinator(config: CoordinatorConfig, listeners: Listeners) -> (
 impl Network {
     /// A coordinator (mutual TLS, tokens) that accepts the named sites.
     pub async fn start(sites: &[&str]) -> Self {
+        Self::start_with_rules(sites, Default::default()).await
+    }
+
+    /// Like [`Network::start`], with the coordinator's network-level rules and quotas.
+    pub async fn start_with_rules(sites: &[&str], network: verbund_coordinator::config::NetworkRules) -> Self {
         let pki = Pki::new();
         // The coordinator's two loopback listeners, bound here once and kept: the coordinator
         // serves on these very sockets.
@@ -253,6 +258,7 @@ impl Network {
             ops_listen: None,
             drain: Duration::from_secs(5),
             audit: verbund_audit::AuditSettings::in_dir(&pki.dir.path().join("audit/coordinator")),
+            network,
         };
         let (coordinator, server) = start_coordinator(config.clone(), Listeners::Bound { node, api }).await;
         Self {

@@ -7,11 +7,12 @@
 use datafusion::arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::Int64Type;
 use std::sync::Arc;
+use verbund_coordinator::config::NetworkRules;
 use verbund_policies::{DatasetRule, Level, Policy, Profile};
 use verbund_proto::v1 as pb;
 use verbund_tests::{Network, PROJECT, memory_catalogue};
 
-const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
+pub(crate) const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
 /// Planted targets live at site-a: ages 90..90+TARGETS (nobody else is that old), BMI
 /// 41.5 + i (nobody else is above 40), ward A.
 const TARGETS: usize = 10;
@@ -22,7 +23,7 @@ fn target_bmi(i: usize) -> f64 {
 
 /// One site's cohort: ward A and B, ages 20..79, BMI 18..40, one row per patient; plus the
 /// planted targets at site-a, and a rare ward "C" of 3 patients at every site.
-fn cohort(site: usize) -> RecordBatch {
+pub(crate) fn cohort(site: usize) -> RecordBatch {
     let (mut ids, mut ward, mut age, mut bmi) = (vec![], vec![], vec![], vec![]);
     for i in 0..600 {
         ids.push(format!("s{site}-p{i}"));
@@ -55,7 +56,7 @@ fn cohort(site: usize) -> RecordBatch {
 
 /// The research default: differential privacy, minimum cell size 5, with the cohort's bounds
 /// and levels declared.
-fn dp_policy(budget: f64) -> Policy {
+pub(crate) fn dp_policy(budget: f64) -> Policy {
     let mut policy = Policy::default().allowing(PROJECT);
     policy.budget.epsilon = budget;
     // Every question with a floor also costs δ 1e-7: room for as many as ε allows.
@@ -73,22 +74,26 @@ fn dp_policy(budget: f64) -> Policy {
     policy
 }
 
-fn raw_policy() -> Policy {
+pub(crate) fn raw_policy() -> Policy {
     let policy =
         Policy { profile: Profile::TestOnlyRaw, i_understand_this_releases_raw_numbers: true, ..Policy::default() };
     policy.allowing(PROJECT)
 }
 
-fn k_only_policy() -> Policy {
+pub(crate) fn k_only_policy() -> Policy {
     Policy::with_min_cell_size(5).unwrap().allowing(PROJECT)
 }
 
-async fn network(policy: Policy) -> Network {
+pub(crate) async fn network(policy: Policy) -> Network {
     network_and_nodes(policy).await.0
 }
 
-async fn network_and_nodes(policy: Policy) -> (Network, Vec<Arc<verbund_node::Node>>) {
-    let mut network = Network::start(&SITES).await;
+pub(crate) async fn network_and_nodes(policy: Policy) -> (Network, Vec<Arc<verbund_node::Node>>) {
+    network_with_rules(policy, NetworkRules::default()).await
+}
+
+pub(crate) async fn network_with_rules(policy: Policy, rules: NetworkRules) -> (Network, Vec<Arc<verbund_node::Node>>) {
+    let mut network = Network::start_with_rules(&SITES, rules).await;
     let mut nodes = Vec::new();
     for (i, site) in SITES.iter().enumerate() {
         let catalogue = memory_catalogue("cohort", vec![cohort(i)], &["ward", "age", "bmi"]);
@@ -99,20 +104,20 @@ async fn network_and_nodes(policy: Policy) -> (Network, Vec<Arc<verbund_node::No
     (network, nodes)
 }
 
-async fn ask(network: &Network, sql: &str) -> (RecordBatch, pb::QueryResponse) {
+pub(crate) async fn ask(network: &Network, sql: &str) -> (RecordBatch, pb::QueryResponse) {
     network.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// How many sites answered (a refusal at every site is still a response, with the reasons).
-fn answered(response: &pb::QueryResponse) -> usize {
+pub(crate) fn answered(response: &pb::QueryResponse) -> usize {
     response.sites.iter().filter(|s| s.outcome == pb::SiteOutcome::Answered as i32).count()
 }
 
-fn refusals(response: &pb::QueryResponse) -> Vec<&str> {
+pub(crate) fn refusals(response: &pb::QueryResponse) -> Vec<&str> {
     response.sites.iter().filter(|s| s.outcome == pb::SiteOutcome::Refused as i32).map(|s| s.message.as_str()).collect()
 }
 
-fn float(batch: &RecordBatch, column: usize, row: usize) -> Option<f64> {
+pub(crate) fn float(batch: &RecordBatch, column: usize, row: usize) -> Option<f64> {
     let c = batch.column(column);
     if row >= batch.num_rows() || c.is_null(row) {
         return None;

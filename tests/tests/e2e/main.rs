@@ -9,6 +9,7 @@ mod exactness;
 mod hostile_inputs;
 mod misbehaving;
 mod operations;
+mod privacy_network;
 mod proxy;
 mod resilience;
 mod security;
