@@ -41,13 +41,25 @@ pub struct Privacy {
 }
 
 impl Privacy {
-    /// Reads the noise key and opens (or creates) the ledger, saying which file is wrong and
-    /// what to do.
+    /// Reads the noise key (creating it, 0600, on first start) and opens (or creates) the
+    /// ledger, saying which file is wrong and what to do.
+    ///
+    /// Creating a key is safe even after one was lost: the ledger identifies a request by a
+    /// digest under the key, so under a new key every question is new and charged again,
+    /// and no repeat gets fresh noise for free.
     pub fn load(key: &std::path::Path, ledger: &std::path::Path) -> Result<Self, String> {
+        if !key.exists() {
+            if let Some(dir) = key.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create the noise key's directory {}: {e}", dir.display()))?;
+            }
+            write_noise_key(key).map_err(|e| format!("cannot create the noise key {}: {e}", key.display()))?;
+            tracing::info!(key = %key.display(), "created the noise key (keep it with the ledger; never share it)");
+        }
         let bytes = std::fs::read(key).map_err(|e| {
             format!(
-                "cannot read the noise key {}: {e}; `verbund generate` writes one, or create 32 random bytes \
-                 (head -c 32 /dev/urandom > noise.key; chmod 600 noise.key)",
+                "cannot read the noise key {}: {e}; it must be readable by the node's user only \
+                 (or absent, to be created on start)",
                 key.display()
             )
         })?;
