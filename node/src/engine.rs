@@ -12,7 +12,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::functions::core::expr_fn::nullif;
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
+use datafusion::functions::math::expr_fn::abs;
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{DataFrame, ident, lit};
@@ -164,6 +165,18 @@ impl Engine {
     /// Refuses, before anything runs, a query that could make this node compute more
     /// numbers than the policy allows: possible groups × (aggregates + histogram bins).
     fn check_cells(&self, q: &CheckedQuery) -> Result<(), Refusal> {
+        for g in &q.groupings {
+            let (column, levels) = match g {
+                CheckedGrouping::Bins { column, spec } => (column, spec.len() as u64 + 1),
+                CheckedGrouping::Column { column, .. } => match self.policy.declared_levels(&q.dataset, column) {
+                    Some(n) => (column, n as u64 + 1),
+                    None => continue,
+                },
+            };
+            if levels > u64::from(self.policy.max_levels) {
+                return Err(Exhausted::Levels { column: column.clone(), levels, limit: self.policy.max_levels }.into());
+            }
+        }
         let max_groups = u64::from(self.policy.max_groups);
         let groups = q
             .groupings
@@ -364,6 +377,13 @@ impl Engine {
                 self.histogram(q, &group_exprs, column, spec, &index, &mut groups, j).await?;
             }
         }
+        if self.policy.profile == Profile::KOnly {
+            for (j, a) in q.aggregates.iter().enumerate() {
+                if let Some(value) = summed_value(a) {
+                    self.dominance(q, &group_exprs, value, &index, &mut groups, j).await?;
+                }
+            }
+        }
         for group in groups {
             if let Some(g) = verbund_policies::release_group(&self.policy, group, &mut out) {
                 out.groups.push(g);
@@ -419,6 +439,63 @@ impl Engine {
         Ok(())
     }
 
+    /// The dominance rule with exact numbers (profile k-only): a sum, mean or cross-product
+    /// is withheld where one patient makes up more than `dominance_share` of the sum of its
+    /// patients' absolute contributions. Rows without a patient key count as one patient
+    /// together, which can only withhold more.
+    #[allow(clippy::too_many_arguments)]
+    async fn dominance(
+        &self,
+        q: &CheckedQuery,
+        group_exprs: &[Expr],
+        value: Expr,
+        released: &HashMap<Vec<u8>, usize>,
+        groups: &mut [CandidateGroup],
+        aggregate: usize,
+    ) -> Result<(), Refusal> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let ngroups = group_exprs.len();
+        let mut per_patient = group_exprs.to_vec();
+        per_patient.push(self.linked_key(q).alias("__patient"));
+        let aliases: Vec<Expr> = (0..ngroups).map(|i| datafusion::prelude::col(group_alias(i))).collect();
+        let df = self
+            .filtered(q)
+            .await?
+            .aggregate(per_patient, vec![sum(abs(value)).alias("__contribution")])
+            .and_then(|df| {
+                df.aggregate(
+                    aliases,
+                    vec![
+                        max(datafusion::prelude::col("__contribution")).alias("__largest"),
+                        sum(datafusion::prelude::col("__contribution")).alias("__total"),
+                    ],
+                )
+            })
+            .map_err(internal)?;
+        let mut stream = self.execute(df).await?;
+        let share = self.policy.dp.dominance_share;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(internal)?;
+            let largest = batch.column(ngroups).as_primitive::<Float64Type>();
+            let total = batch.column(ngroups + 1).as_primitive::<Float64Type>();
+            for row in 0..batch.num_rows() {
+                if largest.is_null(row) || largest.value(row) <= share * total.value(row) {
+                    continue;
+                }
+                let Some(&g) = released.get(&encode_keys(&group_keys(&batch, ngroups, row)?)) else { continue };
+                if let Some(CandidateAggregate::Contributed { contributors, .. }) =
+                    groups[g].aggregates.get_mut(aggregate)
+                {
+                    // Withheld like a value with too few contributors: nothing else tells them apart.
+                    *contributors = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a plan under this query's own memory limit: a query that needs more is refused
     /// as too large, without touching what other queries use.
     pub(crate) async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream, Refusal> {
@@ -448,6 +525,19 @@ pub(crate) fn group_keys(batch: &RecordBatch, ngroups: usize, row: usize) -> Res
 
 pub(crate) fn encode_keys(keys: &[pb::Literal]) -> Vec<u8> {
     pb::GroupPartial { keys: keys.to_vec(), aggregates: vec![] }.encode_to_vec()
+}
+
+/// The per-row value a sum-type aggregate adds up, for the dominance rule.
+fn summed_value(a: &CheckedAggregate) -> Option<Expr> {
+    match a {
+        CheckedAggregate::Sum { column, .. } | CheckedAggregate::Mean { column, .. } => {
+            Some(cast(ident(column), DataType::Float64))
+        }
+        CheckedAggregate::SumOfProducts { left, right, .. } => {
+            Some(cast(ident(left), DataType::Float64) * cast(ident(right), DataType::Float64))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) fn bin_expr(column: &str, spec: &BinSpec) -> Expr {

@@ -74,6 +74,11 @@ pub enum Exhausted {
          more than this site's limit of {limit}; group more coarsely, or use fewer histograms or bins"
     )]
     Cells { cells: u64, limit: u64 },
+    #[error(
+        "grouping by '{column}' makes {levels} levels (NULL included), more than this site's limit of {limit} \
+         (max_levels); use wider bins or fewer levels"
+    )]
+    Levels { column: String, levels: u64, limit: u32 },
     #[error("the answer would release more groups than this site's limit of {limit}; group more coarsely or filter")]
     Groups { limit: u32 },
     #[error(

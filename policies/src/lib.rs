@@ -33,6 +33,7 @@ pub const DEFAULT_MAX_CONCURRENT_QUERIES: u32 = 8;
 pub const DEFAULT_MAX_QUEUED_QUERIES: u32 = 64;
 pub const DEFAULT_MAX_QUERY_MEMORY_MB: u32 = 512;
 pub const DEFAULT_MAX_CELLS: u64 = 10_000_000;
+pub const DEFAULT_MAX_LEVELS: u32 = 200;
 
 /// The rules a site's own staff set. Every field has a safe default, so an empty file is
 /// a valid (strict enough) policy.
@@ -63,6 +64,10 @@ pub struct Policy {
     /// (aggregates + histogram bins), where the possible groups are the product of the bin
     /// counts of binned groupings, capped by `max_groups`.
     pub max_cells: u64,
+    /// Upper bound on the levels of one grouping: the bins of a binned grouping, or the
+    /// declared levels of a column (NULL included). Fine groupings single people out; with
+    /// the minimum cell size they also leave most cells withheld.
+    pub max_levels: u32,
     /// Whether auditors (tokens with the role `auditor`) may read and verify this site's
     /// audit log through the coordinator. Off by default: the site's own operators can always
     /// read it locally (`verbund audit`).
@@ -90,6 +95,7 @@ impl Default for Policy {
             max_queued_queries: DEFAULT_MAX_QUEUED_QUERIES,
             max_query_memory_mb: DEFAULT_MAX_QUERY_MEMORY_MB,
             max_cells: DEFAULT_MAX_CELLS,
+            max_levels: DEFAULT_MAX_LEVELS,
             remote_audit_reads: false,
             projects: Vec::new(),
             dp: DpSettings::default(),
@@ -139,8 +145,8 @@ impl Policy {
         if self.max_query_memory_mb == 0 {
             return Err(Error::Invalid("max_query_memory_mb must be at least 1".into()));
         }
-        if self.max_cells == 0 {
-            return Err(Error::Invalid("max_cells must be at least 1".into()));
+        if self.max_cells == 0 || self.max_levels == 0 {
+            return Err(Error::Invalid("max_cells and max_levels must be at least 1".into()));
         }
         if self.profile == Profile::TestOnlyRaw && !self.i_understand_this_releases_raw_numbers {
             return Err(Error::Invalid(
@@ -192,6 +198,11 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// The declared levels of a grouping column, if the site declared them.
+    pub fn declared_levels(&self, dataset: &str, column: &str) -> Option<usize> {
+        self.datasets.iter().find(|d| d.name == dataset).and_then(|d| d.levels.get(column)).map(Vec::len)
     }
 
     /// Whether a number with `patients` distinct contributing patients may be released.

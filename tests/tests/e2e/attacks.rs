@@ -281,6 +281,31 @@ async fn a_withheld_cell_cannot_be_recovered_from_totals() {
     let noisy = recover(network(dp_policy(10.0)).await).await;
     let hits = noisy.iter().filter(|e| (**e - 9.0).abs() < 0.5).count();
     assert!(hits <= 1, "under DP the difference is noise: {noisy:?}");
+
+    // From one answer: a count beside a histogram whose middle bin (three targets) is withheld.
+    let from_one_answer = |network: Network| async move {
+        let mut estimates = Vec::new();
+        for i in 0..5 {
+            let sql = format!(
+                "SELECT count(bmi) AS n, histogram_edges(bmi, 10, 41, 44, 60) AS h FROM cohort WHERE age < {}",
+                200 + i
+            );
+            let (batch, _) = ask(&network, &sql).await;
+            let list = batch.column(1).as_list::<i32>().value(0);
+            let bins = list.as_primitive::<Int64Type>();
+            let released: f64 = (0..bins.len()).filter(|b| !bins.is_null(*b)).map(|b| bins.value(b) as f64).sum();
+            estimates.push(float(&batch, 0, 0).unwrap() - released);
+        }
+        estimates
+    };
+    let exact = from_one_answer(network(k_only_policy()).await).await;
+    assert!(
+        exact.iter().all(|e| *e == 3.0),
+        "k-only: the count minus the released bins is the withheld bin: {exact:?}"
+    );
+    let noisy = from_one_answer(network(dp_policy(10.0)).await).await;
+    let hits = noisy.iter().filter(|e| (**e - 3.0).abs() < 0.5).count();
+    assert!(hits <= 1, "under DP the difference is noise: {noisy:?}");
 }
 
 /// Two bin systems on one column in one query: their difference isolates one value's range.
@@ -406,4 +431,38 @@ async fn answers_say_how_they_were_protected_and_what_they_cost() {
         assert_eq!(answered.record.privacy_profile.as_deref(), Some("dp"));
         assert_eq!(answered.record.privacy_cost, Some(1.0));
     }
+}
+
+/// The dominance rule with exact numbers (k-only): a cell whose sum is mostly one patient's
+/// value is withheld; without the rule (raw) the sum gives that patient's value away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sum_dominated_by_one_patient_is_withheld() {
+    let ward_of_ten = || {
+        let ids: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        let bmi: Vec<f64> = (0..10).map(|i| if i == 0 { 5000.0 } else { 20.0 }).collect();
+        RecordBatch::try_from_iter([
+            ("patient_id", Arc::new(StringArray::from(ids)) as _),
+            ("ward", Arc::new(StringArray::from(vec!["D"; 10])) as _),
+            ("age", Arc::new(Int64Array::from(vec![50i64; 10])) as _),
+            ("bmi", Arc::new(Float64Array::from(bmi)) as _),
+        ])
+        .unwrap()
+    };
+    let sums = |policy: Policy| async move {
+        let mut network = Network::start(&SITES[..1]).await;
+        let catalogue = memory_catalogue("cohort", vec![cohort(1), ward_of_ten()], &["ward", "age", "bmi"]);
+        network.add_node(network.node(SITES[0], catalogue, policy)).await;
+        let (batch, _) =
+            ask(&network, "SELECT ward, count(*) AS n, sum(bmi) AS s, avg(bmi) AS m FROM cohort GROUP BY ward").await;
+        let wards = batch.column(0).as_string::<i32>();
+        let d = (0..batch.num_rows()).find(|r| wards.value(*r) == "D").expect("ward D is large enough to show");
+        let a = (0..batch.num_rows()).find(|r| wards.value(*r) == "A").unwrap();
+        (float(&batch, 1, d), float(&batch, 2, d), float(&batch, 3, d), float(&batch, 2, a))
+    };
+    let (n, sum, mean, _) = sums(raw_policy()).await;
+    assert_eq!((n, sum, mean), (Some(10.0), Some(5180.0), Some(518.0)), "raw: the sum is mostly one patient's BMI");
+    let (n, sum, mean, other) = sums(k_only_policy()).await;
+    assert_eq!(n, Some(10.0), "the ward itself is shown");
+    assert_eq!((sum, mean), (None, None), "k-only: the dominated sum and mean are withheld");
+    assert!(other.is_some(), "an ordinary ward's sum is released");
 }
