@@ -79,8 +79,38 @@ config's own directory does not matter.
 {{- define "verbund.paths.policy" -}}/etc/verbund/policy{{- end -}}
 {{- define "verbund.paths.proxyCredentials" -}}/etc/verbund/proxy{{- end -}}
 {{- define "verbund.paths.proxyCa" -}}/etc/verbund/proxy-ca{{- end -}}
-{{/* The audit log's volume: the log in audit/, its signing key apart from it in keys/. */}}
+{{/*
+The writable state volume (the audit PVC): the log in audit/, its signing key apart from it in
+keys/; for a node also its noise key (keys/) and its privacy-budget ledger (privacy/).
+*/}}
 {{- define "verbund.paths.state" -}}/var/lib/verbund{{- end -}}
+
+{{/*
+The node's differential-privacy state on the state volume: top-level keys of node.toml, so
+they come before its first [table]. Both files are created by verbund on first start; the
+defaults (beside the config, a read-only ConfigMap) would keep the node from starting.
+*/}}
+{{- define "verbund.privacyToml" -}}
+noise_key = {{ printf "%s/keys/noise.key" (include "verbund.paths.state" .) | toJson }}
+ledger = {{ printf "%s/privacy/budget.redb" (include "verbund.paths.state" .) | toJson }}
+{{- end -}}
+
+{{/*
+Refuses an inline policy that is not TOML or releases raw numbers (profile "test-only-raw":
+synthetic test data only, never a deployment). A policy in existingConfigMap is not visible
+to the chart. Call with the node values.
+*/}}
+{{- define "verbund.validatePolicy" -}}
+{{- if and .policy.inline (not .policy.existingConfigMap) }}
+{{- $policy := fromToml .policy.inline }}
+{{- if hasKey $policy "Error" }}
+{{- fail (printf "node.policy.inline is not valid TOML: %s" (get $policy "Error")) }}
+{{- end }}
+{{- if eq (toString (get $policy "profile")) "test-only-raw" }}
+{{- fail "node.policy.inline: profile \"test-only-raw\" releases raw, unprotected numbers; it is for tests on synthetic data and is never deployed by this chart (use \"dp\" or \"feasibility\")" }}
+{{- end }}
+{{- end }}
+{{- end -}}
 
 {{/* The [audit] section; call with the role's audit values. */}}
 {{- define "verbund.auditToml" -}}
@@ -118,7 +148,8 @@ metadata:
   {{- if or $p.keepOnUninstall $p.annotations }}
   annotations:
     {{- if $p.keepOnUninstall }}
-    # The audit log outlives the release: `helm uninstall` leaves this claim.
+    # The audit log (and a node's budget ledger and noise key) outlive the release:
+    # `helm uninstall` leaves this claim.
     helm.sh/resource-policy: keep
     {{- end }}
     {{- with $p.annotations }}
