@@ -104,12 +104,7 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         token_file: layout.token_file.clone(),
     };
     let (mut client, token) = connect(&connection).await?;
-    let listed = client
-        .list_sites(authorized(pb::ListSitesRequest { project: setup::DEMO_PROJECT.into() }, &token)?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    println!("{}\n", render::sites(&listed, OutputFormat::Table)?);
+    print_sites(&mut client, &token).await?;
 
     for (title, sql) in QUERIES {
         println!("== {title}\n   {sql}\n");
@@ -130,17 +125,23 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         println!("refused ({:?}): {}\n", status.code(), status.message());
     }
     println!("== What the demo project has left of its privacy budget at each site (`verbund sites`)\n");
-    let listed = client
-        .list_sites(authorized(pb::ListSitesRequest { project: setup::DEMO_PROJECT.into() }, &token)?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    println!("{}\n", render::sites(&listed, OutputFormat::Table)?);
+    print_sites(&mut client, &token).await?;
 
     show_audit(&connection, &layout, &mut client, &token).await?;
 
     shutdown.cancel();
     server.await.context("coordinator task failed")??;
+    Ok(())
+}
+
+/// The sites as the demo project sees them: state, profile, budget left, datasets.
+async fn print_sites(
+    client: &mut verbund_proto::v1::researcher_client::ResearcherClient<tonic::transport::Channel>,
+    token: &str,
+) -> anyhow::Result<()> {
+    let request = authorized(pb::ListSitesRequest { project: setup::DEMO_PROJECT.into() }, token)?;
+    let listed = client.list_sites(request).await.map_err(status_error)?.into_inner();
+    println!("{}\n", render::sites(&listed, OutputFormat::Table)?);
     Ok(())
 }
 

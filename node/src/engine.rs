@@ -408,10 +408,36 @@ impl Engine {
         if released.is_empty() {
             return Ok(());
         }
+        let rows = self.filtered(q).await?;
+        let patients = self.patients_up_to(q, &[column]);
+        self.per_bin(rows, group_exprs, column, spec, patients, released, |g, bin, rows, patients| {
+            if let Some(CandidateAggregate::Histogram { counts, patients: bin_patients }) =
+                groups[g].aggregates.get_mut(aggregate)
+            {
+                counts[bin] = rows.max(0) as u64;
+                bin_patients[bin] = patients;
+            }
+        })
+        .await
+    }
+
+    /// Counts rows and `patients` per (group, bin) of a histogram over `rows`, and hands each
+    /// kept group's figures to `fill(group index, bin, rows, patients)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn per_bin(
+        &self,
+        rows: DataFrame,
+        group_exprs: &[Expr],
+        column: &str,
+        spec: &BinSpec,
+        patients: Expr,
+        kept: &HashMap<Vec<u8>, usize>,
+        mut fill: impl FnMut(usize, usize, i64, u64),
+    ) -> Result<(), Refusal> {
         let mut grouping = group_exprs.to_vec();
         grouping.push(bin_expr(column, spec).alias("__bin"));
-        let aggr = vec![count(ident(column)).alias("__rows"), self.patients_up_to(q, &[column]).alias(PATIENTS)];
-        let df = self.filtered(q).await?.aggregate(grouping, aggr).map_err(internal)?;
+        let aggr = vec![count(ident(column)).alias("__rows"), patients.alias(PATIENTS)];
+        let df = rows.aggregate(grouping, aggr).map_err(internal)?;
         let mut stream = self.execute(df).await?;
         let edge_index: HashMap<u64, usize> = (0..spec.len()).map(|i| (spec.lower_edge(i).to_bits(), i)).collect();
         let ngroups = group_exprs.len();
@@ -424,16 +450,11 @@ impl Engine {
                 if bins.is_null(row) {
                     continue;
                 }
-                let Some(&i) = edge_index.get(&bins.value(row).to_bits()) else {
+                let Some(&bin) = edge_index.get(&bins.value(row).to_bits()) else {
                     return Err(Refusal::internal("histogram bin key does not match its bins"));
                 };
-                let Some(&g) = released.get(&encode_keys(&group_keys(&batch, ngroups, row)?)) else { continue };
-                if let Some(CandidateAggregate::Histogram { counts, patients: bin_patients }) =
-                    groups[g].aggregates.get_mut(aggregate)
-                {
-                    counts[i] = rows.value(row).max(0) as u64;
-                    bin_patients[i] = patients.value(row).max(0) as u64;
-                }
+                let Some(&g) = kept.get(&encode_keys(&group_keys(&batch, ngroups, row)?)) else { continue };
+                fill(g, bin, rows.value(row), patients.value(row).max(0) as u64);
             }
         }
         Ok(())

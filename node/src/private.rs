@@ -9,10 +9,10 @@
 //!    clipped and counted in integer units (exact, order-independent sums);
 //! 4. every cell passes through the policy's checker, which adds the noise.
 
-use crate::engine::{Engine, bin_expr, encode_keys, group_keys, grouping_expr, internal};
+use crate::engine::{Engine, encode_keys, group_keys, grouping_expr, internal};
 use crate::refusal::{Exhausted, Refusal};
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
 use datafusion::functions_window::expr_fn::row_number;
@@ -364,35 +364,16 @@ impl Engine {
         if kept.is_empty() {
             return Ok(());
         }
-        let mut grouping = group_exprs.to_vec();
-        grouping.push(bin_expr(column, spec).alias("__bin"));
-        let aggr = vec![count(ident(column)).alias("__rows"), count_distinct(ident(&q.patient_key)).alias(PATIENTS)];
-        let df = rows.clone().aggregate(grouping, aggr).map_err(internal)?;
-        let mut stream = self.execute(df).await?;
-        let edge_index: HashMap<u64, usize> = (0..spec.len()).map(|i| (spec.lower_edge(i).to_bits(), i)).collect();
-        let ngroups = group_exprs.len();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(internal)?;
-            let bins = batch.column(ngroups).as_primitive::<Float64Type>();
-            let counts = batch.column(ngroups + 1).as_primitive::<Int64Type>();
-            let patients = batch.column(ngroups + 2).as_primitive::<Int64Type>();
-            for row in 0..batch.num_rows() {
-                if bins.is_null(row) {
-                    continue;
-                }
-                let Some(&i) = edge_index.get(&bins.value(row).to_bits()) else {
-                    return Err(Refusal::internal("histogram bin key does not match its bins"));
-                };
-                let Some(&c) = kept.get(&encode_keys(&group_keys(&batch, ngroups, row)?)) else { continue };
-                if let Some(TrueAggregate::Histogram { counts: bin_counts, patients: bin_patients }) =
-                    cells[c].aggregates.get_mut(aggregate)
-                {
-                    bin_counts[i] = counts.value(row);
-                    bin_patients[i] = patients.value(row).max(0) as u64;
-                }
+        let patients = count_distinct(ident(&q.patient_key));
+        self.per_bin(rows.clone(), group_exprs, column, spec, patients, kept, |c, bin, rows, patients| {
+            if let Some(TrueAggregate::Histogram { counts, patients: bin_patients }) =
+                cells[c].aggregates.get_mut(aggregate)
+            {
+                counts[bin] = rows;
+                bin_patients[bin] = patients;
             }
-        }
-        Ok(())
+        })
+        .await
     }
 }
 
