@@ -204,8 +204,12 @@ mod tests {
              groups_released,groups_withheld,duration_ms,privacy_cost,request_hash,release_hash,sql,request,hash,\
              client_query_id,sites"
         );
-        let site =
-            |site: &str, outcome: &str| SiteRelease { site: site.into(), outcome: outcome.into(), release_hash: None };
+        let site = |site: &str, outcome: &str| SiteRelease {
+            site: site.into(),
+            outcome: outcome.into(),
+            release_hash: None,
+            privacy_cost: None,
+        };
         let record =
             Record::new("coordinator", "uuid", Decision::Answered, Requester::default(), serde_json::json!({}))
                 .with_client_query_id("mine")

@@ -602,7 +602,12 @@ mod tests {
     }
 
     fn release(site: &str, outcome: &str, hash: Option<&str>) -> SiteRelease {
-        SiteRelease { site: site.into(), outcome: outcome.into(), release_hash: hash.map(sha256_hex_of) }
+        SiteRelease {
+            site: site.into(),
+            outcome: outcome.into(),
+            release_hash: hash.map(sha256_hex_of),
+            privacy_cost: None,
+        }
     }
 
     fn sha256_hex_of(text: &str) -> String {

@@ -79,7 +79,7 @@ pub struct Refusal {
 
 /// What one site answered within a federated query, as the coordinator logs it: what the
 /// site's own record must match when the two are reconciled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteRelease {
     pub site: String,
     /// The site's outcome (`answered`, `refused`, `timed_out`, ...).
@@ -87,6 +87,10 @@ pub struct SiteRelease {
     /// Hex SHA-256 of the answer the coordinator received from the site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_hash: Option<String>,
+    /// The ε the site's answer cost the project's budget there (differentially private
+    /// profiles; 0 for a repeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_cost: Option<f64>,
 }
 
 /// One audit record, as the caller builds it. The field order here is the order in the log.

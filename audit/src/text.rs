@@ -173,8 +173,11 @@ pub fn describe(entry: &Entry) -> String {
     if let Some(ms) = r.duration_ms {
         field("duration", &format!("{ms} ms"));
     }
+    if let Some(profile) = &r.privacy_profile {
+        field("privacy profile", profile);
+    }
     if let Some(cost) = r.privacy_cost {
-        field("privacy cost", &cost.to_string());
+        field("privacy cost", &format!("ε {cost}"));
     }
     field("request hash", &r.request_hash);
     if !r.sites.is_empty() {
@@ -182,9 +185,17 @@ pub fn describe(entry: &Entry) -> String {
         let rows: Vec<Vec<String>> = r
             .sites
             .iter()
-            .map(|s| vec![s.site.clone(), s.outcome.clone(), s.release_hash.clone().unwrap_or_default()])
+            .map(|s| {
+                let cost = s.privacy_cost.map(|c| format!("ε {c}")).unwrap_or_default();
+                vec![s.site.clone(), s.outcome.clone(), cost, s.release_hash.clone().unwrap_or_default()]
+            })
             .collect();
-        let columns = [Column::left("site", 40), Column::left("outcome", 20), Column::left("release hash", 64)];
+        let columns = [
+            Column::left("site", 40),
+            Column::left("outcome", 20),
+            Column::left("privacy cost", 12),
+            Column::left("release hash", 64),
+        ];
         indent(&mut out, &render_table(&columns, &rows));
     }
     if let Some(sql) = &r.sql {
@@ -334,6 +345,7 @@ mod tests {
                 site: "site-a".into(),
                 outcome: "answered".into(),
                 release_hash: Some("ab".repeat(32)),
+                privacy_cost: Some(1.0),
             }]);
         let text = describe(&entry(7, record.clone()));
         for line in [
@@ -348,7 +360,7 @@ mod tests {
             "duration:         152 ms",
             &format!("release hash:     {}", record.release_hash.as_deref().unwrap()),
             &format!("request hash:     {}", record.request_hash),
-            &format!("  site-a  answered  {}", "ab".repeat(32)),
+            &format!("  site-a  answered  ε 1{}{}", " ".repeat(11), "ab".repeat(32)),
             "request:\n  {\n    \"table\": \"t\"\n  }",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");

@@ -217,8 +217,13 @@ async fn reconcile_finds_a_site_without_the_record_the_coordinator_vouches_for()
     let root = tempfile::tempdir().expect("tempdir");
     let (coordinator, site_a, site_b) = (root.path().join("c"), root.path().join("a"), root.path().join("b"));
     let sites = vec![
-        SiteRelease { site: "site-a".into(), outcome: "answered".into(), release_hash: Some(sha256_hex(b"answer")) },
-        SiteRelease { site: "site-b".into(), outcome: "refused".into(), release_hash: None },
+        SiteRelease {
+            site: "site-a".into(),
+            outcome: "answered".into(),
+            release_hash: Some(sha256_hex(b"answer")),
+            privacy_cost: None,
+        },
+        SiteRelease { site: "site-b".into(), outcome: "refused".into(), release_hash: None, privacy_cost: None },
     ];
     write_log(
         &coordinator,

@@ -59,6 +59,7 @@ fn site_release(o: &SiteOutcome) -> SiteRelease {
         outcome: crate::api::site_outcome_label(o.outcome).to_string(),
         // The site hashed the same encoding before sending it.
         release_hash: o.partial.as_ref().map(|p| sha256_hex(&prost::Message::encode_to_vec(p))),
+        privacy_cost: o.partial.as_ref().and_then(|p| p.cost.as_ref()).map(|c| c.epsilon),
     }
 }
 

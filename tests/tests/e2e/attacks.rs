@@ -431,6 +431,14 @@ async fn answers_say_how_they_were_protected_and_what_they_cost() {
         assert_eq!(answered.record.privacy_profile.as_deref(), Some("dp"));
         assert_eq!(answered.record.privacy_cost, Some(1.0));
     }
+    // The coordinator's record names each site's cost.
+    let dir = dp.coordinator.audit().unwrap().log().dir().to_path_buf();
+    let answered = verbund_audit::entries(&dir, verbund_audit::Filter::default())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| !e.record.sites.is_empty())
+        .expect("the coordinator's record of the answer");
+    assert!(answered.record.sites.iter().all(|s| s.privacy_cost == Some(1.0)), "{:?}", answered.record.sites);
 }
 
 /// The dominance rule with exact numbers (k-only): a cell whose sum is mostly one patient's
