@@ -205,14 +205,16 @@ impl Engine {
         let mut touched: Vec<&str> = q.columns().into_iter().collect();
         touched.retain(|c| *c != q.patient_key);
         touched.sort_unstable();
-        // With no column touched, a patient's rows are all alike to the query: any m will do
-        // (the window still wants an order; the key is constant within a partition).
-        let mut order = vec![ident(&q.patient_key).sort(true, true)];
-        if !touched.is_empty() {
-            order.clear();
-            order.push(row_order_udf().call(touched.iter().map(|c| ident(*c)).collect()).sort(true, true));
-            order.extend(touched.iter().map(|c| ident(*c).sort(true, true)));
-        }
+        // Rows with equal values in the touched columns are alike to the query, so the hash of
+        // those values orders them well enough: which of two equal rows is kept changes
+        // nothing. (Two different rows with the same 64-bit hash are the one, negligible, way
+        // the choice could depend on arrival order.) With no column touched, all of a
+        // patient's rows are alike; the window still wants an order, and the key is constant.
+        let order = if touched.is_empty() {
+            vec![ident(&q.patient_key).sort(true, true)]
+        } else {
+            vec![row_order_udf().call(touched.iter().map(|c| ident(*c)).collect()).sort(true, true)]
+        };
         let rank = row_number()
             .partition_by(vec![ident(&q.patient_key)])
             .order_by(order)
@@ -236,17 +238,32 @@ impl Engine {
         let group_exprs: Vec<Expr> =
             q.groupings.iter().enumerate().map(|(i, g)| grouping_expr(g).alias(format!("__g{i}"))).collect();
         let mut aggr = vec![count_distinct(pk.clone()).alias(PATIENTS)];
-        let contributors = |gates: Vec<Expr>| -> Result<Expr, Refusal> {
-            let all_set = gates.into_iter().map(Expr::is_not_null).reduce(Expr::and).unwrap_or(lit(true));
-            Ok(count_distinct(when(all_set, pk.clone()).end().map_err(internal)?))
+        // Distinct patients among the rows where the gate columns are set: one (costly)
+        // distinct count per set of columns, shared by the aggregates over the same columns.
+        let mut gate_sets: Vec<Vec<String>> = Vec::new();
+        let mut contributor_alias = |gates: &[&str], aggr: &mut Vec<Expr>| -> Result<String, Refusal> {
+            let mut key: Vec<String> = gates.iter().map(|g| g.to_string()).collect();
+            key.sort_unstable();
+            let index = match gate_sets.iter().position(|g| *g == key) {
+                Some(i) => i,
+                None => {
+                    let all_set = key.iter().map(|c| ident(c).is_not_null()).reduce(Expr::and).unwrap_or(lit(true));
+                    let patients = count_distinct(when(all_set, pk.clone()).end().map_err(internal)?);
+                    aggr.push(patients.alias(format!("__c{}", gate_sets.len())));
+                    gate_sets.push(key);
+                    gate_sets.len() - 1
+                }
+            };
+            Ok(format!("__c{index}"))
         };
+        let mut contributors_of: Vec<Option<String>> = vec![None; q.aggregates.len()];
         for (j, (a, p)) in q.aggregates.iter().zip(&plan.aggregates).enumerate() {
             match (a, p) {
                 (_, AggregatePlan::Patients) | (_, AggregatePlan::Histogram(_)) => {}
                 (_, AggregatePlan::Rows(_)) => aggr.push(count(lit(1i64)).alias(agg_alias(j, "_n"))),
                 (CheckedAggregate::Count { column }, AggregatePlan::Count(_)) => {
                     aggr.push(count(ident(column)).alias(agg_alias(j, "_n")));
-                    aggr.push(contributors(vec![ident(column)])?.alias(agg_alias(j, "_c")));
+                    contributors_of[j] = Some(contributor_alias(&[column.as_str()], &mut aggr)?);
                 }
                 (_, AggregatePlan::Sum { units, squares, .. }) => {
                     let u = units_expr(&units.column, units);
@@ -255,13 +272,14 @@ impl Engine {
                     if squares.is_some() {
                         aggr.push(sum(u.clone() * u).alias(agg_alias(j, "_q")));
                     }
-                    aggr.push(contributors(vec![ident(&units.column)])?.alias(agg_alias(j, "_c")));
+                    contributors_of[j] = Some(contributor_alias(&[units.column.as_str()], &mut aggr)?);
                 }
                 (_, AggregatePlan::Products { left, right, .. }) => {
                     let product = units_expr(&left.column, left) * units_expr(&right.column, right);
                     aggr.push(count(product.clone()).alias(agg_alias(j, "_n")));
                     aggr.push(sum(product).alias(agg_alias(j, "_s")));
-                    aggr.push(contributors(vec![ident(&left.column), ident(&right.column)])?.alias(agg_alias(j, "_c")));
+                    let gates = [left.column.as_str(), right.column.as_str()];
+                    contributors_of[j] = Some(contributor_alias(&gates, &mut aggr)?);
                 }
                 _ => return Err(Refusal::internal("an aggregate does not match its privacy plan")),
             }
@@ -291,7 +309,10 @@ impl Engine {
                 let keys = group_keys(&batch, ngroups, row)?;
                 let mut aggregates = Vec::with_capacity(plan.aggregates.len());
                 for (j, p) in plan.aggregates.iter().enumerate() {
-                    let contributors = |row| Ok::<_, Refusal>(value(&agg_alias(j, "_c"), row)?.max(0) as u64);
+                    let contributors = |row| {
+                        let alias = contributors_of[j].as_deref().unwrap_or_default();
+                        Ok::<_, Refusal>(value(alias, row)?.max(0) as u64)
+                    };
                     aggregates.push(match p {
                         AggregatePlan::Patients => TrueAggregate::Patients,
                         AggregatePlan::Rows(_) => TrueAggregate::Rows(value(&agg_alias(j, "_n"), row)?),
@@ -345,6 +366,10 @@ impl Engine {
                 Err(e) => return Err(Refusal::internal(e)),
             }
         }
+        // How many groups were withheld is not a private number (unlike the withheld values
+        // and bins, which the released answer shows anyway): it stays in this site's log.
+        tracing::info!(withheld_groups = out.withheld_groups, "private answer ready");
+        out.withheld_groups = 0;
         Ok(out)
     }
 

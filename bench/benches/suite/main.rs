@@ -136,8 +136,8 @@ impl Options {
             }
         }
         for s in &o.sections {
-            if !["exec", "latency", "load", "audit"].contains(&s.as_str()) {
-                bail!("unknown section '{s}' (exec, latency, load, audit)");
+            if !["exec", "privacy", "latency", "load", "audit"].contains(&s.as_str()) {
+                bail!("unknown section '{s}' (exec, privacy, latency, load, audit)");
             }
         }
         if o.rows == 0

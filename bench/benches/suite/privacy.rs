@@ -97,7 +97,10 @@ pub async fn utility(setup: &Setup, questions: usize, seed: u64) -> anyhow::Resu
         for batch in &truth {
             use datafusion::arrow::array::{Array, AsArray};
             use datafusion::arrow::datatypes::{Float64Type, Int64Type};
-            let regions = batch.column(0).as_string::<i32>();
+            // Parquet strings come back as views; one representation for the comparison.
+            let regions =
+                datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+            let regions = regions.as_string::<i32>();
             let counts = batch.column(1).as_primitive::<Int64Type>();
             let means = batch.column(2).as_primitive::<Float64Type>();
             for row in 0..batch.num_rows() {
@@ -141,8 +144,8 @@ pub fn markdown(timing: &[Figures], utility: &Utility, questions: usize) -> Stri
             None => text.push_str(&format!(
                 "| {} | {:.1} | {:.1} | {:.2} |\n",
                 f.what,
-                median(&f.raw) * 1000.0,
-                median(&f.node) * 1000.0,
+                median(&f.raw),
+                median(&f.node),
                 f.ratio()
             )),
         }
