@@ -503,6 +503,7 @@ mod tests {
                 filter: None,
                 group_by: vec![pb::Grouping { kind: Some(pb::grouping::Kind::Column("g".into())) }],
                 aggregates,
+                cohort: None,
             },
             outputs: std::iter::once(Source::Group(0)).chain((0..6).map(Source::Aggregate)).collect(),
             schema: Arc::new(Schema::new(fields)),

@@ -484,6 +484,7 @@ mod tests {
             filter,
             group_by: vec![],
             aggregates: vec![pb::Aggregate { kind: pb::AggregateKind::CountRows as i32, ..Default::default() }],
+            cohort: None,
         }
     }
 

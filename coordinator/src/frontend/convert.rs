@@ -57,7 +57,7 @@ pub(super) fn convert(plan: &LogicalPlan) -> Result<FederatedPlan, Unsupported> 
     let fields: Vec<Field> =
         projection.schema.fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect();
     Ok(FederatedPlan {
-        request: pb::AggregateQuery { dataset, filter, group_by, aggregates },
+        request: pb::AggregateQuery { dataset, filter, group_by, aggregates, cohort: None },
         outputs,
         schema: Arc::new(Schema::new(fields)),
         group_types: Vec::new(),

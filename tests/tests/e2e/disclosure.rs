@@ -210,6 +210,7 @@ async fn the_variance_state_carries_no_patients_value() {
             column: "value".into(),
             ..Default::default()
         }],
+        cohort: None,
     };
     let projects = vec![PROJECT.to_string()];
     let access = Access { site: "s", project: PROJECT, token_projects: &projects, roles: &[] };
