@@ -236,7 +236,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator { config } => run_coordinator(config).await,
         Command::Query { connection, project, sites, timeout_ms, format, sql } => {
             let (mut client, token) = connect(&connection).await?;
-            let request = pb::ResearchQuery { query_id: String::new(), sql, sites, timeout_ms, project };
+            let request = pb::ResearchQuery { query_id: String::new(), sql, sites, timeout_ms, project, cohort: None };
             let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
             print(&render::response(&response, format)?)
         }

@@ -134,7 +134,7 @@ impl Coordinator {
         if catalogue.datasets.is_empty() {
             return Err(Forbidden::NoDatasetsForProject { project: request.project.clone() }.into());
         }
-        let plan = self.planner.plan(&request.sql, &catalogue).await.map_err(Error::Query)?;
+        let plan = self.plan(request, &catalogue).await?;
         if let Some(audit) = self.audit() {
             audit.received(asked, &plan.request).await?;
         }
@@ -203,6 +203,30 @@ impl Coordinator {
         }
         info!(rows = batch.num_rows(), "federated query done");
         Ok(response)
+    }
+}
+
+impl Coordinator {
+    /// The typed request for a researcher's query: SQL, a cohort, or both (the cohort is
+    /// then the SQL query's population).
+    async fn plan(
+        &self,
+        request: &pb::ResearchQuery,
+        catalogue: &pb::Catalogue,
+    ) -> Result<crate::frontend::FederatedPlan, Error> {
+        let cohort = request.cohort.clone();
+        let sql = match (&cohort, request.sql.trim()) {
+            (Some(_), "") => crate::feasibility::count_sql(catalogue)?,
+            (_, sql) => sql.to_string(),
+        };
+        let mut plan = self.planner.plan(&sql, catalogue).await.map_err(Error::Query)?;
+        if let Some(cohort) = cohort {
+            plan.request.cohort = Some(cohort);
+            // The same check every site runs, for an early and precise error.
+            verbund_query::validate::check(&plan.request, catalogue)
+                .map_err(|e| Error::Query(crate::frontend::Unsupported::Invalid(e)))?;
+        }
+        Ok(plan)
     }
 }
 

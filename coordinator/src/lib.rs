@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod fanout;
+pub mod feasibility;
 pub mod frontend;
 pub mod link;
 pub mod merge;
@@ -78,6 +79,8 @@ pub enum RequestError {
     SiteUnreachable { site: String, why: String },
     #[error(transparent)]
     OverQuota(#[from] quota::OverQuota),
+    #[error(transparent)]
+    Cohort(#[from] feasibility::CohortError),
 }
 
 /// What a researcher's token does not allow.
@@ -104,6 +107,7 @@ impl RequestError {
             RequestError::Query(_)
             | RequestError::UnknownSite { .. }
             | RequestError::InvalidQueryId
+            | RequestError::Cohort(_)
             | RequestError::BadAuditRequest(_) => Code::InvalidArgument,
             RequestError::SiteRefused { code, .. } => match code {
                 verbund_proto::v1::RefusalCode::Unauthenticated => Code::Unauthenticated,
@@ -129,6 +133,7 @@ impl RequestError {
             | RequestError::UnknownSite { .. }
             | RequestError::InvalidQueryId
             | RequestError::BadAuditRequest(_)
+            | RequestError::Cohort(_)
             | RequestError::DuplicateQueryId(_) => "rejected",
             RequestError::SiteRefused { .. } => "site_refused",
             RequestError::SiteUnreachable { .. } => "unavailable",

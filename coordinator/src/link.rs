@@ -98,6 +98,13 @@ impl NodeLink for LinkService {
                                 registry.deliver_audit(&site, connection, result)
                             }
                             Some(pb::node_message::Kind::Heartbeat(beat)) => registry.set_budgets(&site, beat.budgets),
+                            // A later Hello announces new data; it cannot change the site.
+                            Some(pb::node_message::Kind::Hello(h)) if h.site == site && h.catalogue.is_some() => {
+                                let datasets = h.catalogue.as_ref().map(|c| c.datasets.len()).unwrap_or(0);
+                                if registry.update_catalogue(&h, connection) {
+                                    info!(site = %site, datasets, "site announced new data");
+                                }
+                            }
                             Some(pb::node_message::Kind::Hello(_)) | None => {
                                 warn!(site = %site, "unexpected message on the link ignored")
                             }

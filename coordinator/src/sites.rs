@@ -116,6 +116,22 @@ impl SiteRegistry {
         id
     }
 
+    /// A connected site announced new data (a later Hello on the same link, after an import):
+    /// its catalogue, project views and budgets change; its connection stays.
+    pub fn update_catalogue(&self, hello: &pb::Hello, connection: u64) -> bool {
+        let mut sites = self.lock();
+        match sites.get_mut(&hello.site) {
+            Some(entry) if entry.connection.as_ref().is_some_and(|c| c.id == connection) => {
+                entry.catalogue = hello.catalogue.clone().unwrap_or_default();
+                entry.project_views = hello.project_views.clone();
+                entry.budgets = hello.budgets.clone();
+                entry.last_seen_ms = verbund_proto::unix_ms();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Marks the site disconnected if `connection` is still its current one.
     pub fn detach(&self, site: &str, connection: u64) {
         let pending = {

@@ -89,7 +89,10 @@ impl Catalogue {
         if !d.path.exists() {
             return Err(dataset_err(format!("file {} does not exist", d.path.display())));
         }
-        let path = d.path.to_str().ok_or_else(|| dataset_err("path is not valid UTF-8".into()))?;
+        // A `current` symlink (verbund import) is resolved now: the node serves this
+        // generation until it reloads, whatever the importer does meanwhile.
+        let resolved = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+        let path = resolved.to_str().ok_or_else(|| dataset_err("path is not valid UTF-8".into()))?;
         let registered = match d.format()? {
             FileFormat::Parquet => self.ctx.register_parquet(&d.name, path, ParquetReadOptions::default()).await,
             FileFormat::Csv => self.ctx.register_csv(&d.name, path, CsvReadOptions::new().has_header(true)).await,
@@ -97,7 +100,7 @@ impl Catalogue {
         registered.map_err(|e| dataset_err(format!("cannot read {}: {}", d.path.display(), e.find_root())))?;
         let provider =
             self.ctx.table_provider(d.name.as_str()).await.map_err(|e| dataset_err(e.find_root().to_string()))?;
-        self.versions.insert(d.name.clone(), file_version(&d.path));
+        self.versions.insert(d.name.clone(), dataset_version(&d.path));
         self.describe(&d.name, provider.schema(), &d.patient_key, &d.columns)
     }
 
@@ -165,6 +168,12 @@ impl Catalogue {
     pub fn set_version(&mut self, dataset: &str, version: impl Into<String>) {
         self.versions.insert(dataset.to_string(), version.into());
     }
+}
+
+/// The version of a configured dataset's data on disk, its symlinks resolved (see
+/// [`file_version`]): what a reload compares with the version served.
+pub fn dataset_version(path: &std::path::Path) -> String {
+    file_version(&std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
 /// A file's (or a directory's files') path, size and modification time: changes when the

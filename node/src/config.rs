@@ -57,6 +57,10 @@ pub struct NodeConfig {
     /// certificate is then used at once.
     #[serde(default = "default_reload", rename = "tls_reload_seconds", with = "settings::seconds")]
     pub tls_reload: Duration,
+    /// How often to check whether the datasets' files changed (`data_reload_seconds`), as
+    /// after `verbund import`; new data is served and announced at once (SIGHUP checks now).
+    #[serde(default = "default_reload", rename = "data_reload_seconds", with = "settings::seconds")]
+    pub data_reload: Duration,
     /// Plain-HTTP address for `/metrics`, `/livez` and `/readyz`; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops_listen: Option<std::net::SocketAddr>,
@@ -203,6 +207,7 @@ impl NodeConfig {
             policy: None,
             heartbeat: default_heartbeat(),
             tls_reload: default_reload(),
+            data_reload: default_reload(),
             ops_listen: None,
             drain: default_drain(),
             tls,
@@ -285,8 +290,8 @@ impl NodeConfig {
             }
             d.format()?;
         }
-        if self.heartbeat.is_zero() || self.tls_reload.is_zero() {
-            return Err(invalid("heartbeat_seconds and tls_reload_seconds must be at least 1"));
+        if self.heartbeat.is_zero() || self.tls_reload.is_zero() || self.data_reload.is_zero() {
+            return Err(invalid("heartbeat_seconds, tls_reload_seconds and data_reload_seconds must be at least 1"));
         }
         Ok(())
     }

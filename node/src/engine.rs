@@ -3,7 +3,8 @@
 //! checker. Nothing leaves this module except what `verbund_policies::release` built.
 
 use crate::catalogue::Catalogue;
-use crate::private::{Privacy, cost_of, shape_of};
+use crate::consent::{Population, PopulationCache};
+use crate::private::{Privacy, cost_of, shape_of, unix_seconds};
 use crate::refusal::{Exhausted, Refusal};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
@@ -44,13 +45,26 @@ pub(crate) fn internal(e: DataFusionError) -> Refusal {
 }
 
 pub struct Engine {
-    catalogue: Catalogue,
+    /// The datasets as loaded; replaced whole when the data changes on disk.
+    catalogue: parking_lot::RwLock<Arc<Catalogue>>,
+    /// Held shared by every query for its whole run and exclusively by a reload for its swap:
+    /// a query reads one version of the data from its first check to its last number (its
+    /// noise is derived from that version).
+    swap: tokio::sync::RwLock<()>,
     policy: Policy,
     /// Noise key and budget ledger, for the differentially private profiles.
     privacy: Option<Privacy>,
     running: Semaphore,
     /// Queries waiting for a slot in `running`.
     waiting: AtomicU32,
+    /// Each project's population (consent and objections), per day and consent data.
+    populations: PopulationCache,
+}
+
+tokio::task_local! {
+    /// The patients the running query may count. Every query runs inside its scope, and
+    /// reading the rows without it fails (closed): no code path can skip consent.
+    static POPULATION: Population;
 }
 
 const PATIENTS: &str = "__patients";
@@ -87,7 +101,15 @@ fn contributors_alias(i: usize) -> String {
 impl Engine {
     pub fn new(catalogue: Catalogue, policy: Policy) -> Self {
         let running = Semaphore::new(policy.max_concurrent_queries as usize);
-        Self { catalogue, policy, privacy: None, running, waiting: AtomicU32::new(0) }
+        Self {
+            catalogue: parking_lot::RwLock::new(Arc::new(catalogue)),
+            swap: tokio::sync::RwLock::new(()),
+            policy,
+            privacy: None,
+            running,
+            waiting: AtomicU32::new(0),
+            populations: Default::default(),
+        }
     }
 
     /// Gives the engine its noise key and budget ledger (needed by the dp and feasibility
@@ -101,8 +123,27 @@ impl Engine {
         self.privacy.as_ref()
     }
 
-    pub fn catalogue(&self) -> &pb::Catalogue {
-        self.catalogue.catalogue()
+    /// The datasets as this node serves them now.
+    pub fn catalogue(&self) -> pb::Catalogue {
+        self.data().catalogue().clone()
+    }
+
+    fn data(&self) -> Arc<Catalogue> {
+        self.catalogue.read().clone()
+    }
+
+    /// Serves `catalogue` from now on: after the queries running have finished (they keep
+    /// the data they started with), before any new one starts.
+    pub async fn replace_catalogue(&self, catalogue: Catalogue) {
+        let _swap = self.swap.write().await;
+        *self.catalogue.write() = Arc::new(catalogue);
+        self.populations.clear();
+    }
+
+    /// The version of each dataset as served now (what a reload compares with the files).
+    pub fn dataset_versions(&self) -> Vec<(String, String)> {
+        let data = self.data();
+        data.catalogue().datasets.iter().map(|d| (d.name.clone(), data.version(&d.name).to_string())).collect()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -112,11 +153,18 @@ impl Engine {
     /// Answers one request for a researcher whose token was verified. Dropping the returned
     /// future stops the execution.
     pub async fn answer(&self, query: &pb::AggregateQuery, access: &Access<'_>) -> Result<pb::PartialResult, Refusal> {
-        let checked = check(query, self.catalogue())?;
+        let _same_data = self.swap.read().await;
+        let data = self.data();
+        let checked = check(query, data.catalogue())?;
         self.policy.authorize(access, &checked.dataset, &checked.columns())?;
+        if let Some(cohort) = &checked.cohort {
+            for (dataset, columns) in cohort.columns() {
+                self.policy.authorize(access, dataset, &columns.into_iter().collect::<Vec<_>>())?;
+            }
+        }
         self.check_cells(&checked)?;
         // Under differential privacy, what may be asked and what it costs is decided first.
-        let private = self.policy.plan_private(&shape_of(&checked, self.catalogue()))?;
+        let private = self.policy.plan_private(&shape_of(&checked, data.catalogue()))?;
         let _permit = match self.running.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -132,8 +180,11 @@ impl Engine {
                 permit
             }
         };
+        // Who may be counted today: consent and objections, for this project.
+        let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
+        let population = self.population(access.project, day).await?;
         let Some(plan) = private else {
-            let out = self.compute(&checked).await?;
+            let out = POPULATION.scope(population, self.compute(&checked)).await?;
             if self.policy.profile == Profile::TestOnlyRaw {
                 tracing::warn!(
                     "released RAW, UNPROTECTED numbers (policy profile test-only-raw: for synthetic test data only)"
@@ -145,21 +196,60 @@ impl Engine {
         let seed = Seed::for_request(
             &privacy.key,
             &query.encode_to_vec(),
-            self.catalogue.version(&checked.dataset),
+            &self.data_version(&checked, &population),
             &self.policy.mechanism_digest(&checked.dataset),
         );
         let (cost, debit) = self.debit(privacy, access.project, &seed, &plan).await?;
-        let mut out = self.compute_private(&checked, &plan, &seed).await?;
+        let mut out = POPULATION.scope(population, self.compute_private(&checked, &plan, &seed)).await?;
         out.cost = Some(cost_of(cost, &debit));
         Ok(out)
     }
 
+    /// The query's rows: its dataset, narrowed by its filter and its cohort.
     pub(crate) async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
-        let df = self.catalogue.ctx.table(q.dataset.as_str()).await.map_err(internal)?;
-        match &q.filter {
-            Some(f) => df.filter(filter_expr(f)?).map_err(internal),
+        let ctx = self.session();
+        let mut df = ctx.table(q.dataset.as_str()).await.map_err(internal)?;
+        if let Some(f) = &q.filter {
+            df = df.filter(filter_expr(f)?).map_err(internal)?;
+        }
+        let population = POPULATION
+            .try_with(Population::clone)
+            .map_err(|_| Refusal::internal("rows were read outside a query's population scope"))?;
+        df = population.narrow(&ctx, df, &q.patient_key)?;
+        match &q.cohort {
+            Some(cohort) => self.restrict_to_cohort(df, &q.patient_key, cohort).await,
             None => Ok(df),
         }
+    }
+
+    pub(crate) fn session(&self) -> datafusion::prelude::SessionContext {
+        self.data().ctx.clone()
+    }
+
+    pub(crate) fn populations(&self) -> &PopulationCache {
+        &self.populations
+    }
+
+    pub(crate) fn dataset_version(&self, dataset: &str) -> String {
+        self.data().version(dataset).to_string()
+    }
+
+    /// What identifies the data a query reads, for its noise: the version of its dataset and,
+    /// with a cohort, of every dataset the cohort reads (an import into one of them changes
+    /// the answer, so it must change the noise too, or two answers could be differenced).
+    fn data_version(&self, q: &CheckedQuery, population: &Population) -> String {
+        let data = self.data();
+        let base = data.version(&q.dataset);
+        let (datasets, digest) = match (&q.cohort, population.digest()) {
+            (None, None) => return base.to_string(),
+            (cohort, digest) => (cohort.as_ref().map(|c| c.datasets()).unwrap_or_default(), digest),
+        };
+        let mut parts: Vec<String> = vec![format!("{}={base}", q.dataset)];
+        parts.extend(datasets.iter().map(|d| format!("{d}={}", data.version(d))));
+        if let Some(digest) = digest {
+            parts.push(format!("population={digest}"));
+        }
+        parts.join("\n")
     }
 
     /// Refuses, before anything runs, a query that could make this node compute more
@@ -520,7 +610,7 @@ impl Engine {
     /// Runs a plan under this query's own memory limit: a query that needs more is refused
     /// as too large, without touching what other queries use.
     pub(crate) async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream, Refusal> {
-        let base = self.catalogue.ctx.runtime_env();
+        let base = self.session().runtime_env();
         let limit = (self.policy.max_query_memory_mb as usize).saturating_mul(1024 * 1024);
         let runtime = Arc::new(RuntimeEnv {
             memory_pool: Arc::new(GreedyMemoryPool::new(limit)),
@@ -581,7 +671,7 @@ pub(crate) fn grouping_expr(g: &CheckedGrouping) -> Expr {
     }
 }
 
-fn filter_expr(f: &CheckedFilter) -> Result<Expr, Refusal> {
+pub(crate) fn filter_expr(f: &CheckedFilter) -> Result<Expr, Refusal> {
     Ok(match f {
         CheckedFilter::Compare { column, op, value } => {
             let (c, v) = (ident(column), lit(value.clone()));
@@ -623,7 +713,7 @@ fn filter_expr(f: &CheckedFilter) -> Result<Expr, Refusal> {
 
 /// Combines operands pairwise into a balanced tree: 1000 ORs nest 10 deep instead of 1000,
 /// so no later pass over the expression recurses deeply.
-fn balanced(mut exprs: Vec<Expr>, combine: &dyn Fn(Expr, Expr) -> Expr) -> Option<Expr> {
+pub(crate) fn balanced(mut exprs: Vec<Expr>, combine: &dyn Fn(Expr, Expr) -> Expr) -> Option<Expr> {
     while exprs.len() > 1 {
         let mut next = Vec::with_capacity(exprs.len().div_ceil(2));
         let mut it = exprs.into_iter();

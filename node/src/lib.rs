@@ -3,7 +3,9 @@
 
 pub mod audit;
 pub mod catalogue;
+mod cohort;
 pub mod config;
+pub mod consent;
 pub mod engine;
 pub mod link;
 pub mod private;
@@ -58,6 +60,9 @@ pub struct Node {
     link_error: parking_lot::Mutex<Option<String>>,
     audit: Option<SiteAudit>,
     audit_metrics: AuditMetrics,
+    /// The configured datasets, reloaded when their files change (none for a node built in
+    /// memory).
+    datasets: Vec<config::DatasetConfig>,
 }
 
 /// A request whose token verified and whose arrival is on record.
@@ -82,7 +87,15 @@ impl Node {
             link_error: parking_lot::Mutex::new(None),
             audit: None,
             audit_metrics,
+            datasets: Vec::new(),
         }
+    }
+
+    /// The configured datasets its catalogue was opened from: [`Node::reload_data`] serves
+    /// them anew when their files change. (`Node::from_config` sets them.)
+    pub fn with_datasets(mut self, datasets: Vec<config::DatasetConfig>) -> Self {
+        self.datasets = datasets;
+        self
     }
 
     /// Gives the node its noise key and budget ledger (the dp and feasibility profiles).
@@ -149,6 +162,37 @@ impl Node {
         self.tls_check.notified().await
     }
 
+    /// Serves the datasets anew when their files changed on disk (a new import, a replaced
+    /// file), without a restart; returns whether it did. Queries running keep the data they
+    /// started with. A dataset that no longer loads leaves the node on the data it has, with
+    /// the dataset and the reason in the log.
+    pub async fn reload_data(&self) -> bool {
+        if self.datasets.is_empty() {
+            return false;
+        }
+        let served: std::collections::HashMap<String, String> = self.engine.dataset_versions().into_iter().collect();
+        let changed: Vec<&str> = self
+            .datasets
+            .iter()
+            .filter(|d| served.get(&d.name) != Some(&catalogue::dataset_version(&d.path)))
+            .map(|d| d.name.as_str())
+            .collect();
+        if changed.is_empty() {
+            return false;
+        }
+        match Catalogue::open(&self.datasets).await {
+            Ok(catalogue) => {
+                self.engine.replace_catalogue(catalogue).await;
+                tracing::info!(datasets = ?changed, "new data on disk: now serving it");
+                true
+            }
+            Err(e) => {
+                tracing::error!(datasets = ?changed, error = %e, "new data on disk does not load; still serving the data loaded before");
+                false
+            }
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -186,7 +230,7 @@ impl Node {
         };
         let catalogue = Catalogue::open(&config.datasets).await?;
         let profile = policy.profile;
-        let mut node = Self::new(config.site.clone(), catalogue, policy, tokens);
+        let mut node = Self::new(config.site.clone(), catalogue, policy, tokens).with_datasets(config.datasets.clone());
         if profile.is_private() {
             let (key, ledger) = (config.noise_key.clone(), config.ledger.clone());
             let privacy = tokio::task::spawn_blocking(move || private::Privacy::load(&key, &ledger))
@@ -302,7 +346,7 @@ impl Node {
             node_version: env!("CARGO_PKG_VERSION").to_string(),
             catalogue: Some(self.engine.catalogue().clone()),
             min_cell_size: self.engine.policy().min_cell_size,
-            project_views: self.engine.policy().project_views(self.engine.catalogue()),
+            project_views: self.engine.policy().project_views(&self.engine.catalogue()),
             profile: self.engine.policy().profile.label().into(),
             budgets: Vec::new(),
         }
@@ -376,6 +420,7 @@ pub fn link_options(config: &NodeConfig, egress: Arc<Egress>) -> Result<LinkOpti
     let mut options = LinkOptions::new(config.coordinator.to_string(), config.tls.files(), config.coordinator_name()?);
     options.heartbeat = config.heartbeat;
     options.tls_reload = config.tls_reload;
+    options.data_reload = config.data_reload;
     options.drain = config.drain;
     options.egress = egress;
     Ok(options)

@@ -42,6 +42,8 @@ pub struct LinkOptions {
     pub heartbeat: Duration,
     /// How often to look for renewed TLS files; a change reconnects with them.
     pub tls_reload: Duration,
+    /// How often to look for new data files (a new import); new data is served and announced.
+    pub data_reload: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// On shutdown, how long running queries may take before they are stopped.
@@ -60,6 +62,7 @@ impl LinkOptions {
             egress: Arc::new(Egress::direct()),
             heartbeat: Duration::from_secs(15),
             tls_reload: Duration::from_secs(30),
+            data_reload: Duration::from_secs(30),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             drain: Duration::from_secs(30),
@@ -194,6 +197,15 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tls_check = tokio::time::interval(options.tls_reload);
     tls_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut data_check = tokio::time::interval(options.data_reload);
+    data_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // New data is announced as a Hello on the same link: the coordinator replaces the site's
+    // catalogue and keeps the connection.
+    let announce = |node: Arc<Node>| async move {
+        let mut hello = node.hello();
+        hello.budgets = node.budgets().await;
+        pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }
+    };
 
     loop {
         let drain_over = async {
@@ -225,6 +237,9 @@ async fn session(
                 break;
             }
             _ = node.tls_check_requested() => {
+                if node.reload_data().await {
+                    tx.send(announce(node.clone()).await).await.map_err(|_| LinkError::SendClosed)?;
+                }
                 if options.tls.stamp() != stamp {
                     info!(site = %node.site(), "reload requested: certificate files changed; reconnecting with them");
                     return Err(LinkError::Renewed);
@@ -235,6 +250,11 @@ async fn session(
                 if options.tls.stamp() != stamp {
                     info!(site = %node.site(), "site certificate files changed; reconnecting with them");
                     return Err(LinkError::Renewed);
+                }
+            }
+            _ = data_check.tick() => {
+                if node.reload_data().await {
+                    tx.send(announce(node.clone()).await).await.map_err(|_| LinkError::SendClosed)?;
                 }
             }
             _ = heartbeat.tick() => {

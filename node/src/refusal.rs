@@ -54,6 +54,12 @@ pub enum Refusal {
          or privacy ledger; its operators must set noise_key and ledger in the node's configuration"
     )]
     PrivacyUnconfigured,
+    /// The policy requires research consent, but the site serves no consent data.
+    #[error(
+        "this site's policy counts only patients with a research consent ([consent] require), but the \
+         node serves no consent_provisions dataset; its operators must import the FHIR Consent resources"
+    )]
+    ConsentUnavailable,
     /// What went wrong is in the site's log, not in the answer.
     #[error("the site could not execute this query (the error is in the site's log)")]
     Internal,
@@ -107,7 +113,7 @@ impl Refusal {
             | Refusal::AuditReadsNotAllowed { .. }
             | Refusal::Privacy(_) => C::Policy,
             Refusal::BudgetExhausted(_) => C::ResourceExhausted,
-            Refusal::PrivacyUnconfigured => C::Unavailable,
+            Refusal::PrivacyUnconfigured | Refusal::ConsentUnavailable => C::Unavailable,
             Refusal::BadAuditRequest(_) => C::InvalidRequest,
             Refusal::ResourceExhausted(_) => C::ResourceExhausted,
             Refusal::Cancelled => C::Cancelled,

@@ -20,11 +20,27 @@ pub struct ProjectRule {
     /// Per dataset, the only columns the project may use (all columns when absent).
     #[serde(default)]
     pub columns: BTreeMap<String, Vec<String>>,
+    /// What the project's research is for (e.g. "academic", "commercial"): patients who
+    /// objected to this purpose (a FHIR Consent deny provision with this purpose) are not
+    /// counted in any of its answers. Without it, only objections to the project by name apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 impl ProjectRule {
+    /// The rule of `project`, if the policy has one.
+    pub fn of<'a>(rules: &'a [ProjectRule], project: &str) -> Option<&'a ProjectRule> {
+        rules.iter().find(|r| r.name == project)
+    }
+
     pub fn everything(project: &str) -> Self {
-        Self { name: project.into(), roles: vec![], datasets: vec!["*".into()], columns: BTreeMap::new() }
+        Self {
+            name: project.into(),
+            roles: vec![],
+            datasets: vec!["*".into()],
+            columns: BTreeMap::new(),
+            purpose: None,
+        }
     }
 }
 

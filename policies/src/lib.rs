@@ -82,6 +82,23 @@ pub struct Policy {
     /// What the site declares about its datasets: clipping bounds and public levels.
     #[serde(rename = "dataset")]
     pub datasets: Vec<DatasetRule>,
+    /// Which patients count at all: consent this site requires, on top of the objections
+    /// (opt-outs) it always honours.
+    pub consent: ConsentSettings,
+}
+
+/// `[consent]`. A site that serves FHIR Consent data (the `consent_provisions` dataset of
+/// `verbund import`) always honours patients' objections: a deny provision, active on the
+/// day of the query, for the project's purpose or for the project by name removes the patient
+/// from every answer of that project. `require` adds a positive requirement.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentSettings {
+    /// Consent policy codes (MII broad consent, e.g. "2.16.840.1.113883.3.1937.777.24.5.3.8",
+    /// MDAT scientific use) each counted patient must have permitted: an active Consent
+    /// provision with the code whose period contains the day of the query, and no active deny
+    /// of it. Empty (the default): no positive consent is required.
+    pub require: Vec<String>,
 }
 
 impl Default for Policy {
@@ -101,6 +118,7 @@ impl Default for Policy {
             dp: DpSettings::default(),
             budget: BudgetSettings::default(),
             datasets: Vec::new(),
+            consent: ConsentSettings::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod bins;
 pub mod capped;
+pub mod cohort;
 pub mod functions;
 pub mod literal;
 pub mod moments;

@@ -51,6 +51,11 @@ pub enum InvalidRequest {
     Literal { column: String, error: Error },
     #[error("{0}")]
     Bins(Error),
+    /// A problem inside a cohort, and where: `inclusion[1][0].attributes[0]`.
+    #[error("cohort {at}: {error}")]
+    Cohort { at: String, error: Box<InvalidRequest> },
+    #[error("{0}")]
+    CohortProblem(crate::cohort::CohortProblem),
 }
 
 /// A part of a request that is missing.
@@ -91,6 +96,12 @@ pub enum Limit {
     FilterConstants,
     #[error("IN lists need between 1 and {MAX_IN_LIST} values, got {0}")]
     InList(usize),
+    #[error("a cohort has at most {max} criterion groups, got {0}", max = crate::cohort::MAX_COHORT_GROUPS)]
+    CohortGroups(usize),
+    #[error("a cohort has at most {max} criteria, linked ones included", max = crate::cohort::MAX_COHORT_CRITERIA)]
+    CohortCriteria(usize),
+    #[error("a cohort has at most {max} codes and prefixes (after hierarchy expansion)", max = crate::cohort::MAX_COHORT_CODES)]
+    CohortCodes(usize),
 }
 
 impl From<Missing> for InvalidRequest {
@@ -162,10 +173,13 @@ pub struct CheckedQuery {
     pub filter: Option<CheckedFilter>,
     pub groupings: Vec<CheckedGrouping>,
     pub aggregates: Vec<CheckedAggregate>,
+    /// Only rows of the cohort's patients count.
+    pub cohort: Option<crate::cohort::CheckedCohort>,
 }
 
 impl CheckedFilter {
-    fn collect<'a>(&'a self, out: &mut std::collections::BTreeSet<&'a str>) {
+    /// Adds every column the filter reads to `out`.
+    pub fn columns<'a>(&'a self, out: &mut std::collections::BTreeSet<&'a str>) {
         match self {
             CheckedFilter::Compare { column, .. }
             | CheckedFilter::InList { column, .. }
@@ -173,8 +187,8 @@ impl CheckedFilter {
             | CheckedFilter::IsNull { column, .. } => {
                 out.insert(column);
             }
-            CheckedFilter::And(ops) | CheckedFilter::Or(ops) => ops.iter().for_each(|o| o.collect(out)),
-            CheckedFilter::Not(inner) => inner.collect(out),
+            CheckedFilter::And(ops) | CheckedFilter::Or(ops) => ops.iter().for_each(|o| o.columns(out)),
+            CheckedFilter::Not(inner) => inner.columns(out),
         }
     }
 }
@@ -185,7 +199,7 @@ impl CheckedQuery {
     pub fn columns(&self) -> Vec<&str> {
         let mut out = std::collections::BTreeSet::new();
         if let Some(f) = &self.filter {
-            f.collect(&mut out);
+            f.columns(&mut out);
         }
         for g in &self.groupings {
             match g {
@@ -212,20 +226,20 @@ impl CheckedQuery {
     }
 }
 
-struct Columns<'a> {
-    dataset: &'a pb::DatasetInfo,
+pub(crate) struct Columns<'a> {
+    pub(crate) dataset: &'a pb::DatasetInfo,
     types: HashMap<&'a str, pb::ColumnType>,
 }
 
 impl<'a> Columns<'a> {
-    fn new(dataset: &'a pb::DatasetInfo) -> Self {
+    pub(crate) fn new(dataset: &'a pb::DatasetInfo) -> Self {
         let types = dataset.columns.iter().map(|c| (c.name.as_str(), c.r#type())).collect();
         Self { dataset, types }
     }
 
     /// A column usable in filters, groupings and value aggregates: exposed, and not the
     /// patient key (which would single out patients).
-    fn value_column(&self, name: &str, role: &'static str) -> Result<pb::ColumnType, InvalidRequest> {
+    pub(crate) fn value_column(&self, name: &str, role: &'static str) -> Result<pb::ColumnType, InvalidRequest> {
         if name == self.dataset.patient_key {
             return Err(InvalidRequest::PatientKeyAsValue { column: name.into(), role });
         }
@@ -240,7 +254,7 @@ impl<'a> Columns<'a> {
         }
     }
 
-    fn numeric_column(&self, name: &str, role: &'static str) -> Result<pb::ColumnType, InvalidRequest> {
+    pub(crate) fn numeric_column(&self, name: &str, role: &'static str) -> Result<pb::ColumnType, InvalidRequest> {
         let t = self.value_column(name, role)?;
         if !is_numeric(t) {
             return Err(InvalidRequest::NotNumeric { column: name.into(), role, column_type: type_name(t) });
@@ -291,6 +305,15 @@ pub fn check(query: &pb::AggregateQuery, catalogue: &pb::Catalogue) -> Result<Ch
         return Err(Limit::Aggregates(query.aggregates.len()).into());
     }
     let aggregates = query.aggregates.iter().map(|a| check_aggregate(a, &columns)).collect::<Result<Vec<_>, _>>()?;
+    let cohort = match &query.cohort {
+        Some(c) => {
+            if dataset.patient_key.is_empty() {
+                return Err(crate::cohort::CohortProblem::NotClinical(dataset.name.clone()).into());
+            }
+            Some(crate::cohort::check_cohort(c, catalogue)?)
+        }
+        None => None,
+    };
 
     Ok(CheckedQuery {
         dataset: dataset.name.clone(),
@@ -298,6 +321,7 @@ pub fn check(query: &pb::AggregateQuery, catalogue: &pb::Catalogue) -> Result<Ch
         filter,
         groupings,
         aggregates,
+        cohort,
     })
 }
 
@@ -355,9 +379,9 @@ fn check_aggregate(a: &pb::Aggregate, columns: &Columns) -> Result<CheckedAggreg
 }
 
 /// What is left of a filter's allowance of conditions and constants.
-struct Budget {
-    nodes: usize,
-    literals: usize,
+pub(crate) struct Budget {
+    pub(crate) nodes: usize,
+    pub(crate) literals: usize,
 }
 
 impl Budget {
@@ -369,7 +393,7 @@ impl Budget {
 
 use pb::filter::Kind;
 
-fn check_filter(
+pub(crate) fn check_filter(
     f: &pb::Filter,
     columns: &Columns,
     depth: usize,

@@ -342,6 +342,7 @@ impl Network {
         let mut o = LinkOptions::new(self.link.clone(), self.pki.site(site), "127.0.0.1");
         o.heartbeat = Duration::from_millis(500);
         o.tls_reload = Duration::from_millis(200);
+        o.data_reload = Duration::from_millis(200);
         o.backoff_min = Duration::from_millis(50);
         o.backoff_max = Duration::from_millis(500);
         o

@@ -4,6 +4,7 @@
 mod attacks;
 mod audit;
 mod bad_queries;
+mod cohorts;
 mod disclosure;
 mod exactness;
 mod hostile_inputs;
@@ -11,6 +12,7 @@ mod misbehaving;
 mod operations;
 mod privacy_network;
 mod proxy;
+mod reload;
 mod resilience;
 mod security;
 mod suppression;

@@ -1,0 +1,199 @@
+//! Compiles a checked cohort into DataFusion plans over the clinical datasets: each criterion
+//! is a scan of its dataset narrowed by semi joins (codes through `codings`, linked rows
+//! through their reference column) and filters (values, units, time overlap), projected to
+//! the patients it matches. The cohort then narrows a query's rows by semi joins (inclusion)
+//! and anti joins (exclusion) on the patient key, before any grouping, bounding or
+//! aggregate: everything downstream, the privacy checks included, is unchanged.
+
+use crate::engine::{Engine, balanced, filter_expr, internal};
+use crate::refusal::Refusal;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{JoinType, ScalarValue};
+use datafusion::functions::string::expr_fn::starts_with;
+use datafusion::logical_expr::{Expr, cast};
+use datafusion::prelude::{DataFrame, col, ident, lit};
+use std::future::Future;
+use std::pin::Pin;
+use verbund_proto::v1 as pb;
+use verbund_query::cohort::{CODINGS, CheckedCohort, CheckedCriterion, CodeSet, Condition, QuantityTest, RESOURCE};
+
+/// The patient column of a criterion's patient set.
+const PATIENT: &str = "__cohort_patient";
+/// The resource column of a set of matching rows (codings, linked targets).
+const KEY: &str = "__cohort_key";
+
+type Rows<'a> = Pin<Box<dyn Future<Output = Result<DataFrame, Refusal>> + Send + 'a>>;
+
+impl Engine {
+    /// Keeps the rows of `df` whose patient (`patient_key`) is in the cohort.
+    pub(crate) async fn restrict_to_cohort(
+        &self,
+        mut df: DataFrame,
+        patient_key: &str,
+        cohort: &CheckedCohort,
+    ) -> Result<DataFrame, Refusal> {
+        let key = as_text(&df, patient_key);
+        for group in &cohort.inclusion {
+            let patients = self.any_of(group).await?;
+            df = df.join_on(patients, JoinType::LeftSemi, [key.clone().eq(col(PATIENT))]).map_err(internal)?;
+        }
+        for group in &cohort.exclusion {
+            let patients = self.all_of(group).await?;
+            df = df.join_on(patients, JoinType::LeftAnti, [key.clone().eq(col(PATIENT))]).map_err(internal)?;
+        }
+        Ok(df)
+    }
+
+    /// Patients matching one of the criteria.
+    async fn any_of(&self, criteria: &[CheckedCriterion]) -> Result<DataFrame, Refusal> {
+        let mut out: Option<DataFrame> = None;
+        for c in criteria {
+            let patients = self.patients(c).await?;
+            out = Some(match out {
+                Some(df) => df.union(patients).map_err(internal)?,
+                None => patients,
+            });
+        }
+        out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
+    }
+
+    /// Patients matching every criterion.
+    async fn all_of(&self, criteria: &[CheckedCriterion]) -> Result<DataFrame, Refusal> {
+        let mut out: Option<DataFrame> = None;
+        for c in criteria {
+            let patients = self.patients(c).await?;
+            out = Some(match out {
+                Some(df) => {
+                    let other = patients.select(vec![col(PATIENT).alias(KEY)]).map_err(internal)?;
+                    df.join_on(other, JoinType::LeftSemi, [col(PATIENT).eq(col(KEY))]).map_err(internal)?
+                }
+                None => patients,
+            });
+        }
+        out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
+    }
+
+    /// The patients (as text, in column `PATIENT`) with a row matching the criterion.
+    async fn patients(&self, c: &CheckedCriterion) -> Result<DataFrame, Refusal> {
+        let rows = self.matching_rows(c).await?;
+        let patient = as_text(&rows, &c.patient_key);
+        rows.filter(patient.clone().is_not_null())
+            .and_then(|df| df.select(vec![patient.alias(PATIENT)]))
+            .map_err(internal)
+    }
+
+    /// The rows of the criterion's dataset that meet every one of its conditions.
+    fn matching_rows<'a>(&'a self, c: &'a CheckedCriterion) -> Rows<'a> {
+        Box::pin(async move {
+            let mut df = self.session().table(c.dataset.as_str()).await.map_err(internal)?;
+            if let Some(f) = &c.fixed {
+                df = df.filter(filter_expr(f)?).map_err(internal)?;
+            }
+            for condition in &c.conditions {
+                df = match condition {
+                    Condition::Codes(set) => {
+                        let coded = self.coded(set).await?;
+                        df.join_on(coded, JoinType::LeftSemi, [ident(RESOURCE).eq(col(KEY))])
+                    }
+                    Condition::Quantity { column, unit, test } => df.filter(quantity(column, unit, test)),
+                    Condition::Time { start, end, after, before } => df.filter(overlaps(start, end, *after, *before)),
+                    Condition::Linked { via, criteria } => {
+                        let targets = self.linked_targets(criteria).await?;
+                        let patient = as_text(&df, &c.patient_key);
+                        df.join_on(targets, JoinType::LeftSemi, [ident(via).eq(col(KEY)), patient.eq(col(PATIENT))])
+                    }
+                }
+                .map_err(internal)?;
+            }
+            Ok(df)
+        })
+    }
+
+    /// Rows matching one of the linked criteria, as (resource, patient).
+    async fn linked_targets(&self, criteria: &[CheckedCriterion]) -> Result<DataFrame, Refusal> {
+        let mut out: Option<DataFrame> = None;
+        for t in criteria {
+            let rows = self.matching_rows(t).await?;
+            let patient = as_text(&rows, &t.patient_key);
+            let rows = rows.select(vec![ident(RESOURCE).alias(KEY), patient.alias(PATIENT)]).map_err(internal)?;
+            out = Some(match out {
+                Some(df) => df.union(rows).map_err(internal)?,
+                None => rows,
+            });
+        }
+        out.ok_or_else(|| Refusal::internal("a checked linked criterion is empty"))
+    }
+
+    /// The resources with a coding of `set.element` in the set, in column `KEY`.
+    async fn coded(&self, set: &CodeSet) -> Result<DataFrame, Refusal> {
+        let codings = self.session().table(CODINGS).await.map_err(internal)?;
+        let (system, code) = (ident("system"), ident("code"));
+        let mut alternatives: Vec<Expr> = set
+            .codes
+            .iter()
+            .map(|(s, codes)| {
+                let matches = match codes.len() {
+                    1 => code.clone().eq(lit(codes.iter().next().cloned().unwrap_or_default())),
+                    _ => code.clone().in_list(codes.iter().map(|c| lit(c.clone())).collect(), false),
+                };
+                system.clone().eq(lit(s.clone())).and(matches)
+            })
+            .collect();
+        alternatives.extend(
+            set.prefixes
+                .iter()
+                .map(|(s, p)| system.clone().eq(lit(s.clone())).and(starts_with(code.clone(), lit(p.clone())))),
+        );
+        let any = balanced(alternatives, &|a, b| a.or(b)).unwrap_or_else(|| lit(false));
+        codings
+            .filter(ident("element").eq(lit(set.element.clone())).and(any))
+            .and_then(|df| df.select(vec![ident(RESOURCE).alias(KEY)]))
+            .map_err(internal)
+    }
+}
+
+/// The patient key as text, so that keys of any type join across datasets.
+fn as_text(df: &DataFrame, patient_key: &str) -> Expr {
+    match df.schema().field_with_unqualified_name(patient_key).map(|f| f.data_type().clone()) {
+        Ok(DataType::Utf8) => ident(patient_key),
+        _ => cast(ident(patient_key), DataType::Utf8),
+    }
+}
+
+fn quantity(column: &str, unit: &Option<(String, String)>, test: &QuantityTest) -> Expr {
+    let value = cast(ident(column), DataType::Float64);
+    let tested = match test {
+        QuantityTest::Compare(op, v) => {
+            let v = lit(*v);
+            match op {
+                pb::CompareOp::Eq => value.eq(v),
+                pb::CompareOp::Ne => value.not_eq(v),
+                pb::CompareOp::Lt => value.lt(v),
+                pb::CompareOp::Le => value.lt_eq(v),
+                pb::CompareOp::Gt => value.gt(v),
+                pb::CompareOp::Ge => value.gt_eq(v),
+                // The check refused it; match nothing rather than everything.
+                pb::CompareOp::Unspecified => lit(false),
+            }
+        }
+        QuantityTest::Range(min, max) => value.between(lit(*min), lit(*max)),
+    };
+    match unit {
+        Some((unit_column, unit)) => tested.and(ident(unit_column).eq(lit(unit.clone()))),
+        None => tested,
+    }
+}
+
+/// [start, end] overlaps [after, before]: start ≤ before and (end open or end ≥ after). A row
+/// without a start has no time and never matches.
+fn overlaps(start: &str, end: &str, after: Option<i32>, before: Option<i32>) -> Expr {
+    let day = |d: i32| lit(ScalarValue::Date32(Some(d)));
+    let mut e = ident(start).is_not_null();
+    if let Some(b) = before {
+        e = e.and(ident(start).lt_eq(day(b)));
+    }
+    if let Some(a) = after {
+        e = e.and(ident(end).is_null().or(ident(end).gt_eq(day(a))));
+    }
+    e
+}
