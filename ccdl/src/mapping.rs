@@ -211,6 +211,9 @@ pub struct MappingFile {
     #[serde(default)]
     pub equivalent_systems: Vec<Vec<String>>,
     pub rules: Vec<Rule>,
+    /// Free text, e.g. what an ontology import skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One code's children in a hierarchy.
