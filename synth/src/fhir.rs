@@ -843,17 +843,17 @@ fn set_id(buf: &mut String, pid: &str, kind: &str, n: usize) {
 
 enum Out {
     Plain(BufWriter<File>),
-    Gzip(BufWriter<flate2::write::GzEncoder<File>>),
+    Gzip(Box<BufWriter<flate2::write::GzEncoder<File>>>),
 }
 
 impl Out {
     fn create(path: &Path, gzip: bool) -> Result<Out> {
         let file = File::create(path).map_err(|error| Error::Io { path: path.to_path_buf(), error })?;
         Ok(if gzip {
-            Out::Gzip(BufWriter::with_capacity(
+            Out::Gzip(Box::new(BufWriter::with_capacity(
                 1 << 16,
                 flate2::write::GzEncoder::new(file, flate2::Compression::fast()),
-            ))
+            )))
         } else {
             Out::Plain(BufWriter::with_capacity(1 << 16, file))
         })
@@ -864,7 +864,7 @@ impl Out {
         match self {
             Out::Plain(mut w) => w.flush().map_err(io),
             Out::Gzip(w) => {
-                let encoder = w.into_inner().map_err(|e| io(e.into_error()))?;
+                let encoder = (*w).into_inner().map_err(|e| io(e.into_error()))?;
                 encoder.finish().map_err(io)?;
                 Ok(())
             }
