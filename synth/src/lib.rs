@@ -5,7 +5,11 @@
 //! diagnoses with onset dates) and `observations` (labs and vitals with LOINC codes, units
 //! and dates). Patient attributes used in research questions (sex, age) are repeated on the
 //! event tables, as in a research data mart, so one table answers a question.
+//!
+//! [`fhir::write_fhir`] writes the same population as FHIR R4 (NDJSON, gzip NDJSON or
+//! transaction Bundles), as a hospital's FHIR server would export it.
 
+pub mod fhir;
 pub mod model;
 
 use arrow::array::{ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder};
