@@ -44,7 +44,8 @@ pub enum Command {
         #[arg(long, env = "VERBUND_COORDINATOR_CONFIG")]
         config: PathBuf,
     },
-    /// Send an aggregate SQL query to the network and print the merged answer.
+    /// Send an aggregate SQL query, a cohort (an MII CCDL feasibility query) or both (the
+    /// cohort is then the SQL query's population) to the network and print the merged answer.
     Query {
         #[command(flatten)]
         connection: ResearcherConnection,
@@ -59,8 +60,13 @@ pub enum Command {
         timeout_ms: u32,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+        /// A CCDL (structured query) JSON file ("-": standard input): without SQL, how many
+        /// patients match; with SQL, only its patients count.
+        #[arg(long)]
+        ccdl: Option<PathBuf>,
         /// e.g. "SELECT sex, count(DISTINCT patient_id) FROM patients GROUP BY sex"
-        sql: String,
+        #[arg(required_unless_present = "ccdl")]
+        sql: Option<String>,
     },
     /// List the sites, their connection state, last-seen time, certificates and what your
     /// project may query at each (operators, with the token role "operator", see everything).
@@ -234,9 +240,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node { config } => run_node(config).await,
         Command::Coordinator { config } => run_coordinator(config).await,
-        Command::Query { connection, project, sites, timeout_ms, format, sql } => {
+        Command::Query { connection, project, sites, timeout_ms, format, ccdl, sql } => {
+            let ccdl = match ccdl {
+                Some(path) => read_ccdl(&path)?,
+                None => String::new(),
+            };
             let (mut client, token) = connect(&connection).await?;
-            let request = pb::ResearchQuery { query_id: String::new(), sql, sites, timeout_ms, project, cohort: None };
+            let sql = sql.unwrap_or_default();
+            let request = pb::ResearchQuery { sql, sites, timeout_ms, project, ccdl, ..Default::default() };
             let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
             print(&render::response(&response, format)?)
         }
@@ -378,6 +389,16 @@ async fn shutdown_signal(token: CancellationToken) {
     }
     tracing::info!("shutting down");
     token.cancel();
+}
+
+/// A CCDL document from a file or, for "-", standard input.
+fn read_ccdl(path: &std::path::Path) -> anyhow::Result<String> {
+    if path == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading CCDL from standard input")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading the CCDL file {}", path.display()))
 }
 
 async fn run_node(config_path: PathBuf) -> anyhow::Result<()> {

@@ -204,6 +204,7 @@ pub fn node_config(layout: &NetworkLayout, index: usize, coordinator: &Uri) -> N
             format: None,
             patient_key: t.patient_key.clone(),
             columns: t.columns.clone(),
+            model: None,
         })
         .collect();
     config

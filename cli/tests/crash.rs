@@ -135,6 +135,7 @@ fn write_node_files(network: &Network, dir: &Path, rng: &mut ChaCha8Rng) -> Path
         format: None,
         patient_key: "patient_id".into(),
         columns: vec!["patient_id".into(), "grp".into(), "value".into()],
+        model: None,
     }];
     let path = dir.join("node.toml");
     std::fs::write(&path, config.to_toml().expect("node config")).expect("write the node config");

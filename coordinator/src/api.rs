@@ -207,14 +207,19 @@ impl Coordinator {
 }
 
 impl Coordinator {
-    /// The typed request for a researcher's query: SQL, a cohort, or both (the cohort is
-    /// then the SQL query's population).
+    /// The typed request for a researcher's query: SQL, a cohort (typed or as CCDL), or both
+    /// (the cohort is then the SQL query's population).
     async fn plan(
         &self,
         request: &pb::ResearchQuery,
         catalogue: &pb::Catalogue,
     ) -> Result<crate::frontend::FederatedPlan, Error> {
-        let cohort = request.cohort.clone();
+        let cohort = match (&request.cohort, request.ccdl.trim()) {
+            (Some(_), ccdl) if !ccdl.is_empty() => return Err(crate::feasibility::CohortError::Twice.into()),
+            (Some(cohort), _) => Some(cohort.clone()),
+            (None, "") => None,
+            (None, ccdl) => Some(crate::feasibility::cohort_of_ccdl(ccdl)?),
+        };
         let sql = match (&cohort, request.sql.trim()) {
             (Some(_), "") => crate::feasibility::count_sql(catalogue)?,
             (_, sql) => sql.to_string(),

@@ -4,21 +4,51 @@
 
 use verbund_proto::v1 as pb;
 
-/// The dataset a cohort's patients are counted in (docs/fhir-datasets.md).
-pub const PATIENTS: &str = "patients";
+/// The model of the dataset a cohort's patients are counted in (docs/fhir-datasets.md).
+pub const PATIENTS: &str = "fhir/patients";
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CohortError {
+    #[error("a query carries a cohort both as CCDL and typed; send one")]
+    Twice,
+    /// Every problem of a CCDL document, each at its JSON Pointer.
+    #[error("{0}")]
+    Ccdl(verbund_ccdl::CcdlErrors),
     #[error(
-        "a cohort without SQL counts patients in the '{PATIENTS}' dataset, which no site asked serves \
-         to this project; import FHIR data at the sites (verbund import) or add SQL to the cohort"
+        "a cohort without SQL counts patients in the FHIR patients dataset ('{PATIENTS}'), which no site \
+         asked serves to this project; import FHIR data at the sites (verbund import) or add SQL to the cohort"
     )]
     NoPatients,
 }
 
 /// The SQL of a cohort count: the cohort's patients in the `patients` dataset.
 pub fn count_sql(catalogue: &pb::Catalogue) -> Result<String, CohortError> {
-    let patients = catalogue.datasets.iter().find(|d| d.name == PATIENTS).ok_or(CohortError::NoPatients)?;
-    let key = patients.patient_key.replace('"', "\"\"");
-    Ok(format!("SELECT count(DISTINCT \"{key}\") AS patients FROM {PATIENTS}"))
+    let patients = verbund_query::cohort::find_dataset(catalogue, PATIENTS).ok_or(CohortError::NoPatients)?;
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    Ok(format!("SELECT count(DISTINCT {}) AS patients FROM {}", quoted(&patients.patient_key), quoted(&patients.name)))
+}
+
+/// The cohort of a CCDL document, with the built-in mapping; ages are relative to today (UTC).
+pub fn cohort_of_ccdl(ccdl: &str) -> Result<pb::Cohort, CohortError> {
+    let today = (verbund_proto::unix_ms() / 86_400_000) as i32;
+    let mut cohort = verbund_ccdl::compile(ccdl, verbund_ccdl::Mapping::builtin(), today).map_err(CohortError::Ccdl)?;
+    // The mapping names the datasets of docs/fhir-datasets.md; each site resolves the model to
+    // its own dataset of that shape.
+    for group in cohort.inclusion.iter_mut().chain(cohort.exclusion.iter_mut()) {
+        for criterion in &mut group.criteria {
+            as_model(criterion);
+        }
+    }
+    Ok(cohort)
+}
+
+fn as_model(criterion: &mut pb::Criterion) {
+    if !criterion.dataset.contains('/') {
+        criterion.dataset = format!("fhir/{}", criterion.dataset);
+    }
+    for attribute in &mut criterion.attributes {
+        if let Some(pb::attribute_filter::Kind::Linked(linked)) = &mut attribute.kind {
+            linked.criteria.iter_mut().for_each(as_model);
+        }
+    }
 }

@@ -47,6 +47,9 @@ impl Catalogue {
         let mut catalogue = Self::new();
         for d in datasets {
             catalogue.register_file(d).await?;
+            if let Some(model) = &d.model {
+                catalogue.set_model(&d.name, model)?;
+            }
             catalogue.report_unlinked(&d.name, &d.patient_key).await?;
         }
         Ok(catalogue)
@@ -150,7 +153,18 @@ impl Catalogue {
             name: name.to_string(),
             patient_key: patient_key.to_string(),
             columns: infos,
+            model: String::new(),
         });
+        Ok(())
+    }
+
+    /// Says what a dataset is ("fhir/conditions": see docs/fhir-datasets.md), so that
+    /// criteria naming the model find it whatever the site calls it.
+    pub fn set_model(&mut self, dataset: &str, model: &str) -> Result<()> {
+        let entry = self.catalogue.datasets.iter_mut().find(|d| d.name == dataset);
+        let entry =
+            entry.ok_or_else(|| Error::Dataset { dataset: dataset.into(), message: "not registered".into() })?;
+        entry.model = model.to_string();
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use datafusion::prelude::{DataFrame, col, ident, lit};
 use std::future::Future;
 use std::pin::Pin;
 use verbund_proto::v1 as pb;
-use verbund_query::cohort::{CODINGS, CheckedCohort, CheckedCriterion, CodeSet, Condition, QuantityTest, RESOURCE};
+use verbund_query::cohort::{CheckedCohort, CheckedCriterion, CodeSet, Condition, QuantityTest, RESOURCE};
 
 /// The patient column of a criterion's patient set.
 const PATIENT: &str = "__cohort_patient";
@@ -126,7 +126,7 @@ impl Engine {
 
     /// The resources with a coding of `set.element` in the set, in column `KEY`.
     async fn coded(&self, set: &CodeSet) -> Result<DataFrame, Refusal> {
-        let codings = self.session().table(CODINGS).await.map_err(internal)?;
+        let codings = self.session().table(set.codings.as_str()).await.map_err(internal)?;
         let (system, code) = (ident("system"), ident("code"));
         let mut alternatives: Vec<Expr> = set
             .codes

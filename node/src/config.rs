@@ -173,6 +173,11 @@ pub struct DatasetConfig {
     pub patient_key: String,
     /// The columns researchers may use. Nothing else of the file is visible.
     pub columns: Vec<String>,
+    /// What the dataset is, when it has a documented shape: "fhir/<dataset>" for the datasets
+    /// `verbund import` writes (docs/fhir-datasets.md). Cohort criteria and consent find
+    /// datasets by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl DatasetConfig {

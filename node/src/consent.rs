@@ -16,8 +16,8 @@ use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, col, ident, lit};
 use std::sync::Arc;
 
-/// The dataset of consent provisions (docs/fhir-datasets.md).
-pub const PROVISIONS: &str = "consent_provisions";
+/// The model of the dataset of consent provisions (docs/fhir-datasets.md).
+pub const PROVISIONS: &str = "fhir/consent_provisions";
 /// The code system of a provision's purpose naming a kind of research ("commercial").
 pub const PURPOSE_SYSTEM: &str = "https://verbund.dev/fhir/CodeSystem/research-purpose";
 /// The code system of a provision's purpose naming one project.
@@ -93,20 +93,21 @@ impl Engine {
     /// The population of `project` on `day` (days since 1970-01-01).
     pub(crate) async fn population(&self, project: &str, day: i32) -> Result<Population, Refusal> {
         let require = &self.policy().consent.require;
-        let has_provisions = self.catalogue().datasets.iter().any(|d| d.name == PROVISIONS);
-        if !has_provisions {
+        let catalogue = self.catalogue();
+        let Some(provisions) = verbund_query::cohort::find_dataset(&catalogue, PROVISIONS) else {
             if require.is_empty() {
                 return Ok(Population::Everyone);
             }
             return Err(Refusal::ConsentUnavailable);
-        }
+        };
+        let provisions = provisions.name.clone();
         let purpose =
             verbund_policies::ProjectRule::of(&self.policy().projects, project).and_then(|r| r.purpose.clone());
-        let key = format!("{project}\n{day}\n{}\n{purpose:?}", self.dataset_version(PROVISIONS));
+        let key = format!("{project}\n{day}\n{}\n{purpose:?}", self.dataset_version(&provisions));
         if let Some((_, p)) = self.populations().entries.lock().iter().find(|(k, _)| *k == key) {
             return Ok(p.clone());
         }
-        let population = self.compute_population(project, purpose.as_deref(), day).await?;
+        let population = self.compute_population(&provisions, project, purpose.as_deref(), day).await?;
         let mut entries = self.populations().entries.lock();
         if entries.len() >= 16 {
             entries.remove(0);
@@ -115,8 +116,14 @@ impl Engine {
         Ok(population)
     }
 
-    async fn compute_population(&self, project: &str, purpose: Option<&str>, day: i32) -> Result<Population, Refusal> {
-        let provisions = || async { self.session().table(PROVISIONS).await.map_err(internal) };
+    async fn compute_population(
+        &self,
+        dataset: &str,
+        project: &str,
+        purpose: Option<&str>,
+        day: i32,
+    ) -> Result<Population, Refusal> {
+        let provisions = || async { self.session().table(dataset).await.map_err(internal) };
         let today = lit(datafusion::common::ScalarValue::Date32(Some(day)));
         let active = || {
             ident("status")

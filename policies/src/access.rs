@@ -121,7 +121,12 @@ impl Policy {
                             .filter(|c| c.name == d.patient_key || allowed.is_none_or(|a| a.contains(&c.name)))
                             .cloned()
                             .collect();
-                        pb::DatasetInfo { name: d.name.clone(), patient_key: d.patient_key.clone(), columns }
+                        pb::DatasetInfo {
+                            name: d.name.clone(),
+                            patient_key: d.patient_key.clone(),
+                            columns,
+                            model: d.model.clone(),
+                        }
                     })
                     .collect();
                 pb::ProjectView { project: rule.name.clone(), catalogue: Some(pb::Catalogue { datasets }) }
@@ -187,6 +192,7 @@ columns = { patients = ["sex", "age"] }
             name: name.into(),
             patient_key: "pid".into(),
             columns: cols.iter().map(|c| col(c)).collect(),
+            model: String::new(),
         };
         let catalogue = pb::Catalogue {
             datasets: vec![

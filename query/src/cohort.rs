@@ -11,8 +11,19 @@ use verbund_proto::v1 as pb;
 
 /// The column every clinical dataset has: the row's FHIR `Type/id`.
 pub const RESOURCE: &str = "resource";
-/// The dataset of every coding of every coded element.
-pub const CODINGS: &str = "codings";
+/// The model of the dataset of every coding of every coded element.
+pub const CODINGS: &str = "fhir/codings";
+
+/// The dataset a criterion, a consent rule or a feasibility count names: by its name, else by
+/// its model (`fhir/conditions`: the dataset whose model it is, else, at a site that does not
+/// label models, the dataset named `conditions`).
+pub fn find_dataset<'a>(catalogue: &'a pb::Catalogue, name: &str) -> Option<&'a pb::DatasetInfo> {
+    let datasets = &catalogue.datasets;
+    datasets.iter().find(|d| d.name == name).or_else(|| datasets.iter().find(|d| d.model == name)).or_else(|| {
+        let plain = name.strip_prefix("fhir/")?;
+        datasets.iter().find(|d| d.name == plain && d.model.is_empty())
+    })
+}
 
 pub const MAX_COHORT_GROUPS: usize = 64;
 pub const MAX_COHORT_CRITERIA: usize = 256;
@@ -69,6 +80,8 @@ pub enum QuantityTest {
 /// Codes by system; prefixes as (system, prefix).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CodeSet {
+    /// The site's codings dataset.
+    pub codings: String,
     pub element: String,
     pub codes: BTreeMap<String, BTreeSet<String>>,
     pub prefixes: Vec<(String, String)>,
@@ -228,7 +241,7 @@ fn check_criterion(
 
 /// The dataset, if it is clinical: a `resource` column of strings and a patient key.
 fn clinical<'a>(catalogue: &'a pb::Catalogue, name: &str) -> Result<&'a pb::DatasetInfo, InvalidRequest> {
-    let Some(d) = catalogue.datasets.iter().find(|d| d.name == name) else {
+    let Some(d) = find_dataset(catalogue, name) else {
         let available = catalogue.datasets.iter().map(|d| d.name.clone()).collect();
         return Err(InvalidRequest::UnknownDataset { dataset: name.into(), available });
     };
@@ -243,7 +256,7 @@ fn code_set(m: &pb::CodeMatch, catalogue: &pb::Catalogue, counts: &mut Counts) -
     if m.element.is_empty() || (m.codings.is_empty() && m.prefixes.is_empty()) {
         return Err(CohortProblem::EmptyCodes.into());
     }
-    let codings = catalogue.datasets.iter().find(|d| d.name == CODINGS).ok_or(CohortProblem::NoCodings)?;
+    let codings = find_dataset(catalogue, CODINGS).ok_or(CohortProblem::NoCodings)?;
     let string = |name: &str| codings.columns.iter().any(|c| c.name == name && c.r#type() == pb::ColumnType::String);
     if !["resource", "element", "system", "code"].iter().all(|c| string(c)) {
         return Err(CohortProblem::NoCodings.into());
@@ -252,7 +265,7 @@ fn code_set(m: &pb::CodeMatch, catalogue: &pb::Catalogue, counts: &mut Counts) -
     if counts.codes > MAX_COHORT_CODES {
         return Err(Limit::CohortCodes(counts.codes).into());
     }
-    let mut set = CodeSet { element: m.element.clone(), ..Default::default() };
+    let mut set = CodeSet { codings: codings.name.clone(), element: m.element.clone(), ..Default::default() };
     for c in &m.codings {
         set.codes.entry(c.system.clone()).or_default().insert(c.code.clone());
     }
@@ -344,11 +357,11 @@ impl CheckedCriterion {
         if let Some(f) = &self.fixed {
             f.columns(mine);
         }
-        let mut codes = false;
+        let mut codings = None;
         let mut linked = Vec::new();
         for c in &self.conditions {
             match c {
-                Condition::Codes(_) => codes = true,
+                Condition::Codes(set) => codings = Some(set.codings.as_str()),
                 Condition::Quantity { column, unit, .. } => {
                     mine.insert(column);
                     if let Some((u, _)) = unit {
@@ -365,8 +378,8 @@ impl CheckedCriterion {
                 }
             }
         }
-        if codes {
-            out.entry(CODINGS).or_default().extend(["resource", "element", "system", "code"]);
+        if let Some(codings) = codings {
+            out.entry(codings).or_default().extend(["resource", "element", "system", "code"]);
         }
         for l in linked {
             l.collect(out);
@@ -455,6 +468,7 @@ mod tests {
         let columns = checked.columns();
         assert!(columns["observations"].contains("value_unit"));
         assert!(columns["codings"].contains("code"));
+        assert_eq!(find_dataset(&catalogue(), "fhir/observations").map(|d| d.name.as_str()), Some("observations"));
     }
 
     #[test]
@@ -512,7 +526,7 @@ mod tests {
     #[test]
     fn code_matches_need_the_codings_dataset_and_stay_within_limits() {
         let mut without = catalogue();
-        without.datasets.retain(|d| d.name != CODINGS);
+        without.datasets.retain(|d| d.name != "codings");
         let e = check_cohort(&cohort(vec![lab()]), &without).unwrap_err();
         assert!(e.to_string().contains("'codings' dataset"), "{e}");
 

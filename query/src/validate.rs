@@ -488,6 +488,7 @@ pub fn example_catalogue() -> pb::Catalogue {
                 col("smoker", pb::ColumnType::Bool),
                 col("birth_date", pb::ColumnType::Date),
             ],
+            model: String::new(),
         }],
     }
 }

@@ -566,6 +566,7 @@ impl Synthetic {
                 format: None,
                 patient_key: t.patient_key.clone(),
                 columns: t.columns.clone(),
+                model: None,
             })
             .collect();
         let catalogue = Catalogue::open(&datasets).await.context("open site data")?;

@@ -39,6 +39,7 @@ pub fn dataset_config(name: &str, path: &Path) -> anyhow::Result<DatasetConfig> 
         format: None,
         patient_key: crate::data::PATIENT_KEY.into(),
         columns: crate::data::COLUMNS.iter().map(|c| c.to_string()).collect(),
+        model: None,
     })
 }
 

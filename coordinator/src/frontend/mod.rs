@@ -112,6 +112,7 @@ pub fn union_catalogue<'a>(catalogues: impl IntoIterator<Item = &'a pb::Catalogu
                 name: d.name.clone(),
                 patient_key: d.patient_key.clone(),
                 columns: vec![],
+                model: d.model.clone(),
             });
             for c in &d.columns {
                 if !entry.columns.iter().any(|e| e.name == c.name) {
@@ -270,7 +271,7 @@ mod tests {
     fn union_catalogue_merges_sites() {
         let mut other = catalogue();
         other.datasets[0].columns.push(pb::ColumnInfo { name: "region".into(), r#type: pb::ColumnType::String as i32 });
-        other.datasets.push(pb::DatasetInfo { name: "labs".into(), patient_key: "pid".into(), columns: vec![] });
+        other.datasets.push(pb::DatasetInfo { name: "labs".into(), patient_key: "pid".into(), ..Default::default() });
         let u = union_catalogue([&catalogue(), &other]);
         assert_eq!(u.datasets.len(), 2);
         assert_eq!(u.datasets[1].columns.len(), 7);

@@ -439,7 +439,7 @@ async fn consent_network(purpose: &str, require: &[&str]) -> (Network, Vec<Site>
     for (i, name) in SITES.iter().enumerate() {
         let data = site(i);
         let mut catalogue = catalogue(&data);
-        table(&mut catalogue, verbund_node::consent::PROVISIONS, provisions(i));
+        table(&mut catalogue, "consent_provisions", provisions(i));
         network.add_node(network.node(name, catalogue, policy.clone())).await;
         sites.push(data);
     }
@@ -552,4 +552,50 @@ async fn a_required_consent_counts_only_patients_who_gave_it() {
     let (_, response) = bare.query("SELECT count(*) AS n FROM patients").await.unwrap();
     assert_eq!(answered(&response), 0);
     assert!(crate::attacks::refusals(&response)[0].contains("consent_provisions"), "{response:?}");
+}
+
+// ---- CCDL through the coordinator ----
+
+fn ccdl_diagnosis(code: &str, extra: &str) -> String {
+    format!(
+        r#"{{"version": "2", "inclusionCriteria": [[{{
+            "context": {{"code": "Diagnose", "display": "Diagnose", "system": "fdpg.mii.cds", "version": "1.0.0"}},
+            "termCodes": [{{"code": "{code}", "display": "", "system": "{ICD}"}}]{extra}
+        }}]]}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_ccdl_query_is_translated_checked_and_counted_across_sites() {
+    let (network, sites) = network(raw_policy()).await;
+    // ICD-10-GM expands by prefix: E13 is E13.9 and E13.90.
+    let request = pb::ResearchQuery { ccdl: ccdl_diagnosis("E13", ""), ..Default::default() };
+    let (batch, response) = network.query_with(request).await.unwrap();
+    assert_eq!(answered(&response), 3, "{response:?}");
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), with_prefix(&sites, "E13").len() as i64);
+
+    // A time restriction on the recorded date: only E11.9 diagnoses recorded from 1 Jan 2022.
+    let window = r#", "timeRestriction": {"afterDate": "2022-01-01"}"#;
+    let request = pb::ResearchQuery { ccdl: ccdl_diagnosis("E11.9", window), ..Default::default() };
+    let (batch, _) = network.query_with(request).await.unwrap();
+    let recorded_since: BTreeSet<&String> = sites
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .filter(|c| c.code == "E11.9" && c.recorded >= 18_993)
+        .map(|c| &c.patient)
+        .collect();
+    assert!(!recorded_since.is_empty() && recorded_since.len() < with_prefix(&sites, "E11").len());
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), recorded_since.len() as i64);
+
+    // Every problem is reported at its place in the document, before any site runs anything.
+    let bad = ccdl_diagnosis("E11.9", r#", "timeRestriction": {"afterDate": "2022-13-01"}"#);
+    let e = network.query_with(pb::ResearchQuery { ccdl: bad, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("/inclusionCriteria/0/0/timeRestriction/afterDate"), "{}", e.message());
+    let both = pb::ResearchQuery {
+        ccdl: ccdl_diagnosis("E11.9", ""),
+        cohort: Some(pb::Cohort { inclusion: vec![group(vec![diagnosis(&["I10"], &[])])], exclusion: vec![] }),
+        ..Default::default()
+    };
+    assert_eq!(network.query_with(both).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 }

@@ -53,6 +53,7 @@ async fn a_new_import_is_served_and_announced_without_a_restart() {
         format: Some(FileFormat::Parquet),
         patient_key: "patient_id".into(),
         columns: vec!["patient_id".into(), "ward".into()],
+        model: None,
     }];
     let catalogue = Catalogue::open(&configs).await.unwrap();
     let mut network = Network::start(&["site-a"]).await;
