@@ -232,7 +232,7 @@ impl<'a> Reader<'a> {
     ) -> Result<(), ImportError> {
         self.resources += 1;
         if let Some(p) = &self.progress
-            && self.resources % 4096 == 0
+            && self.resources.is_multiple_of(4096)
         {
             p.resources(self.resources);
         }

@@ -33,7 +33,10 @@ fn nested(p: &Value, rows: &mut usize, codings: &mut usize) {
 }
 
 /// An independent scan of testData.json: resources per type and the rows each dataset should have.
-fn scan(path: &Path) -> anyhow::Result<(BTreeMap<String, u64>, BTreeMap<&'static str, u64>, BTreeMap<String, u64>)> {
+/// Resources per type, rows per dataset, patients per gender.
+type Scan = (BTreeMap<String, u64>, BTreeMap<&'static str, u64>, BTreeMap<String, u64>);
+
+fn scan(path: &Path) -> anyhow::Result<Scan> {
     let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
     let mut types = BTreeMap::new();
