@@ -62,12 +62,33 @@ pub const QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// An MII feasibility query (CCDL), as the research data portal sends it.
+pub const CCDL_EXAMPLE: &str = include_str!("../../ccdl/examples/women-with-type-2-diabetes-65-plus.json");
+
+/// Patients with a type-2 diabetes diagnosis (ICD-10-GM E11 and its subcodes), in CCDL.
+const CCDL_TYPE_2_DIABETES: &str = r#"{"version": "2", "inclusionCriteria": [[{
+  "context": {"code": "Diagnose", "system": "fdpg.mii.cds", "version": "1.0.0", "display": "Diagnose"},
+  "termCodes": [{"code": "E11", "system": "http://fhir.de/CodeSystem/bfarm/icd-10-gm", "display": "Diabetes mellitus, Typ 2"}]}]]}"#;
+
+/// The clinical part: the same population imported from FHIR, asked in CCDL: (title, CCDL,
+/// SQL whose population the cohort is, if any).
+pub const CLINICAL: &[(&str, &str, &str)] = &[
+    ("An MII feasibility query (CCDL, printed above): women with type 2 diabetes, aged 65 or older", CCDL_EXAMPLE, ""),
+    (
+        "A cohort as the population of a SQL question: mean HbA1c (FHIR Observations, LOINC 4548-4) of the \
+         patients with a type 2 diabetes diagnosis (CCDL: Diagnose E11); every lab value shares the bounds [0, 400], \
+         so the mean carries much noise",
+        CCDL_TYPE_2_DIABETES,
+        "SELECT count(*) AS measurements, avg(value) AS mean_hba1c FROM fhir_observations WHERE code = '4548-4'",
+    ),
+];
+
 pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory for the demo network")?;
     println!("Generating synthetic data for three hospitals (seed {seed}, scale {scale}),");
     println!("a network CA with certificates for the coordinator and each site, and a researcher token ...");
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let layout = setup::write_network(dir.path(), seed, scale, verbund_synth::Format::Parquet, &names)?;
+    let layout = setup::write_network(dir.path(), seed, scale, verbund_synth::Format::Parquet, &names).await?;
 
     let node_listener = TcpListener::bind("127.0.0.1:0").await?;
     let api_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -107,9 +128,24 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
     print_sites(&mut client, &token).await?;
 
     for (title, sql) in QUERIES {
-        println!("== {title}\n   {sql}\n");
+        println!("== {title}\n   {}\n", if sql.is_empty() { "(no SQL: how many patients)" } else { sql });
         let request =
             pb::ResearchQuery { sql: sql.to_string(), project: setup::DEMO_PROJECT.into(), ..Default::default() };
+        match client.query(authorized(request, &token)?).await {
+            Ok(response) => println!("{}\n", render::response(&response.into_inner(), OutputFormat::Table)?),
+            Err(status) => println!("refused: {}\n", status.message()),
+        }
+    }
+    println!("== Clinical data: each site also imported the population as FHIR (`verbund import`)\n");
+    println!("{CCDL_EXAMPLE}");
+    for (title, ccdl, sql) in CLINICAL {
+        println!("== {title}\n   {sql}\n");
+        let request = pb::ResearchQuery {
+            sql: sql.to_string(),
+            ccdl: ccdl.to_string(),
+            project: setup::DEMO_PROJECT.into(),
+            ..Default::default()
+        };
         match client.query(authorized(request, &token)?).await {
             Ok(response) => println!("{}\n", render::response(&response.into_inner(), OutputFormat::Table)?),
             Err(status) => println!("refused: {}\n", status.message()),

@@ -92,6 +92,22 @@ pub enum Command {
     /// or `reconcile` found the logs disagree; 2 the command could not run.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Import FHIR R4 (Bundles, Bulk Data NDJSON, gzip) into a node's clinical datasets
+    /// (Parquet, docs/fhir-datasets.md); a later import merges with what is there. Prints a
+    /// summary and the node's `[[dataset]]` entries. Exit code 2 when nothing could be read.
+    Import {
+        /// Where the datasets go (OUT/<dataset>/current); a running node serves a new import
+        /// without a restart.
+        #[arg(long)]
+        out: PathBuf,
+        /// Memory for merging with the data already there, in MiB; beyond it the merge spills
+        /// to OUT/.tmp.
+        #[arg(long, default_value_t = verbund_fhir::ImportOptions::DEFAULT_MEMORY_MB)]
+        memory_mb: usize,
+        /// Files or directories (searched for .json, .ndjson, .json.gz, .ndjson.gz).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Write a ready-to-run demo network: data, PKI, token keys, policies and configs.
     Generate {
         #[arg(long)]
@@ -219,6 +235,7 @@ pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         Command::Demo { .. } => "error",
         Command::Query { .. }
+        | Command::Import { .. }
         | Command::Sites { .. }
         | Command::Generate { .. }
         | Command::Pki(_)
@@ -250,6 +267,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let request = pb::ResearchQuery { sql, sites, timeout_ms, project, ccdl, ..Default::default() };
             let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
             print(&render::response(&response, format)?)
+        }
+        Command::Import { out, memory_mb, inputs } => {
+            let options = verbund_fhir::ImportOptions { inputs, out: out.clone(), memory_mb, progress: true };
+            let summary = verbund_fhir::import(&options).await?;
+            println!("{summary}");
+            println!("# The node's datasets (add them to its configuration once):\n");
+            print!("{}", verbund_fhir::dataset_config(&out));
+            Ok(())
         }
         Command::Sites { connection, project, format } => {
             let (mut client, token) = connect(&connection).await?;
@@ -338,7 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if coordinator_url.scheme_str() != Some("https") {
                 bail!("--coordinator-url must start with https:// (verbund never speaks in clear text)");
             }
-            let layout = setup::write_network(&out, seed, scale, format, &coordinator_names)?;
+            let layout = setup::write_network(&out, seed, scale, format, &coordinator_names).await?;
             let mut coordinator = setup::coordinator_config(&layout, node_listen, api_listen);
             coordinator.ops_listen = ops_listen;
             let path = out.join("coordinator.toml");
@@ -366,6 +391,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The process exit code for an error `run` returned: what an audit command asks for
 /// ([`audit::AuditExit::code`]: 1 found a problem, 2 could not run), 1 for the rest.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    // An import that could read nothing at all: 2, so a nightly job tells it from issues.
+    if matches!(error.downcast_ref::<verbund_fhir::ImportError>(), Some(verbund_fhir::ImportError::NoInput { .. })) {
+        return 2;
+    }
     error.downcast_ref::<audit::AuditExit>().map_or(1, audit::AuditExit::code)
 }
 

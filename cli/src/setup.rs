@@ -33,11 +33,20 @@ pub struct NetworkLayout {
     /// A token with the role `auditor`, for reading audit logs (a data-protection officer's).
     pub auditor_token_file: PathBuf,
     pub policy_files: Vec<PathBuf>,
+    /// Per site, its clinical datasets: the same population exported as FHIR and imported
+    /// with `verbund import` (served as `fhir_<dataset>`).
+    pub fhir: Vec<PathBuf>,
 }
 
-/// Writes data, PKI, identity provider, policies and the researcher token under `dir`. A
-/// directory that holds a network already (its CA key) is refused: its keys are not replaced.
-pub fn write_network(
+/// The demo sites serve their FHIR datasets under this prefix: the generated flat tables
+/// keep the plain names. Cohorts find them by model (`fhir/patients`).
+pub const FHIR_PREFIX: &str = "fhir_";
+
+/// Writes data, PKI, identity provider, policies and the researcher token under `dir`, and
+/// the same population as FHIR (fhir-export/<site>/, gzip NDJSON), imported into each site's
+/// clinical datasets. A directory that holds a network already (its CA key) is refused: its
+/// keys are not replaced.
+pub async fn write_network(
     dir: &Path,
     seed: u64,
     scale: f64,
@@ -54,6 +63,24 @@ pub fn write_network(
         );
     }
     let sites = verbund_synth::write_all(&dir.join("data"), seed, scale, format)?;
+    let population = verbund_synth::generate(seed, scale)?;
+    let exports = verbund_synth::fhir::write_fhir(
+        &dir.join("fhir-export"),
+        &population,
+        verbund_synth::fhir::FhirLayout::NdjsonGzip,
+    )?;
+    let mut fhir = Vec::new();
+    for export in &exports {
+        let out = dir.join("data").join(&export.site).join("fhir");
+        let input = dir.join("fhir-export").join(&export.site);
+        let summary = verbund_fhir::import(&verbund_fhir::ImportOptions::new(vec![input], out.clone()))
+            .await
+            .with_context(|| format!("importing the FHIR export of {}", export.site))?;
+        if summary.issues > 0 {
+            bail!("the generated FHIR of {} has {} issue(s): {summary}", export.site, summary.issues);
+        }
+        fhir.push(out);
+    }
     let ca = NetworkCa::create("verbund demo", Validity::days(365))?;
     let (ca_path, _) = ca.write(&pki)?;
     let (cert, key) =
@@ -96,6 +123,7 @@ pub fn write_network(
         token_file,
         auditor_token_file,
         policy_files,
+        fhir,
     })
 }
 
@@ -160,7 +188,9 @@ fn demo_dataset_rules() -> Vec<DatasetRule> {
             ("unit", text(&mut OBSERVATIONS.iter().map(|o| o.unit))),
         ],
     );
-    vec![patients, conditions, observations]
+    // The imported FHIR observations: lab values and vital signs share one value column.
+    let fhir_observations = rule(&format!("{FHIR_PREFIX}observations"), vec![("value".into(), [0.0, 400.0])], vec![]);
+    vec![patients, conditions, observations, fhir_observations]
 }
 
 impl NetworkLayout {
@@ -207,6 +237,17 @@ pub fn node_config(layout: &NetworkLayout, index: usize, coordinator: &Uri) -> N
             model: None,
         })
         .collect();
+    let fhir = &layout.fhir[index];
+    config.datasets.extend(verbund_fhir::DATASETS.iter().zip(verbund_fhir::COLUMNS.iter()).map(|(name, columns)| {
+        DatasetConfig {
+            name: format!("{FHIR_PREFIX}{name}"),
+            path: layout.path(&fhir.join(name).join("current")),
+            format: Some(verbund_node::config::FileFormat::Parquet),
+            patient_key: "patient_id".into(),
+            columns: columns.iter().map(|(c, _)| c.to_string()).collect(),
+            model: Some(format!("fhir/{name}")),
+        }
+    }));
     config
 }
 
@@ -235,12 +276,12 @@ pub fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_configs_are_valid_and_read_back_as_written() {
+    #[tokio::test]
+    async fn generated_configs_are_valid_and_read_back_as_written() {
         verbund_security::install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_string()];
-        let layout = write_network(dir.path(), 1, 0.01, verbund_synth::Format::Csv, &names).unwrap();
+        let layout = write_network(dir.path(), 1, 0.01, verbund_synth::Format::Csv, &names).await.unwrap();
         let coordinator: Uri = "https://localhost:7070".parse().unwrap();
         for i in 0..layout.sites.len() {
             let mut written = node_config(&layout, i, &coordinator);
@@ -281,7 +322,7 @@ mod tests {
         assert!(config.tls.key.exists());
 
         // The directory holds a network now: generating into it again replaces no key.
-        let e = write_network(dir.path(), 2, 0.01, verbund_synth::Format::Csv, &names).err().unwrap().to_string();
+        let e = write_network(dir.path(), 2, 0.01, verbund_synth::Format::Csv, &names).await.err().unwrap().to_string();
         assert!(e.contains("holds a network already"), "{e}");
     }
 }

@@ -401,6 +401,7 @@ mod tests {
             name: name.into(),
             patient_key: "patient_id".into(),
             columns: [vec![column("patient_id", S), column("resource", S)], columns].concat(),
+            model: String::new(),
         };
         pb::Catalogue {
             datasets: vec![
@@ -421,6 +422,7 @@ mod tests {
                     name: "flat".into(),
                     patient_key: "pid".into(),
                     columns: vec![column("pid", S), column("x", Float64)],
+                    model: String::new(),
                 },
             ],
         }

@@ -229,7 +229,7 @@ pub async fn run(pki: &verbund_tests::Pki, plan: &Plan<'_>) -> anyhow::Result<Fi
     let audited = audited.with_audit(log.clone(), Some("127.0.0.1".into()));
 
     let sql = crate::net::LIGHT_SQL;
-    let request = verbund_coordinator::frontend::plan_sql(sql, plain.engine().catalogue())
+    let request = verbund_coordinator::frontend::plan_sql(sql, &plain.engine().catalogue())
         .await
         .map_err(anyhow::Error::msg)?
         .request;

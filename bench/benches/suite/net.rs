@@ -335,7 +335,7 @@ pub async fn local_medians(
     let mut medians = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let node = site_node(network, &site_name(i), file, &policy.policy()?).await?;
-        let plan = verbund_coordinator::frontend::plan_sql(sql, node.engine().catalogue())
+        let plan = verbund_coordinator::frontend::plan_sql(sql, &node.engine().catalogue())
             .await
             .map_err(anyhow::Error::msg)?;
         let q = crate::exec::node_query(format!("local-{i}"), &token, plan.request);

@@ -8,6 +8,7 @@ mod cohorts;
 mod disclosure;
 mod exactness;
 mod hostile_inputs;
+mod mii;
 mod misbehaving;
 mod operations;
 mod privacy_network;
