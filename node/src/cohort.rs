@@ -153,7 +153,7 @@ impl Engine {
 }
 
 /// The patient key as text, so that keys of any type join across datasets.
-fn as_text(df: &DataFrame, patient_key: &str) -> Expr {
+pub(crate) fn as_text(df: &DataFrame, patient_key: &str) -> Expr {
     match df.schema().field_with_unqualified_name(patient_key).map(|f| f.data_type().clone()) {
         Ok(DataType::Utf8) => ident(patient_key),
         _ => cast(ident(patient_key), DataType::Utf8),

@@ -5,6 +5,7 @@
 //! consent data) and narrows every query's rows, before any grouping, bounding or aggregate,
 //! in every kind of answer.
 
+use crate::cohort::as_text;
 use crate::engine::{Engine, internal};
 use crate::refusal::Refusal;
 use aws_lc_rs::digest;
@@ -12,7 +13,6 @@ use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::JoinType;
 use datafusion::datasource::MemTable;
-use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, col, ident, lit};
 use std::sync::Arc;
 
@@ -82,12 +82,6 @@ impl Population {
     }
 }
 
-fn as_text(df: &DataFrame, column: &str) -> Expr {
-    match df.schema().field_with_unqualified_name(column).map(|f| f.data_type().clone()) {
-        Ok(DataType::Utf8) => ident(column),
-        _ => cast(ident(column), DataType::Utf8),
-    }
-}
 
 impl Engine {
     /// The population of `project` on `day` (days since 1970-01-01).

@@ -530,7 +530,7 @@ mod tests {
         let mut without = catalogue();
         without.datasets.retain(|d| d.name != "codings");
         let e = check_cohort(&cohort(vec![lab()]), &without).unwrap_err();
-        assert!(e.to_string().contains("'codings' dataset"), "{e}");
+        assert!(e.to_string().contains("'fhir/codings' dataset"), "{e}");
 
         let mut many = lab();
         let codes = many.codes.as_mut().expect("codes");
