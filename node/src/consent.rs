@@ -82,7 +82,6 @@ impl Population {
     }
 }
 
-
 impl Engine {
     /// The population of `project` on `day` (days since 1970-01-01).
     pub(crate) async fn population(&self, project: &str, day: i32) -> Result<Population, Refusal> {
