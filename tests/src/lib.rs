@@ -620,3 +620,20 @@ pub fn pooled_context(sites: &[verbund_synth::SiteData]) -> anyhow::Result<Sessi
 pub fn site_context(site: &verbund_synth::SiteData) -> anyhow::Result<SessionContext> {
     pooled_context(std::slice::from_ref(site))
 }
+
+/// The node's `[[dataset]]` entries for the datasets `verbund import` wrote under `out`, as
+/// the command prints them (every column, model `fhir/<dataset>`).
+pub fn fhir_datasets(out: &std::path::Path) -> Vec<verbund_node::config::DatasetConfig> {
+    verbund_fhir::DATASETS
+        .iter()
+        .zip(verbund_fhir::COLUMNS.iter())
+        .map(|(name, columns)| verbund_node::config::DatasetConfig {
+            name: name.to_string(),
+            path: out.join(name).join("current"),
+            format: Some(verbund_node::config::FileFormat::Parquet),
+            patient_key: "patient_id".into(),
+            columns: columns.iter().map(|(c, _)| c.to_string()).collect(),
+            model: Some(format!("fhir/{name}")),
+        })
+        .collect()
+}

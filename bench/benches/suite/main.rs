@@ -5,11 +5,15 @@
 //! 3. Throughput with 64 concurrent researchers over 10 sites.
 //! 4. Resident memory of a node running as an OS process of its own.
 //! 5. The audit log: appends per second with fsync, and the latency it adds to a query.
+//! 6. The privacy engine (`--only privacy`): utility and time of the dp profile.
+//! 7. Clinical data (`--only clinical`): FHIR import throughput and peak memory, CCDL
+//!    feasibility latency, on at least 100,000 generated patients.
 //!
 //! Prints Markdown tables to stdout (progress to stderr) and writes the figures as JSON to
 //! `bench/results/latest.json` (`quick.json` with `--quick`). See BENCHMARKS.md.
 
 mod audit;
+mod clinical;
 mod data;
 mod exec;
 mod net;
@@ -34,7 +38,9 @@ const USAGE: &str = "cargo bench -p verbund-bench [-- OPTIONS]
   --seconds N          length of each throughput run (default 10)
   --audit-records N    records each appender appends in the audit runs (default 2000)
   --audit-runs N       Node::handle runs with and without the audit log (default 400)
-  --only LIST          comma-separated sections: exec, privacy, latency, load, audit (default: all)
+  --patients N         patients of the clinical section (default 100000)
+  --only LIST          comma-separated sections: exec, privacy, latency, load, audit, clinical
+                       (default: exec, latency, load, audit)
   --exec-filter TEXT   run only the execution queries whose id contains TEXT (e.g. b_grouped)
   --exec-side SIDE     both (default), node or raw: time one side only (for profiling)
   --explain            print DataFusion's physical plan of each raw execution query
@@ -54,6 +60,7 @@ struct Options {
     seconds: u64,
     audit_records: usize,
     audit_runs: usize,
+    patients: usize,
     sections: Vec<String>,
     exec_filter: Option<String>,
     exec_side: exec::Side,
@@ -89,6 +96,7 @@ impl Options {
             seconds: if quick { 3 } else { 10 },
             audit_records: if quick { 200 } else { 2000 },
             audit_runs: if quick { 40 } else { 400 },
+            patients: if quick { 5_000 } else { 100_000 },
             sections: vec!["exec".into(), "latency".into(), "load".into(), "audit".into()],
             exec_filter: None,
             exec_side: exec::Side::Both,
@@ -124,6 +132,7 @@ impl Options {
                 "--seconds" => o.seconds = value()?.parse()?,
                 "--audit-records" => o.audit_records = value()?.parse()?,
                 "--audit-runs" => o.audit_runs = value()?.parse()?,
+                "--patients" => o.patients = value()?.parse()?,
                 "--only" => o.sections = value()?.split(',').map(|s| s.trim().to_string()).collect(),
                 "--exec-filter" => o.exec_filter = Some(value()?.clone()),
                 "--data-dir" => o.data_dir = PathBuf::from(value()?),
@@ -136,8 +145,8 @@ impl Options {
             }
         }
         for s in &o.sections {
-            if !["exec", "privacy", "latency", "load", "audit"].contains(&s.as_str()) {
-                bail!("unknown section '{s}' (exec, privacy, latency, load, audit)");
+            if !["exec", "privacy", "latency", "load", "audit", "clinical"].contains(&s.as_str()) {
+                bail!("unknown section '{s}' (exec, privacy, latency, load, audit, clinical)");
             }
         }
         if o.rows == 0
@@ -147,6 +156,7 @@ impl Options {
             || o.researchers == 0
             || o.audit_records == 0
             || o.audit_runs == 0
+            || o.patients == 0
         {
             bail!("counts must be at least 1");
         }
@@ -160,6 +170,15 @@ impl Options {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(clinical::IMPORT_CHILD_ARG) {
+        return match clinical::import_child_main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("import process: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some(net::CHILD_ARG) {
         return match net::child_main(args.get(1)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -206,6 +225,14 @@ async fn run(o: Options) -> anyhow::Result<()> {
         println!("{}", section.0);
         report.push_str(&section.0);
         results["execution"] = section.1;
+    }
+
+    if o.runs("clinical") {
+        std::fs::create_dir_all(&o.data_dir)?;
+        let section = clinical::section(&o.data_dir, o.patients, o.seed, o.queries).await?;
+        println!("{}", section.0);
+        report.push_str(&section.0);
+        results["clinical"] = section.1;
     }
 
     if o.runs("privacy") {

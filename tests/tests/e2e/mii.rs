@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use verbund_node::catalogue::Catalogue;
-use verbund_node::config::{DatasetConfig, FileFormat};
 use verbund_policies::Policy;
 use verbund_proto::v1 as pb;
 use verbund_tests::Network;
@@ -60,18 +59,7 @@ async fn imported(inputs: &[PathBuf], out: &Path) -> Catalogue {
         .await
         .unwrap_or_else(|e| panic!("import of {inputs:?}: {e}"));
     assert!(summary.rows.values().sum::<u64>() > 0, "{summary}");
-    let configs: Vec<DatasetConfig> = verbund_fhir::DATASETS
-        .iter()
-        .zip(verbund_fhir::COLUMNS.iter())
-        .map(|(name, columns)| DatasetConfig {
-            name: name.to_string(),
-            path: out.join(name).join("current"),
-            format: Some(FileFormat::Parquet),
-            patient_key: "patient_id".into(),
-            columns: columns.iter().map(|(c, _)| c.to_string()).collect(),
-            model: Some(format!("fhir/{name}")),
-        })
-        .collect();
+    let configs = verbund_tests::fhir_datasets(out);
     Catalogue::open(&configs).await.unwrap_or_else(|e| panic!("the imported datasets: {e}"))
 }
 
