@@ -86,8 +86,8 @@ impl Engine {
     /// The population of `project` on `day` (days since 1970-01-01).
     pub(crate) async fn population(&self, project: &str, day: i32) -> Result<Population, Refusal> {
         let require = &self.policy().consent.require;
-        let catalogue = self.catalogue();
-        let Some(provisions) = verbund_query::cohort::find_dataset(&catalogue, PROVISIONS) else {
+        let data = self.data();
+        let Some(provisions) = verbund_query::cohort::find_dataset(data.catalogue(), PROVISIONS) else {
             if require.is_empty() {
                 return Ok(Population::Everyone);
             }

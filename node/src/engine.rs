@@ -128,7 +128,8 @@ impl Engine {
         self.data().catalogue().clone()
     }
 
-    fn data(&self) -> Arc<Catalogue> {
+    /// The catalogue served now, without copying it (the hot path's way to read it).
+    pub(crate) fn data(&self) -> Arc<Catalogue> {
         self.catalogue.read().clone()
     }
 

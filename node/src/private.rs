@@ -190,8 +190,9 @@ impl Engine {
     /// most `m` per patient.
     async fn bounded_rows(&self, q: &CheckedQuery, plan: &PrivatePlan) -> Result<DataFrame, Refusal> {
         let mut df = self.filtered(q).await?.filter(self.linked_key(q).is_not_null()).map_err(internal)?;
+        let data = self.data();
         for (column, levels) in &plan.levels {
-            let column_type = self
+            let column_type = data
                 .catalogue()
                 .datasets
                 .iter()
