@@ -59,6 +59,8 @@ pub struct Engine {
     waiting: AtomicU32,
     /// Each project's population (consent and objections), per day and consent data.
     populations: PopulationCache,
+    /// Which datasets (at which version) have one row per patient, for patient attributes.
+    pub(crate) patient_level: crate::attributes::PatientLevelCache,
 }
 
 tokio::task_local! {
@@ -109,6 +111,7 @@ impl Engine {
             running,
             waiting: AtomicU32::new(0),
             populations: Default::default(),
+            patient_level: Default::default(),
         }
     }
 
@@ -162,6 +165,9 @@ impl Engine {
             for (dataset, columns) in cohort.columns() {
                 self.policy.authorize(access, dataset, &columns.into_iter().collect::<Vec<_>>())?;
             }
+        }
+        for (dataset, column) in checked.patient_columns() {
+            self.policy.authorize(access, dataset, &[column])?;
         }
         self.check_cells(&checked)?;
         // Under differential privacy, what may be asked and what it costs is decided first.
@@ -217,10 +223,10 @@ impl Engine {
             .try_with(Population::clone)
             .map_err(|_| Refusal::internal("rows were read outside a query's population scope"))?;
         df = population.narrow(&ctx, df, &q.patient_key)?;
-        match &q.cohort {
-            Some(cohort) => self.restrict_to_cohort(df, &q.patient_key, cohort).await,
-            None => Ok(df),
+        if let Some(cohort) = &q.cohort {
+            df = self.restrict_to_cohort(df, &q.patient_key, cohort).await?;
         }
+        self.join_patient_attributes(df, q).await
     }
 
     pub(crate) fn session(&self) -> datafusion::prelude::SessionContext {
@@ -241,10 +247,12 @@ impl Engine {
     fn data_version(&self, q: &CheckedQuery, population: &Population) -> String {
         let data = self.data();
         let base = data.version(&q.dataset);
-        let (datasets, digest) = match (&q.cohort, population.digest()) {
-            (None, None) => return base.to_string(),
-            (cohort, digest) => (cohort.as_ref().map(|c| c.datasets()).unwrap_or_default(), digest),
-        };
+        let mut datasets = q.cohort.as_ref().map(|c| c.datasets()).unwrap_or_default();
+        datasets.extend(q.patient_columns().into_iter().map(|(d, _)| d));
+        let digest = population.digest();
+        if datasets.is_empty() && digest.is_none() {
+            return base.to_string();
+        }
         let mut parts: Vec<String> = vec![format!("{}={base}", q.dataset)];
         parts.extend(datasets.iter().map(|d| format!("{d}={}", data.version(d))));
         if let Some(digest) = digest {
@@ -263,6 +271,12 @@ impl Engine {
                     Some(n) => (column, n as u64 + 1),
                     None => continue,
                 },
+                CheckedGrouping::Patient { dataset, column, .. } => {
+                    match self.policy.declared_levels(dataset, column) {
+                        Some(n) => (column, n as u64 + 1),
+                        None => continue,
+                    }
+                }
             };
             if levels > u64::from(self.policy.max_levels) {
                 return Err(Exhausted::Levels { column: column.clone(), levels, limit: self.policy.max_levels }.into());
@@ -275,7 +289,7 @@ impl Engine {
             .map(|g| match g {
                 // Every bin and the NULL bin.
                 CheckedGrouping::Bins { spec, .. } => spec.len() as u64 + 1,
-                CheckedGrouping::Column { .. } => max_groups,
+                CheckedGrouping::Column { .. } | CheckedGrouping::Patient { .. } => max_groups,
             })
             .fold(1u64, u64::saturating_mul)
             .min(max_groups);
@@ -668,6 +682,7 @@ pub(crate) fn bin_expr(column: &str, spec: &BinSpec) -> Expr {
 pub(crate) fn grouping_expr(g: &CheckedGrouping) -> Expr {
     match g {
         CheckedGrouping::Column { column, .. } => ident(column),
+        CheckedGrouping::Patient { alias, .. } => ident(alias),
         CheckedGrouping::Bins { column, spec } => bin_expr(column, spec),
     }
 }

@@ -1,6 +1,7 @@
 //! A verbund node: runs beside one institution's data, dials out to the coordinator, and
 //! answers typed aggregate requests from local data under the site's own policy.
 
+mod attributes;
 pub mod audit;
 pub mod catalogue;
 mod cohort;

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use verbund_ledger::{Allowance, Cost, Debit, Ledger, LedgerError};
 use verbund_policies::noise::{NoiseKey, Seed};
 use verbund_policies::private::{
-    AggregatePlan, AggregateShape, PrivatePlan, Shape, TrueAggregate, TrueCell, Units, empty_private_result,
-    release_private_group,
+    AggregatePlan, AggregateShape, PatientColumn, PrivatePlan, Shape, TrueAggregate, TrueCell, Units,
+    empty_private_result, release_private_group,
 };
 use verbund_policies::{Level, Policy};
 use verbund_proto::v1 as pb;
@@ -117,11 +117,20 @@ fn is_integer(catalogue: &pb::Catalogue, dataset: &str, column: &str) -> bool {
 /// The request as the privacy policy sees it.
 pub fn shape_of<'a>(q: &'a CheckedQuery, catalogue: &pb::Catalogue) -> Shape<'a> {
     let integer = |column: &str| is_integer(catalogue, &q.dataset, column);
-    let mut shape = Shape { dataset: &q.dataset, group_columns: vec![], binned_groupings: 0, aggregates: vec![] };
+    let mut shape = Shape {
+        dataset: &q.dataset,
+        group_columns: vec![],
+        patient_columns: vec![],
+        binned_groupings: 0,
+        aggregates: vec![],
+    };
     for g in &q.groupings {
         match g {
             CheckedGrouping::Column { column, .. } => shape.group_columns.push(column),
             CheckedGrouping::Bins { .. } => shape.binned_groupings += 1,
+            CheckedGrouping::Patient { dataset, column, alias, .. } => {
+                shape.patient_columns.push(PatientColumn { dataset, column, alias })
+            }
         }
     }
     shape.aggregates = q
@@ -192,14 +201,19 @@ impl Engine {
         let mut df = self.filtered(q).await?.filter(self.linked_key(q).is_not_null()).map_err(internal)?;
         let data = self.data();
         for (column, levels) in &plan.levels {
-            let column_type = data
-                .catalogue()
-                .datasets
-                .iter()
-                .find(|d| d.name == q.dataset)
-                .and_then(|d| d.columns.iter().find(|c| &c.name == column))
-                .map(|c| c.r#type())
-                .unwrap_or_default();
+            let attribute = q.groupings.iter().find_map(|g| match g {
+                CheckedGrouping::Patient { alias, column_type, .. } if alias == column => Some(*column_type),
+                _ => None,
+            });
+            let column_type = attribute.unwrap_or_else(|| {
+                data.catalogue()
+                    .datasets
+                    .iter()
+                    .find(|d| d.name == q.dataset)
+                    .and_then(|d| d.columns.iter().find(|c| &c.name == column))
+                    .map(|c| c.r#type())
+                    .unwrap_or_default()
+            });
             let values: Vec<Expr> = levels.iter().filter_map(|l| level_literal(l, column_type)).map(lit).collect();
             df = df.filter(ident(column).in_list(values, false).or(ident(column).is_null())).map_err(internal)?;
         }

@@ -49,9 +49,20 @@ pub struct Shape<'a> {
     pub dataset: &'a str,
     /// Groupings by a column's values (need declared levels or partition selection).
     pub group_columns: Vec<&'a str>,
+    /// Groupings by a patient attribute: a column of another dataset, whose levels that
+    /// dataset's rule declares.
+    pub patient_columns: Vec<PatientColumn<'a>>,
     /// Groupings by bins (their domain comes from the request).
     pub binned_groupings: usize,
     pub aggregates: Vec<AggregateShape<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientColumn<'a> {
+    pub dataset: &'a str,
+    pub column: &'a str,
+    /// The column's name in the query's rows (the plan's levels are keyed by it).
+    pub alias: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +183,15 @@ impl Policy {
                 }
             }
         }
+        for p in &shape.patient_columns {
+            match self.dataset_rule(p.dataset).and_then(|r| r.levels.get(p.column)) {
+                Some(l) => levels.push((p.alias.to_string(), l.clone())),
+                None if self.dp.partition_selection => {}
+                None => {
+                    return Err(PrivacyRefusal::MissingLevels { dataset: p.dataset.into(), column: p.column.into() });
+                }
+            }
+        }
         let units = |column: &str, integer: bool, centred: bool| -> Result<Units, PrivacyRefusal> {
             let missing = || PrivacyRefusal::MissingBounds { dataset: shape.dataset.into(), column: column.into() };
             let [low, high] = *rule.bounds.get(column).ok_or_else(missing)?;
@@ -183,7 +203,8 @@ impl Policy {
 
         let m = if rule.one_row_per_patient { 1 } else { self.dp.max_rows_per_patient.max(1) };
         let m64 = u64::from(m);
-        let grouped = !shape.group_columns.is_empty() || shape.binned_groupings > 0;
+        let grouped =
+            !shape.group_columns.is_empty() || !shape.patient_columns.is_empty() || shape.binned_groupings > 0;
         let k = u64::from(self.min_cell_size);
         // Floors on values and bins need k > 1; cells from the data need a threshold even at k = 1.
         let value_floors = k > 1;
@@ -498,7 +519,7 @@ mod tests {
     "#;
 
     fn shape<'a>(aggregates: Vec<AggregateShape<'a>>, group_columns: Vec<&'a str>) -> Shape<'a> {
-        Shape { dataset: "patients", group_columns, binned_groupings: 0, aggregates }
+        Shape { dataset: "patients", group_columns, patient_columns: vec![], binned_groupings: 0, aggregates }
     }
 
     #[test]

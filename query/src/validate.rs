@@ -54,6 +54,8 @@ pub enum InvalidRequest {
     /// A problem inside a cohort, and where: `inclusion[1][0].attributes[0]`.
     #[error("cohort {at}: {error}")]
     Cohort { at: String, error: Box<InvalidRequest> },
+    #[error("grouping by a patient attribute needs patient-level data: {0}")]
+    PatientAttribute(String),
     #[error("{0}")]
     CohortProblem(crate::cohort::CohortProblem),
 }
@@ -61,7 +63,7 @@ pub enum InvalidRequest {
 /// A part of a request that is missing.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Missing {
-    #[error("a grouping names neither a column nor bins")]
+    #[error("a grouping names neither a column, bins nor a patient attribute")]
     GroupingKind,
     #[error("a query needs at least one aggregate, e.g. count(*)")]
     Aggregates,
@@ -130,8 +132,39 @@ pub enum CheckedFilter {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckedGrouping {
-    Column { column: String, column_type: pb::ColumnType },
-    Bins { column: String, spec: BinSpec },
+    Column {
+        column: String,
+        column_type: pb::ColumnType,
+    },
+    Bins {
+        column: String,
+        spec: BinSpec,
+    },
+    /// A column of a patient-level dataset, joined on the patient key; `alias` names it in
+    /// the joined rows.
+    Patient {
+        dataset: String,
+        key: String,
+        column: String,
+        column_type: pb::ColumnType,
+        alias: String,
+    },
+}
+
+impl CheckedGrouping {
+    /// The name of the grouped column in the query's rows.
+    pub fn column(&self) -> &str {
+        match self {
+            CheckedGrouping::Column { column, .. } | CheckedGrouping::Bins { column, .. } => column,
+            CheckedGrouping::Patient { alias, .. } => alias,
+        }
+    }
+}
+
+/// The name of a patient attribute in the query's rows (it cannot collide with a dataset's
+/// own column, whose names come from files and never start with `__`).
+pub fn patient_attribute_alias(dataset: &str, column: &str) -> String {
+    format!("__patient.{dataset}.{column}")
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +237,8 @@ impl CheckedQuery {
         for g in &self.groupings {
             match g {
                 CheckedGrouping::Column { column, .. } | CheckedGrouping::Bins { column, .. } => out.insert(column),
+                // Read from another dataset, see `patient_columns`.
+                CheckedGrouping::Patient { .. } => false,
             };
         }
         for a in &self.aggregates {
@@ -223,6 +258,17 @@ impl CheckedQuery {
             }
         }
         out.into_iter().collect()
+    }
+
+    /// The patient attributes the query groups by, as (dataset, column).
+    pub fn patient_columns(&self) -> Vec<(&str, &str)> {
+        self.groupings
+            .iter()
+            .filter_map(|g| match g {
+                CheckedGrouping::Patient { dataset, column, .. } => Some((dataset.as_str(), column.as_str())),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -294,6 +340,7 @@ pub fn check(query: &pb::AggregateQuery, catalogue: &pb::Catalogue) -> Result<Ch
                 let spec = BinSpec::from_proto(b).map_err(InvalidRequest::Bins)?;
                 Ok(CheckedGrouping::Bins { column: b.column.clone(), spec })
             }
+            Some(pb::grouping::Kind::PatientAttribute(a)) => check_patient_attribute(a, dataset, catalogue),
             None => Err(Missing::GroupingKind.into()),
         })
         .collect::<Result<Vec<_>, InvalidRequest>>()?;
@@ -322,6 +369,39 @@ pub fn check(query: &pb::AggregateQuery, catalogue: &pb::Catalogue) -> Result<Ch
         groupings,
         aggregates,
         cohort,
+    })
+}
+
+/// A patient attribute: a value column of a dataset with a patient key, for a query over a
+/// dataset with one.
+fn check_patient_attribute(
+    a: &pb::PatientAttribute,
+    base: &pb::DatasetInfo,
+    catalogue: &pb::Catalogue,
+) -> Result<CheckedGrouping, InvalidRequest> {
+    if base.patient_key.is_empty() {
+        return Err(InvalidRequest::PatientAttribute(format!(
+            "dataset '{}' has no patient key, so its rows cannot be linked to patients",
+            base.name
+        )));
+    }
+    let Some(dataset) = crate::cohort::find_dataset(catalogue, &a.dataset) else {
+        let available = catalogue.datasets.iter().map(|d| d.name.clone()).collect();
+        return Err(InvalidRequest::UnknownDataset { dataset: a.dataset.clone(), available });
+    };
+    if dataset.patient_key.is_empty() {
+        return Err(InvalidRequest::PatientAttribute(format!(
+            "dataset '{}' has no patient key; patient attributes come from a dataset such as fhir/patients",
+            dataset.name
+        )));
+    }
+    let column_type = Columns::new(dataset).value_column(&a.column, "GROUP BY")?;
+    Ok(CheckedGrouping::Patient {
+        dataset: dataset.name.clone(),
+        key: dataset.patient_key.clone(),
+        column: a.column.clone(),
+        column_type,
+        alias: patient_attribute_alias(&dataset.name, &a.column),
     })
 }
 

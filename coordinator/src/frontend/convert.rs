@@ -2,6 +2,7 @@
 //! into the typed request the sites answer, and the description of the output columns.
 //! Anything that is not of a supported shape is refused with the reason.
 
+use super::join::{PatientJoin, patient_join};
 use super::{FederatedPlan, SUPPORTED, Source, Unsupported, refuse};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::{Column, ScalarValue};
@@ -11,7 +12,7 @@ use verbund_proto::v1 as pb;
 use verbund_query::functions::{BIN, BIN_EDGES, BinKind, HISTOGRAM, HISTOGRAM_EDGES, scalar_as_f64};
 use verbund_query::literal::{parse_date, scalar_to_literal};
 
-pub(super) fn convert(plan: &LogicalPlan) -> Result<FederatedPlan, Unsupported> {
+pub(super) fn convert(plan: &LogicalPlan, catalogue: &pb::Catalogue) -> Result<FederatedPlan, Unsupported> {
     let LogicalPlan::Projection(projection) = plan else {
         return refuse(unsupported_reason(plan));
     };
@@ -24,18 +25,29 @@ pub(super) fn convert(plan: &LogicalPlan) -> Result<FederatedPlan, Unsupported> 
         }
         other => return refuse(unsupported_reason(other)),
     };
-    let (dataset, filter) = source(&aggregate.input)?;
+    let Rows { dataset, filter, patients } = source(&aggregate.input, catalogue)?;
 
     let mut group_by = Vec::with_capacity(aggregate.group_expr.len());
     for g in &aggregate.group_expr {
-        group_by.push(grouping(g)?);
+        group_by.push(grouping(g, patients.as_ref())?);
     }
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for a in &aggregate.aggr_expr {
+        if let Some(p) = &patients {
+            p.refuse_in(a, "an aggregate")?;
+        }
         aggregates.push(aggregate_of(a)?);
     }
     if aggregates.is_empty() {
         return refuse("the query selects no aggregate; add one, e.g. count(DISTINCT patient_id)");
+    }
+    if let Some(p) = &patients
+        && !group_by.iter().any(|g| matches!(g.kind, Some(pb::grouping::Kind::PatientAttribute(_))))
+    {
+        return refuse(format!(
+            "the query joins '{}' but does not group by any of its columns; a join is only for grouping by a patient attribute, so remove it",
+            p.dataset
+        ));
     }
 
     let ngroups = aggregate.group_expr.len();
@@ -78,7 +90,9 @@ fn unsupported_reason(plan: &LogicalPlan) -> String {
     let mut stack = vec![plan];
     while let Some(p) = stack.pop() {
         let reason = match p {
-            LogicalPlan::Join(_) => Some("joins are not supported yet: each query reads one dataset"),
+            LogicalPlan::Join(_) => Some(
+                "joins are not supported, except a LEFT JOIN of a patient-level dataset on the patient key to group by a patient attribute",
+            ),
             LogicalPlan::Union(_) => Some("UNION is not supported: send the queries separately"),
             LogicalPlan::Sort(_) => Some("ORDER BY is not supported: results come sorted by their group columns"),
             LogicalPlan::Limit(_) => Some("LIMIT is not supported: a federated answer is never cut short"),
@@ -118,17 +132,36 @@ fn unsupported_reason(plan: &LogicalPlan) -> String {
     format!("this query shape is not supported. {SUPPORTED}")
 }
 
-/// The dataset read and the WHERE condition, from the plan below the aggregate.
-fn source(plan: &LogicalPlan) -> Result<(String, Option<pb::Filter>), Unsupported> {
+/// What the plan below the aggregate reads.
+struct Rows {
+    dataset: String,
+    /// The WHERE condition.
+    filter: Option<pb::Filter>,
+    /// The patient-level dataset joined for grouping, if any.
+    patients: Option<PatientJoin>,
+}
+
+fn source(plan: &LogicalPlan, catalogue: &pb::Catalogue) -> Result<Rows, Unsupported> {
     match plan {
-        LogicalPlan::TableScan(scan) => Ok((scan.table_name.table().to_string(), None)),
-        LogicalPlan::SubqueryAlias(s) if matches!(s.input.as_ref(), LogicalPlan::TableScan(_)) => source(&s.input),
+        LogicalPlan::TableScan(scan) => {
+            Ok(Rows { dataset: scan.table_name.table().to_string(), filter: None, patients: None })
+        }
+        LogicalPlan::SubqueryAlias(s) if matches!(s.input.as_ref(), LogicalPlan::TableScan(_)) => {
+            source(&s.input, catalogue)
+        }
+        LogicalPlan::Join(join) => {
+            let (dataset, patients) = patient_join(join, catalogue)?;
+            Ok(Rows { dataset, filter: None, patients: Some(patients) })
+        }
         LogicalPlan::Filter(f) => {
-            let (dataset, inner) = source(&f.input)?;
-            if inner.is_some() {
+            let rows = source(&f.input, catalogue)?;
+            if rows.filter.is_some() {
                 return refuse("nested filters are not supported");
             }
-            Ok((dataset, Some(filter(&f.predicate)?)))
+            if let Some(p) = &rows.patients {
+                p.refuse_in(&f.predicate, "the WHERE condition")?;
+            }
+            Ok(Rows { filter: Some(filter(&f.predicate)?), ..rows })
         }
         other => refuse(unsupported_reason(other)),
     }
@@ -314,11 +347,21 @@ fn bins(name: &str, args: &[Expr], kind: BinKind) -> Result<pb::Bins, Unsupporte
     Ok(spec.to_proto(&column))
 }
 
-fn grouping(e: &Expr) -> Result<pb::Grouping, Unsupported> {
+fn grouping(e: &Expr, patients: Option<&PatientJoin>) -> Result<pb::Grouping, Unsupported> {
     use pb::grouping::Kind;
     let kind = match e {
-        Expr::Column(c) => Kind::Column(c.name.clone()),
-        Expr::Alias(a) => return grouping(&a.expr),
+        Expr::Column(c) => match patients {
+            Some(p) if p.owns(c) => {
+                Kind::PatientAttribute(pb::PatientAttribute { dataset: p.dataset.clone(), column: c.name.clone() })
+            }
+            _ => Kind::Column(c.name.clone()),
+        },
+        Expr::Alias(a) => return grouping(&a.expr, patients),
+        _ if patients.is_some_and(|p| p.refuse_in(e, "a grouping").is_err()) => {
+            return refuse(
+                "a patient attribute is grouped by its values; bins of patient attributes are not supported",
+            );
+        }
         Expr::ScalarFunction(f) if f.func.name() == BIN => Kind::Bins(bins(BIN, &f.args, BinKind::Fixed)?),
         Expr::ScalarFunction(f) if f.func.name() == BIN_EDGES => Kind::Bins(bins(BIN_EDGES, &f.args, BinKind::Edges)?),
         Expr::GroupingSet(_) => return refuse("GROUPING SETS, ROLLUP and CUBE are not supported"),

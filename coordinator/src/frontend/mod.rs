@@ -5,6 +5,7 @@
 //! and what is supported instead.
 
 mod convert;
+mod join;
 mod planning;
 mod references;
 mod text;
@@ -82,7 +83,8 @@ const SUPPORTED: &str = "verbund answers aggregate queries over one dataset: SEL
 <aggregates> FROM <dataset> [WHERE <conditions>] [GROUP BY <columns | bin(col, start, width, count) | \
 bin_edges(col, e0, e1, ...)>], with aggregates count(*), count(col), count(DISTINCT <patient key>), \
 sum, sum(a * b), avg, var_samp, var_pop, stddev_samp, stddev_pop, histogram(col, start, width, count) and \
-histogram_edges(col, e0, e1, ...)";
+histogram_edges(col, e0, e1, ...); to group by a patient attribute, LEFT JOIN a patient-level dataset on the \
+patient key (... FROM fhir_observations o LEFT JOIN fhir_patients p ON o.patient_id = p.patient_id GROUP BY p.gender)";
 
 /// Where an output column comes from.
 #[derive(Debug, Clone, PartialEq)]

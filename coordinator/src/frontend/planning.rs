@@ -119,14 +119,14 @@ async fn plan_with(ctx: &SessionContext, sql: &str, catalogue: &pb::Catalogue) -
     let tables = state.resolve_table_references(&statement).map_err(cannot_plan)?;
     check_references(&statement, &tables, catalogue)?;
     let plan = state.statement_to_plan(statement).await.map_err(cannot_plan)?;
-    let mut federated = convert(&plan)?;
+    let mut federated = convert(&plan, catalogue)?;
     // The same complete check every node makes, so that mistakes surface before fan-out.
     let checked = check(&federated.request, catalogue)?;
     federated.group_types = checked
         .groupings
         .iter()
         .map(|g| match g {
-            CheckedGrouping::Column { column_type, .. } => *column_type,
+            CheckedGrouping::Column { column_type, .. } | CheckedGrouping::Patient { column_type, .. } => *column_type,
             // A bin's key is its lower edge.
             CheckedGrouping::Bins { .. } => pb::ColumnType::Float64,
         })

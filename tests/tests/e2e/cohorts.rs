@@ -23,36 +23,36 @@ const SERUM: &str = "119364003";
 const AFTER: i32 = 19_000;
 const BEFORE: i32 = 19_400;
 
-struct Condition {
-    id: String,
-    patient: String,
-    code: &'static str,
-    recorded: i32,
+pub(crate) struct Condition {
+    pub(crate) id: String,
+    pub(crate) patient: String,
+    pub(crate) code: &'static str,
+    pub(crate) recorded: i32,
 }
-struct Lab {
-    id: String,
-    patient: String,
-    value: f64,
-    unit: &'static str,
-    day: i32,
+pub(crate) struct Lab {
+    pub(crate) id: String,
+    pub(crate) patient: String,
+    pub(crate) value: f64,
+    pub(crate) unit: &'static str,
+    pub(crate) day: i32,
 }
-struct Specimen {
-    id: String,
-    patient: String,
+pub(crate) struct Specimen {
+    pub(crate) id: String,
+    pub(crate) patient: String,
     /// The Condition its diagnosis extension names.
-    diagnosis: String,
+    pub(crate) diagnosis: String,
 }
 
 /// One site's clinical rows. Some specimens name a diagnosis of *another* patient: a linked
 /// criterion must not match them.
-struct Site {
-    patients: Vec<(String, &'static str)>,
-    conditions: Vec<Condition>,
-    labs: Vec<Lab>,
-    specimens: Vec<Specimen>,
+pub(crate) struct Site {
+    pub(crate) patients: Vec<(String, &'static str)>,
+    pub(crate) conditions: Vec<Condition>,
+    pub(crate) labs: Vec<Lab>,
+    pub(crate) specimens: Vec<Specimen>,
 }
 
-fn site(s: usize) -> Site {
+pub(crate) fn site(s: usize) -> Site {
     let mut site = Site { patients: vec![], conditions: vec![], labs: vec![], specimens: vec![] };
     for i in 0..240usize {
         let patient = format!("s{s}-p{i}");
@@ -96,13 +96,13 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> Arc<dyn Array> {
     Arc::new(StringArray::from(values.into_iter().map(|v| (!v.is_empty()).then_some(v)).collect::<Vec<_>>()))
 }
 
-fn table(catalogue: &mut Catalogue, name: &str, batch: RecordBatch) {
+pub(crate) fn table(catalogue: &mut Catalogue, name: &str, batch: RecordBatch) {
     let columns: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
     let provider = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     catalogue.add_table(name, Arc::new(provider), "patient_id", &columns).unwrap();
 }
 
-fn catalogue(site: &Site) -> Catalogue {
+pub(crate) fn catalogue(site: &Site) -> Catalogue {
     let mut catalogue = Catalogue::new();
     let p = &site.patients;
     let patients = RecordBatch::try_from_iter([
@@ -161,7 +161,7 @@ fn catalogue(site: &Site) -> Catalogue {
     catalogue
 }
 
-async fn network(policy: Policy) -> (Network, Vec<Site>) {
+pub(crate) async fn network(policy: Policy) -> (Network, Vec<Site>) {
     let mut network = Network::start(&SITES).await;
     let mut sites = Vec::new();
     for (i, name) in SITES.iter().enumerate() {
@@ -182,7 +182,7 @@ fn coded(element: &str, system: &str, codes: &[&str], prefixes: &[&str]) -> pb::
     }
 }
 
-fn diagnosis(codes: &[&str], prefixes: &[&str]) -> pb::Criterion {
+pub(crate) fn diagnosis(codes: &[&str], prefixes: &[&str]) -> pb::Criterion {
     pb::Criterion {
         dataset: "conditions".into(),
         codes: Some(coded("code", ICD, codes, prefixes)),
@@ -229,7 +229,7 @@ fn serum_for_e13() -> pb::Criterion {
     }
 }
 
-fn group(criteria: Vec<pb::Criterion>) -> pb::CriterionGroup {
+pub(crate) fn group(criteria: Vec<pb::Criterion>) -> pb::CriterionGroup {
     pb::CriterionGroup { criteria }
 }
 
@@ -243,7 +243,7 @@ async fn count(network: &Network, cohort: pb::Cohort) -> (Option<i64>, pb::Query
 
 // ---- The independent route: direct scans of the pooled rows ----
 
-fn with_prefix(sites: &[Site], prefix: &str) -> BTreeSet<String> {
+pub(crate) fn with_prefix(sites: &[Site], prefix: &str) -> BTreeSet<String> {
     sites.iter().flat_map(|s| &s.conditions).filter(|c| c.code.starts_with(prefix)).map(|c| c.patient.clone()).collect()
 }
 

@@ -11,6 +11,7 @@ mod hostile_inputs;
 mod mii;
 mod misbehaving;
 mod operations;
+mod patient_attributes;
 mod privacy_network;
 mod proxy;
 mod reload;
