@@ -75,11 +75,12 @@ const CCDL_TYPE_2_DIABETES: &str = r#"{"version": "2", "inclusionCriteria": [[{
 pub const CLINICAL: &[(&str, &str, &str)] = &[
     ("An MII feasibility query (CCDL, printed above): women with type 2 diabetes, aged 65 or older", CCDL_EXAMPLE, ""),
     (
-        "A cohort as the population of a SQL question: mean HbA1c (FHIR Observations, LOINC 4548-4) of the \
-         patients with a type 2 diabetes diagnosis (CCDL: Diagnose E11); every lab value shares the bounds [0, 400], \
-         so the mean carries much noise",
+        "A cohort as the population of a SQL question: mean HbA1c (FHIR Observations, LOINC 4548-4) by the \
+         patient's gender (joined from fhir_patients) among patients with a type 2 diabetes diagnosis (CCDL: \
+         Diagnose E11); every lab value shares the bounds [0, 400], so the means carry much noise",
         CCDL_TYPE_2_DIABETES,
-        "SELECT count(*) AS measurements, avg(value) AS mean_hba1c FROM fhir_observations WHERE code = '4548-4'",
+        "SELECT p.gender, count(*) AS measurements, avg(o.value) AS mean_hba1c FROM fhir_observations o \
+         LEFT JOIN fhir_patients p ON o.patient_id = p.patient_id WHERE o.code = '4548-4' GROUP BY p.gender",
     ),
 ];
 

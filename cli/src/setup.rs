@@ -190,7 +190,10 @@ fn demo_dataset_rules() -> Vec<DatasetRule> {
     );
     // The imported FHIR observations: lab values and vital signs share one value column.
     let fhir_observations = rule(&format!("{FHIR_PREFIX}observations"), vec![("value".into(), [0.0, 400.0])], vec![]);
-    vec![patients, conditions, observations, fhir_observations]
+    // FHIR administrative-gender codes, for grouping by the patient's gender.
+    let genders = text(&mut ["female", "male", "other", "unknown"].into_iter());
+    let fhir_patients = rule(&format!("{FHIR_PREFIX}patients"), vec![], vec![("gender", genders)]);
+    vec![patients, conditions, observations, fhir_observations, fhir_patients]
 }
 
 impl NetworkLayout {
