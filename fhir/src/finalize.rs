@@ -108,6 +108,9 @@ pub async fn finalize(
             (i == Ds::MedicationUses as usize).then_some((&medications, &mut derived)),
         )
         .await?;
+        if i == Ds::Codings as usize && n > 0 {
+            sort_codings(&runtime, &gen_dir.join("part-0.parquet")).await?;
+        }
         rows.insert((*name).to_string(), n);
     }
     // The derived codings count as codings rows.
@@ -119,6 +122,39 @@ pub async fn finalize(
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(rows)
+}
+
+/// Rewrites the merged codings ordered by (element, system, code, resource): a code
+/// criterion then reads only the row groups and pages whose statistics can hold its codes,
+/// instead of every coding of every resource. The sort spills like the merge.
+async fn sort_codings(runtime: &Arc<RuntimeEnv>, part: &Path) -> Result<(), ImportError> {
+    let name = DATASETS[Ds::Codings as usize];
+    let err = merge_err(name);
+    // Not named part-*: a later merge never reads it back, and it is gone before the swap.
+    let unsorted = part.with_file_name("unsorted.parquet");
+    std::fs::rename(part, &unsorted).map_err(write_err(part))?;
+    let ctx = context(runtime);
+    let df =
+        ctx.read_parquet(unsorted.to_string_lossy().to_string(), ParquetReadOptions::default()).await.map_err(&err)?;
+    ctx.register_table("codings", df.into_view()).map_err(&err)?;
+    let sql = "SELECT * FROM codings ORDER BY \"element\", \"system\", \"code\", \"resource\"";
+    let mut stream = ctx.sql(sql).await.map_err(&err)?.execute_stream().await.map_err(&err)?;
+    let schema = schema_of(COLUMNS[Ds::Codings as usize]);
+    let mut file = ParquetFile::create(part, schema.clone())?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(&err)?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.into()))?;
+        file.write(&RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.into()))?)?;
+    }
+    file.close()?;
+    std::fs::remove_file(&unsorted).map_err(write_err(&unsorted))?;
+    Ok(())
 }
 
 fn derived_rows(out: &Path, generation: u64) -> Result<Option<u64>, ImportError> {

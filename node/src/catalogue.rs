@@ -168,6 +168,11 @@ impl Catalogue {
         Ok(())
     }
 
+    /// The DataFusion session the datasets are registered in (for tools such as profilers).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
     pub fn catalogue(&self) -> &pb::Catalogue {
         &self.catalogue
     }

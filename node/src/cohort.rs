@@ -5,15 +5,18 @@
 //! and anti joins (exclusion) on the patient key, before any grouping, bounding or
 //! aggregate: everything downstream, the privacy checks included, is unchanged.
 
+use crate::criteria::resource_types;
 use crate::engine::{Engine, balanced, filter_expr, internal};
 use crate::refusal::Refusal;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{JoinType, ScalarValue};
+use datafusion::datasource::MemTable;
 use datafusion::functions::string::expr_fn::starts_with;
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, col, ident, lit};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use verbund_proto::v1 as pb;
 use verbund_query::cohort::{CheckedCohort, CheckedCriterion, CodeSet, Condition, QuantityTest, RESOURCE};
 
@@ -73,13 +76,63 @@ impl Engine {
         out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
     }
 
-    /// The patients (as text, in column `PATIENT`) with a row matching the criterion.
+    /// The patients (as text, in column `PATIENT`) with a row matching the criterion, each
+    /// once; from the criterion cache when this data answered it before.
     async fn patients(&self, c: &CheckedCriterion) -> Result<DataFrame, Refusal> {
-        let rows = self.matching_rows(c).await?;
-        let patient = as_text(&rows, &c.patient_key);
-        rows.filter(patient.clone().is_not_null())
+        let key = format!("{c:?}");
+        let table = match self.criteria.get(&key) {
+            Some(table) => table,
+            None => {
+                let set = match self.coded_only(c).await? {
+                    Some(set) => set,
+                    None => {
+                        let rows = self.matching_rows(c).await?;
+                        let patient = as_text(&rows, &c.patient_key);
+                        rows.filter(patient.clone().is_not_null())
+                            .and_then(|df| df.select(vec![patient.alias(PATIENT)]))
+                            .map_err(internal)?
+                    }
+                };
+                let batches = set.distinct().map_err(internal)?.collect().await.map_err(internal)?;
+                match self.criteria.insert(key, batches) {
+                    Some(table) => table,
+                    // No rows came back at all: an empty set of the right shape.
+                    None => return self.no_patients(),
+                }
+            }
+        };
+        self.session().read_table(table).map_err(internal)
+    }
+
+    fn no_patients(&self) -> Result<DataFrame, Refusal> {
+        let schema = Arc::new(Schema::new(vec![Field::new(PATIENT, DataType::Utf8, true)]));
+        let table = MemTable::try_new(schema, vec![vec![]]).map_err(internal)?;
+        self.session().read_table(Arc::new(table)).map_err(internal)
+    }
+
+    /// A criterion that only matches codes, on a dataset imported from FHIR: its patients
+    /// straight from `codings` (see `crate::criteria`).
+    async fn coded_only(&self, c: &CheckedCriterion) -> Result<Option<DataFrame>, Refusal> {
+        let ([Condition::Codes(set)], None) = (c.conditions.as_slice(), &c.fixed) else { return Ok(None) };
+        let data = self.data();
+        let datasets = &data.catalogue().datasets;
+        let model = datasets.iter().find(|d| d.name == c.dataset).map(|d| d.model.as_str()).unwrap_or_default();
+        let Some(types) = resource_types(model) else { return Ok(None) };
+        let Some(codings_key) = datasets.iter().find(|d| d.name == set.codings).map(|d| d.patient_key.clone()) else {
+            return Ok(None);
+        };
+        let codings = self.session().table(set.codings.as_str()).await.map_err(internal)?;
+        let of_type =
+            balanced(types.iter().map(|t| starts_with(ident(RESOURCE), lit(format!("{t}/")))).collect(), &|a, b| {
+                a.or(b)
+            })
+            .unwrap_or_else(|| lit(false));
+        let patient = as_text(&codings, &codings_key);
+        let matching = codings
+            .filter(code_match(set).and(of_type).and(patient.clone().is_not_null()))
             .and_then(|df| df.select(vec![patient.alias(PATIENT)]))
-            .map_err(internal)
+            .map_err(internal)?;
+        Ok(Some(matching))
     }
 
     /// The rows of the criterion's dataset that meet every one of its conditions.
@@ -127,29 +180,46 @@ impl Engine {
     /// The resources with a coding of `set.element` in the set, in column `KEY`.
     async fn coded(&self, set: &CodeSet) -> Result<DataFrame, Refusal> {
         let codings = self.session().table(set.codings.as_str()).await.map_err(internal)?;
-        let (system, code) = (ident("system"), ident("code"));
-        let mut alternatives: Vec<Expr> = set
-            .codes
-            .iter()
-            .map(|(s, codes)| {
-                let matches = match codes.len() {
-                    1 => code.clone().eq(lit(codes.iter().next().cloned().unwrap_or_default())),
-                    _ => code.clone().in_list(codes.iter().map(|c| lit(c.clone())).collect(), false),
-                };
-                system.clone().eq(lit(s.clone())).and(matches)
-            })
-            .collect();
-        alternatives.extend(
-            set.prefixes
-                .iter()
-                .map(|(s, p)| system.clone().eq(lit(s.clone())).and(starts_with(code.clone(), lit(p.clone())))),
-        );
-        let any = balanced(alternatives, &|a, b| a.or(b)).unwrap_or_else(|| lit(false));
-        codings
-            .filter(ident("element").eq(lit(set.element.clone())).and(any))
-            .and_then(|df| df.select(vec![ident(RESOURCE).alias(KEY)]))
-            .map_err(internal)
+        codings.filter(code_match(set)).and_then(|df| df.select(vec![ident(RESOURCE).alias(KEY)])).map_err(internal)
     }
+}
+
+/// A `codings` row of `set.element` with one of the set's codes. A prefix is also written
+/// as a range of codes, which the Parquet reader can prune row groups and pages with.
+fn code_match(set: &CodeSet) -> Expr {
+    let (system, code) = (ident("system"), ident("code"));
+    let mut alternatives: Vec<Expr> = set
+        .codes
+        .iter()
+        .map(|(s, codes)| {
+            let matches = match codes.len() {
+                1 => code.clone().eq(lit(codes.iter().next().cloned().unwrap_or_default())),
+                _ => code.clone().in_list(codes.iter().map(|c| lit(c.clone())).collect(), false),
+            };
+            system.clone().eq(lit(s.clone())).and(matches)
+        })
+        .collect();
+    alternatives.extend(set.prefixes.iter().map(|(s, p)| {
+        let mut prefix = system.clone().eq(lit(s.clone())).and(starts_with(code.clone(), lit(p.clone())));
+        if let Some(next) = successor(p) {
+            prefix = prefix.and(code.clone().gt_eq(lit(p.clone()))).and(code.clone().lt(lit(next)));
+        }
+        prefix
+    }));
+    let any = balanced(alternatives, &|a, b| a.or(b)).unwrap_or_else(|| lit(false));
+    ident("element").eq(lit(set.element.clone())).and(any)
+}
+
+/// The least string above every string that starts with `prefix` (in byte order), if the
+/// prefix's last character can be incremented within ASCII.
+fn successor(prefix: &str) -> Option<String> {
+    let last = *prefix.as_bytes().last()?;
+    if !last.is_ascii() || last == 0x7f {
+        return None;
+    }
+    let mut next = prefix[..prefix.len() - 1].to_string();
+    next.push(char::from(last + 1));
+    Some(next)
 }
 
 /// The patient key as text, so that keys of any type join across datasets.

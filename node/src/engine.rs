@@ -61,6 +61,8 @@ pub struct Engine {
     populations: PopulationCache,
     /// Which datasets (at which version) have one row per patient, for patient attributes.
     pub(crate) patient_level: crate::attributes::PatientLevelCache,
+    /// Patient sets of cohort criteria on the data served now.
+    pub(crate) criteria: crate::criteria::CriterionCache,
 }
 
 tokio::task_local! {
@@ -112,6 +114,7 @@ impl Engine {
             waiting: AtomicU32::new(0),
             populations: Default::default(),
             patient_level: Default::default(),
+            criteria: Default::default(),
         }
     }
 
@@ -142,6 +145,13 @@ impl Engine {
         let _swap = self.swap.write().await;
         *self.catalogue.write() = Arc::new(catalogue);
         self.populations.clear();
+        self.criteria.clear();
+    }
+
+    /// Forgets the cohort criteria's patient sets (the next questions compute them anew), as
+    /// after new data; for measuring the cold path.
+    pub fn forget_criteria(&self) {
+        self.criteria.clear();
     }
 
     /// The version of each dataset as served now (what a reload compares with the files).

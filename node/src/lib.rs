@@ -7,6 +7,7 @@ pub mod catalogue;
 mod cohort;
 pub mod config;
 pub mod consent;
+mod criteria;
 pub mod engine;
 pub mod link;
 pub mod private;

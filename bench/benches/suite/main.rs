@@ -179,6 +179,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.first().map(String::as_str) == Some(clinical::PROFILE_ARG) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+        return match runtime.map_err(anyhow::Error::from).and_then(|r| r.block_on(clinical::profile_main(&args[1..]))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("profile: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some(net::CHILD_ARG) {
         return match net::child_main(args.get(1)) {
             Ok(()) => ExitCode::SUCCESS,

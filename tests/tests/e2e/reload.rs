@@ -183,3 +183,50 @@ async fn an_import_into_a_dataset_a_cohort_reads_gives_the_question_new_noise() 
     assert!(!repeat(&network, &cohort).await, "new data in the cohort's dataset, new noise (and a new charge)");
     assert!(repeat(&network, &cohort).await);
 }
+
+/// A node keeps each criterion's patients for the data it serves; new data must not be
+/// answered from the old sets.
+#[tokio::test]
+async fn cohort_counts_follow_a_new_import() {
+    use verbund_proto::v1 as pb;
+    let data = tempfile::tempdir().unwrap();
+    write_clinical(data.path(), 1, 20);
+    let configs = vec![
+        clinical_config(data.path(), "patients", &["resource", "patient_id"]),
+        clinical_config(data.path(), "conditions", &["resource", "patient_id", "code"]),
+    ];
+    let catalogue = Catalogue::open(&configs).await.unwrap();
+    let mut network = Network::start(&["site-a"]).await;
+    network.add_node(network.node("site-a", catalogue, raw_policy()).with_datasets(configs)).await;
+    let e11 = pb::Criterion {
+        dataset: "conditions".into(),
+        fixed: Some(pb::Filter {
+            kind: Some(pb::filter::Kind::InList(pb::InList {
+                column: "code".into(),
+                values: vec![pb::Literal { value: Some(pb::literal::Value::String("E11.9".into())) }],
+                negated: false,
+            })),
+        }),
+        ..Default::default()
+    };
+    let request = pb::ResearchQuery {
+        cohort: Some(pb::Cohort { inclusion: vec![pb::CriterionGroup { criteria: vec![e11] }], exclusion: vec![] }),
+        ..Default::default()
+    };
+    let count = || async {
+        let (batch, _) = network.query_with(request.clone()).await.unwrap();
+        batch.column(0).as_primitive::<Int64Type>().value(0)
+    };
+    assert_eq!(count().await, 20);
+    assert_eq!(count().await, 20, "asked again (from the node's criterion cache)");
+    write_clinical(data.path(), 2, 27);
+    let mut served = 0;
+    for _ in 0..50 {
+        served = count().await;
+        if served == 27 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served, 27, "the new import's diagnoses count");
+}
