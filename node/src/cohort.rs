@@ -14,6 +14,7 @@ use datafusion::datasource::MemTable;
 use datafusion::functions::string::expr_fn::starts_with;
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, col, ident, lit};
+use futures::{StreamExt, TryStreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use verbund_query::cohort::{CheckedCohort, CheckedCriterion, CodeSet, Condition,
 const PATIENT: &str = "__cohort_patient";
 /// The resource column of a set of matching rows (codings, linked targets).
 const KEY: &str = "__cohort_key";
+/// Criteria of one question computed at once.
+const CONCURRENT_CRITERIA: usize = 4;
 
 type Rows<'a> = Pin<Box<dyn Future<Output = Result<DataFrame, Refusal>> + Send + 'a>>;
 
@@ -36,44 +39,32 @@ impl Engine {
         cohort: &CheckedCohort,
     ) -> Result<DataFrame, Refusal> {
         let key = as_text(&df, patient_key);
-        for group in &cohort.inclusion {
-            let patients = self.any_of(group).await?;
+        let inclusion = self.patient_sets(&cohort.inclusion);
+        let exclusion = self.patient_sets(&cohort.exclusion);
+        let (inclusion, exclusion) = futures::try_join!(inclusion, exclusion)?;
+        for group in inclusion {
+            let patients = any_of(group)?;
             df = df.join_on(patients, JoinType::LeftSemi, [key.clone().eq(col(PATIENT))]).map_err(internal)?;
         }
-        for group in &cohort.exclusion {
-            let patients = self.all_of(group).await?;
+        for group in exclusion {
+            let patients = all_of(group)?;
             df = df.join_on(patients, JoinType::LeftAnti, [key.clone().eq(col(PATIENT))]).map_err(internal)?;
         }
         Ok(df)
     }
 
-    /// Patients matching one of the criteria.
-    async fn any_of(&self, criteria: &[CheckedCriterion]) -> Result<DataFrame, Refusal> {
-        let mut out: Option<DataFrame> = None;
-        for c in criteria {
-            let patients = self.patients(c).await?;
-            out = Some(match out {
-                Some(df) => df.union(patients).map_err(internal)?,
-                None => patients,
-            });
+    /// The patient sets of every criterion of `groups`, by group, computed a few at a time
+    /// (a cold question's criteria are independent scans; two cores serve two at once).
+    async fn patient_sets(&self, groups: &[Vec<CheckedCriterion>]) -> Result<Vec<Vec<DataFrame>>, Refusal> {
+        // Boxed first: a stream of borrowing futures straight from an iterator adapter is not
+        // provably `Send` to the compiler.
+        let mut pending: Vec<Rows<'_>> = Vec::new();
+        for c in groups.iter().flatten() {
+            pending.push(Box::pin(self.patients(c)));
         }
-        out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
-    }
-
-    /// Patients matching every criterion.
-    async fn all_of(&self, criteria: &[CheckedCriterion]) -> Result<DataFrame, Refusal> {
-        let mut out: Option<DataFrame> = None;
-        for c in criteria {
-            let patients = self.patients(c).await?;
-            out = Some(match out {
-                Some(df) => {
-                    let other = patients.select(vec![col(PATIENT).alias(KEY)]).map_err(internal)?;
-                    df.join_on(other, JoinType::LeftSemi, [col(PATIENT).eq(col(KEY))]).map_err(internal)?
-                }
-                None => patients,
-            });
-        }
-        out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
+        let all: Vec<DataFrame> = futures::stream::iter(pending).buffered(CONCURRENT_CRITERIA).try_collect().await?;
+        let mut all = all.into_iter();
+        Ok(groups.iter().map(|g| all.by_ref().take(g.len()).collect()).collect())
     }
 
     /// The patients (as text, in column `PATIENT`) with a row matching the criterion, each
@@ -220,6 +211,33 @@ fn successor(prefix: &str) -> Option<String> {
     let mut next = prefix[..prefix.len() - 1].to_string();
     next.push(char::from(last + 1));
     Some(next)
+}
+
+/// Patients in one of the sets.
+fn any_of(sets: Vec<DataFrame>) -> Result<DataFrame, Refusal> {
+    let mut out: Option<DataFrame> = None;
+    for patients in sets {
+        out = Some(match out {
+            Some(df) => df.union(patients).map_err(internal)?,
+            None => patients,
+        });
+    }
+    out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
+}
+
+/// Patients in every set.
+fn all_of(sets: Vec<DataFrame>) -> Result<DataFrame, Refusal> {
+    let mut out: Option<DataFrame> = None;
+    for patients in sets {
+        out = Some(match out {
+            Some(df) => {
+                let other = patients.select(vec![col(PATIENT).alias(KEY)]).map_err(internal)?;
+                df.join_on(other, JoinType::LeftSemi, [col(PATIENT).eq(col(KEY))]).map_err(internal)?
+            }
+            None => patients,
+        });
+    }
+    out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
 }
 
 /// The patient key as text, so that keys of any type join across datasets.

@@ -217,6 +217,11 @@ impl Engine {
             let values: Vec<Expr> = levels.iter().filter_map(|l| level_literal(l, column_type)).map(lit).collect();
             df = df.filter(ident(column).in_list(values, false).or(ident(column).is_null())).map_err(internal)?;
         }
+        // A patient count in one cell (a feasibility count) is the same over all rows and over
+        // the bounded ones: every patient keeps at least one row. Skip the window there.
+        if q.groupings.is_empty() && q.aggregates.iter().all(|a| matches!(a, CheckedAggregate::CountPatients)) {
+            return Ok(df);
+        }
         let mut touched: Vec<&str> = q.columns().into_iter().collect();
         touched.retain(|c| *c != q.patient_key);
         touched.sort_unstable();
