@@ -63,8 +63,9 @@ pub struct Irls {
     dev_old: f64,
     /// (X'WX)⁻¹ of the last solve and its rcond.
     covariance: Option<(DMatrix<f64>, f64)>,
-    /// Root mean square of each column (from the start round), to compare coefficient steps.
-    scale: Vec<f64>,
+    /// Diagonal of the start round's information: 0.1875·Σx² for a 0/1 outcome, so it gives
+    /// each column's scale (to compare coefficient steps) and its unweighted mass.
+    start_diag: Vec<f64>,
     finished: bool,
 }
 
@@ -82,7 +83,7 @@ impl Irls {
             previous: None,
             dev_old: f64::NAN,
             covariance: None,
-            scale: Vec::new(),
+            start_diag: Vec::new(),
             finished: false,
         })
     }
@@ -125,7 +126,7 @@ impl Irls {
         }
         let Some(beta) = self.sent.clone() else {
             // Round 0: row-local start, R's devold; the score is X'Wz with β taken as 0.
-            self.scale = (0..p).map(|j| (total.information[j * p + j] / total.n.max(1) as f64).sqrt()).collect();
+            self.start_diag = (0..p).map(|j| total.information[j * p + j]).collect();
             self.dev_old = total.deviance;
             return self.solve(vec![0.0; p], total);
         };
@@ -166,31 +167,46 @@ impl Irls {
         Ok(Step::Continue(next))
     }
 
-    /// Separation: binomial, fitted probabilities at 0/1 and coefficients still moving (or a
-    /// perfect fit). Names the columns whose standardised last step is largest.
+    /// Separation: binomial, and either (a) the rows of some column carry almost no weight any
+    /// more (mean μ(1−μ) over them below 1e-6: their fitted probabilities are all but 0 or 1,
+    /// the quasi-complete case where R converges silently with a huge estimate and standard
+    /// error), or (b) fitted probabilities are numerically 0 or 1 while coefficients still
+    /// move, or (c) the fit is perfect. Names the columns concerned.
     fn check_separation(&self, beta: &[f64], total: &Contribution, stopped: bool) -> Result<(), FitError> {
         if self.family != Family::Binomial {
             return Ok(());
         }
         let Some(prev) = &self.previous else { return Ok(()) };
-        let moves: Vec<f64> = beta.iter().zip(prev).zip(&self.scale).map(|((b, a), s)| ((b - a) * s).abs()).collect();
-        let slope = |j: usize| if total.intercept && j == 0 { 0.0 } else { moves[j] };
-        let max = (0..moves.len()).map(slope).fold(0.0, f64::max);
+        let p = beta.len();
+        let slope = |j: usize| -> bool { !(total.intercept && j == 0) };
+        // Mean weight over column j's rows (weighted by x²); the start round's weights are all
+        // (¼·¾) = 0.1875 for 0/1 outcomes, so its diagonal is 0.1875·Σx².
+        let faded: Vec<usize> =
+            (0..p).filter(|&j| slope(j) && total.information[j * p + j] * 0.1875 < 1e-6 * self.start_diag[j]).collect();
+        let moves: Vec<f64> = (0..p)
+            .map(|j| {
+                if slope(j) { ((beta[j] - prev[j]) * (self.start_diag[j] / total.n as f64).sqrt()).abs() } else { 0.0 }
+            })
+            .collect();
+        let max = moves.iter().copied().fold(0.0, f64::max);
         let perfect = total.deviance < 1e-6;
         let diverging = total.boundary > 0 && (max > 1e-3 || stopped);
-        if !(perfect || diverging) {
+        if faded.is_empty() && !perfect && !diverging {
             return Ok(());
         }
-        let mut covariates: Vec<String> =
-            (0..moves.len()).filter(|&j| max > 0.0 && slope(j) >= 0.1 * max).map(|j| self.names[j].clone()).collect();
+        // Of the faded columns (all of them under complete separation), name those still moving.
+        let candidates: Vec<usize> = if faded.is_empty() { (0..p).filter(|&j| slope(j)).collect() } else { faded };
+        let top = candidates.iter().map(|&j| moves[j]).fold(0.0, f64::max);
+        let columns = candidates.iter().copied().filter(|&j| top <= 0.0 || moves[j] >= 0.1 * top);
+        let mut covariates: Vec<String> = columns.map(|j| self.names[j].clone()).collect();
         if covariates.is_empty() {
             covariates = self.names.clone();
         }
         Err(FitError::Separation {
             covariates,
             detail: format!(
-                "{} of {} fitted probabilities are numerically 0 or 1 after {} iterations (residual deviance {:.3e}); drop or merge the covariate, or use penalised (Firth) regression",
-                total.boundary, total.n, self.iteration, total.deviance
+                "after {} iterations {} of {} fitted probabilities are numerically 0 or 1 and the residual deviance is {:.4}; drop or merge the covariate's sparse levels, or use penalised (Firth) regression",
+                self.iteration, total.boundary, total.n, total.deviance
             ),
         })
     }
