@@ -60,8 +60,7 @@ const THRESH: f64 = 30.0;
 impl Design {
     /// X'X, X'y, y'y, Σy and n for the linear model.
     pub fn sufficient(&self) -> Sufficient {
-        let ones = vec![1.0; self.n];
-        let (xtx, xty) = weighted_gram(&self.x, self.n, self.p(), &ones, &self.y);
+        let (xtx, xty) = weighted_gram(&self.x, self.n, self.p(), &self.y);
         Sufficient {
             n: self.n as u64,
             dropped: self.dropped as u64,
@@ -82,69 +81,81 @@ impl Design {
         let (n, p) = (self.n, self.p());
         let y = &self.y;
         let start = beta.is_none();
-        let eta: Vec<f64> = match beta {
-            Some(b) => {
-                if b.len() != p {
-                    return Err(DesignError::CoefficientCount { got: b.len(), expected: p });
-                }
-                if let Some(&bad) = b.iter().find(|v| !v.is_finite()) {
-                    return Err(DesignError::NonFiniteCoefficient(bad));
-                }
-                let mut eta = vec![0.0; n];
-                for (j, &bj) in b.iter().enumerate() {
-                    for (e, &xij) in eta.iter_mut().zip(&self.x[j * n..(j + 1) * n]) {
-                        *e += bj * xij;
-                    }
-                }
-                eta
+        if let Some(b) = beta {
+            if b.len() != p {
+                return Err(DesignError::CoefficientCount { got: b.len(), expected: p });
             }
-            None => y
-                .iter()
-                .map(|&yi| match family {
-                    Family::Gaussian => yi,
-                    Family::Binomial => {
-                        let mu = (yi + 0.5) / 2.0;
-                        (mu / (1.0 - mu)).ln()
-                    }
-                    Family::Poisson => (yi + 0.1).ln(),
-                })
-                .collect(),
-        };
-        let mut w = vec![0.0; n];
-        let mut r = vec![0.0; n];
+            if let Some(&bad) = b.iter().find(|v| !v.is_finite()) {
+                return Err(DesignError::NonFiniteCoefficient(bad));
+            }
+        }
+        // One pass over row blocks: η, μ, weights and residuals of a block stay in L1 while
+        // its share of X'WX and X'r is accumulated.
+        let mut gram = Gram::new(p);
+        let (mut eta, mut w, mut r) = ([0.0; BLOCK], [0.0; BLOCK], [0.0; BLOCK]);
         let mut deviance = 0.0;
         let mut boundary = 0u64;
-        for i in 0..n {
-            let (yi, ei) = (y[i], eta[i]);
-            let (mu, wi, dev) = match family {
-                Family::Gaussian => (ei, 1.0, (yi - ei) * (yi - ei)),
-                Family::Binomial => {
-                    // R's logit_linkinv and logit_mu_eta, clamps included.
-                    let (mu, mu_eta) = if ei < -THRESH {
-                        (EPS / (1.0 + EPS), EPS)
-                    } else if ei > THRESH {
-                        (1.0 / (1.0 + EPS), EPS)
-                    } else {
-                        let e = ei.exp();
-                        let ope = 1.0 + e;
-                        (e / ope, e / (ope * ope))
-                    };
-                    boundary += u64::from(!(10.0 * EPS..=1.0 - 10.0 * EPS).contains(&mu));
-                    let dev = if yi == 1.0 { -2.0 * mu.ln() } else { -2.0 * (1.0 - mu).ln() };
-                    (mu, mu_eta, dev)
+        let mut lo = 0;
+        while lo < n {
+            let hi = (lo + BLOCK).min(n);
+            let len = hi - lo;
+            let yb = &y[lo..hi];
+            match beta {
+                Some(b) => {
+                    eta[..len].fill(0.0);
+                    for (j, &bj) in b.iter().enumerate() {
+                        for (e, &xij) in eta[..len].iter_mut().zip(&self.x[j * n + lo..j * n + hi]) {
+                            *e += bj * xij;
+                        }
+                    }
                 }
-                Family::Poisson => {
-                    let mu = ei.exp().max(EPS);
-                    boundary += u64::from(mu < 10.0 * EPS);
-                    let dev = if yi > 0.0 { 2.0 * (yi * (yi / mu).ln() - (yi - mu)) } else { 2.0 * mu };
-                    (mu, mu, dev)
+                None => {
+                    for (e, &yi) in eta[..len].iter_mut().zip(yb) {
+                        *e = match family {
+                            Family::Gaussian => yi,
+                            Family::Binomial => {
+                                let mu = (yi + 0.5) / 2.0;
+                                (mu / (1.0 - mu)).ln()
+                            }
+                            Family::Poisson => (yi + 0.1).ln(),
+                        };
+                    }
                 }
-            };
-            w[i] = wi;
-            r[i] = if start { (yi - mu) + wi * ei } else { yi - mu };
-            deviance += dev;
+            }
+            for i in 0..len {
+                let (yi, ei) = (yb[i], eta[i]);
+                let (mu, wi, dev) = match family {
+                    Family::Gaussian => (ei, 1.0, (yi - ei) * (yi - ei)),
+                    Family::Binomial => {
+                        // R's logit_linkinv and logit_mu_eta, clamps included.
+                        let (mu, mu_eta) = if ei < -THRESH {
+                            (EPS / (1.0 + EPS), EPS)
+                        } else if ei > THRESH {
+                            (1.0 / (1.0 + EPS), EPS)
+                        } else {
+                            let e = ei.exp();
+                            let ope = 1.0 + e;
+                            (e / ope, e / (ope * ope))
+                        };
+                        boundary += u64::from(!(10.0 * EPS..=1.0 - 10.0 * EPS).contains(&mu));
+                        let dev = if yi == 1.0 { -2.0 * mu.ln() } else { -2.0 * (1.0 - mu).ln() };
+                        (mu, mu_eta, dev)
+                    }
+                    Family::Poisson => {
+                        let mu = ei.exp().max(EPS);
+                        boundary += u64::from(mu < 10.0 * EPS);
+                        let dev = if yi > 0.0 { 2.0 * (yi * (yi / mu).ln() - (yi - mu)) } else { 2.0 * mu };
+                        (mu, mu, dev)
+                    }
+                };
+                w[i] = wi;
+                r[i] = if start { (yi - mu) + wi * ei } else { yi - mu };
+                deviance += dev;
+            }
+            gram.add(&self.x, n, lo, &w[..len], &r[..len]);
+            lo = hi;
         }
-        let (information, score) = weighted_gram(&self.x, n, p, &w, &r);
+        let (information, score) = gram.finish();
         Ok(Contribution {
             family,
             beta: beta.map(<[f64]>::to_vec),
@@ -168,37 +179,61 @@ impl Design {
 /// of the upper triangle are taken over it.
 const BLOCK: usize = 512;
 
-/// X'WX (full p×p) and X'r for column-major X (n×p). Accumulates the upper triangle only and
-/// mirrors it.
-fn weighted_gram(x: &[f64], n: usize, p: usize, w: &[f64], r: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let mut g = vec![0.0; p * p];
-    let mut s = vec![0.0; p];
-    let mut wx = vec![0.0; p * BLOCK];
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
-        let len = end - start;
+/// Accumulates X'WX (upper triangle, mirrored at the end) and X'r over row blocks of a
+/// column-major X.
+struct Gram {
+    p: usize,
+    g: Vec<f64>,
+    s: Vec<f64>,
+    wx: Vec<f64>,
+}
+
+impl Gram {
+    fn new(p: usize) -> Gram {
+        Gram { p, g: vec![0.0; p * p], s: vec![0.0; p], wx: vec![0.0; p * BLOCK] }
+    }
+
+    /// Rows `lo .. lo + w.len()` (at most BLOCK) of the n-row matrix `x`.
+    fn add(&mut self, x: &[f64], n: usize, lo: usize, w: &[f64], r: &[f64]) {
+        let (p, len) = (self.p, w.len());
+        let hi = lo + len;
         for j in 0..p {
-            let col = &x[j * n + start..j * n + end];
-            for ((d, &a), &b) in wx[j * BLOCK..j * BLOCK + len].iter_mut().zip(col).zip(&w[start..end]) {
+            let col = &x[j * n + lo..j * n + hi];
+            for ((d, &a), &b) in self.wx[j * BLOCK..j * BLOCK + len].iter_mut().zip(col).zip(w) {
                 *d = a * b;
             }
         }
         for j in 0..p {
-            let wxj = &wx[j * BLOCK..j * BLOCK + len];
+            let wxj = &self.wx[j * BLOCK..j * BLOCK + len];
             for k in j..p {
-                g[j * p + k] += dot(wxj, &x[k * n + start..k * n + end]);
+                self.g[j * p + k] += dot(wxj, &x[k * n + lo..k * n + hi]);
             }
-            s[j] += dot(&x[j * n + start..j * n + end], &r[start..end]);
-        }
-        start = end;
-    }
-    for j in 0..p {
-        for k in 0..j {
-            g[j * p + k] = g[k * p + j];
+            self.s[j] += dot(&x[j * n + lo..j * n + hi], r);
         }
     }
-    (g, s)
+
+    fn finish(mut self) -> (Vec<f64>, Vec<f64>) {
+        let p = self.p;
+        for j in 0..p {
+            for k in 0..j {
+                self.g[j * p + k] = self.g[k * p + j];
+            }
+        }
+        (self.g, self.s)
+    }
+}
+
+/// X'X and X'y in blocks (weights one).
+fn weighted_gram(x: &[f64], n: usize, p: usize, y: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut gram = Gram::new(p);
+    let ones = [1.0; BLOCK];
+    let mut lo = 0;
+    while lo < n {
+        let hi = (lo + BLOCK).min(n);
+        gram.add(x, n, lo, &ones[..hi - lo], &y[lo..hi]);
+        lo = hi;
+    }
+    gram.finish()
 }
 
 /// Dot product with eight independent accumulators, so the compiler can vectorise and
