@@ -57,7 +57,7 @@ fn table(plan: &LogicalPlan) -> Option<(String, String)> {
     }
 }
 
-const SHAPE: &str = "the one join supported is a LEFT JOIN of a patient-level dataset on the patient key, \
+const SHAPE: &str = "joins are supported only as a LEFT JOIN of a patient-level dataset on the patient key, \
 to group by a patient attribute: SELECT p.gender, avg(o.value) FROM fhir_observations o \
 LEFT JOIN fhir_patients p ON o.patient_id = p.patient_id GROUP BY p.gender";
 
