@@ -143,18 +143,23 @@ async fn sort_codings(runtime: &Arc<RuntimeEnv>, part: &Path) -> Result<(), Impo
     let mut file = ParquetFile::create(part, schema.clone())?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(&err)?;
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(e.into()))?;
-        file.write(&RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.into()))?)?;
+        file.write(&declared_types(&batch, &schema).map_err(|e| err(e.into()))?)?;
     }
     file.close()?;
     std::fs::remove_file(&unsorted).map_err(write_err(&unsorted))?;
     Ok(())
+}
+
+/// `batch` with the dataset's declared column types: DataFusion may hand strings back as
+/// Utf8View, and the files keep the types of docs/fhir-datasets.md.
+fn declared_types(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 fn derived_rows(out: &Path, generation: u64) -> Result<Option<u64>, ImportError> {
@@ -282,15 +287,7 @@ async fn merge_dataset(
         if kept.num_rows() == 0 {
             continue;
         }
-        // DataFusion may hand strings back as Utf8View; the files keep the declared types.
-        let columns = kept
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(e.into()))?;
-        let mut kept = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.into()))?;
+        let mut kept = declared_types(&kept, &schema).map_err(|e| err(e.into()))?;
         if let Some((meds, derived)) = medication.as_mut() {
             kept = fill_medications(&schema, &kept, meds, derived.as_mut()).map_err(|e| match e {
                 Fill::Arrow(a) => err(a.into()),

@@ -127,6 +127,20 @@ fn clinical_config(dir: &Path, name: &str, columns: &[&str]) -> DatasetConfig {
     }
 }
 
+/// One site serving generation 1 of `write_clinical` (20 patients with E11.9) from `dir`.
+async fn clinical_network(dir: &Path, policy: verbund_policies::Policy) -> (Network, Arc<verbund_node::Node>) {
+    write_clinical(dir, 1, 20);
+    let configs = vec![
+        clinical_config(dir, "patients", &["resource", "patient_id"]),
+        clinical_config(dir, "conditions", &["resource", "patient_id", "code"]),
+    ];
+    let catalogue = Catalogue::open(&configs).await.unwrap();
+    let mut network = Network::start(&["site-a"]).await;
+    let node = Arc::new(network.node("site-a", catalogue, policy).with_datasets(configs));
+    network.add_node(node.clone()).await;
+    (network, node)
+}
+
 /// Whether the site charged the answer as a repeat (same question, same data, same noise).
 async fn repeat(network: &Network, cohort: &verbund_proto::v1::Cohort) -> bool {
     let request = verbund_proto::v1::ResearchQuery { cohort: Some(cohort.clone()), ..Default::default() };
@@ -143,17 +157,9 @@ async fn repeat(network: &Network, cohort: &verbund_proto::v1::Cohort) -> bool {
 async fn an_import_into_a_dataset_a_cohort_reads_gives_the_question_new_noise() {
     use verbund_proto::v1 as pb;
     let data = tempfile::tempdir().unwrap();
-    write_clinical(data.path(), 1, 20);
-    let configs = vec![
-        clinical_config(data.path(), "patients", &["resource", "patient_id"]),
-        clinical_config(data.path(), "conditions", &["resource", "patient_id", "code"]),
-    ];
-    let catalogue = Catalogue::open(&configs).await.unwrap();
-    let mut network = Network::start(&["site-a"]).await;
     let mut policy = crate::attacks::dp_policy(10.0);
     policy.datasets.clear();
-    let node = Arc::new(network.node("site-a", catalogue, policy).with_datasets(configs));
-    network.add_node(node.clone()).await;
+    let (network, node) = clinical_network(data.path(), policy).await;
     let e11 = pb::Criterion {
         dataset: "conditions".into(),
         fixed: Some(pb::Filter {
@@ -190,14 +196,7 @@ async fn an_import_into_a_dataset_a_cohort_reads_gives_the_question_new_noise() 
 async fn cohort_counts_follow_a_new_import() {
     use verbund_proto::v1 as pb;
     let data = tempfile::tempdir().unwrap();
-    write_clinical(data.path(), 1, 20);
-    let configs = vec![
-        clinical_config(data.path(), "patients", &["resource", "patient_id"]),
-        clinical_config(data.path(), "conditions", &["resource", "patient_id", "code"]),
-    ];
-    let catalogue = Catalogue::open(&configs).await.unwrap();
-    let mut network = Network::start(&["site-a"]).await;
-    network.add_node(network.node("site-a", catalogue, raw_policy()).with_datasets(configs)).await;
+    let (network, _) = clinical_network(data.path(), raw_policy()).await;
     let e11 = pb::Criterion {
         dataset: "conditions".into(),
         fixed: Some(pb::Filter {
