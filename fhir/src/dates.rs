@@ -1,29 +1,13 @@
 //! FHIR dates as Arrow `Date32` intervals (docs/fhir-datasets.md, Conventions): the calendar
 //! date as written (no time-zone shift), partial dates widened.
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+/// Days since 1970-01-01 of a calendar date; four-digit years keep it well inside i32.
 pub fn days_from_civil(year: i32, month: u32, day: u32) -> i32 {
-    let y = i64::from(year) - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    // Four-digit years keep this well inside i32.
-    (era * 146_097 + doe - 719_468) as i32
-}
-
-fn is_leap(year: i32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    verbund_calendar::days_from_civil(i64::from(year), month, day) as i32
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+    verbund_calendar::days_in_month(i64::from(year), month)
 }
 
 fn digits(s: &str) -> Option<u32> {

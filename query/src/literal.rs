@@ -100,25 +100,12 @@ pub fn parse_date(s: &str) -> Result<i32> {
     if y.len() != 4 || m.len() != 2 || d.len() != 2 {
         return Err(bad());
     }
-    let (y, m, d): (i64, i64, i64) =
+    let (y, m, d): (i64, u32, u32) =
         (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let month_len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&m) || d < 1 || d > month_len[(m - 1) as usize] {
+    if !(1..=12).contains(&m) || d < 1 || d > verbund_calendar::days_in_month(y, m) {
         return Err(bad());
     }
-    Ok(days_from_civil(y, m, d) as i32)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    Ok(verbund_calendar::days_from_civil(y, m, d) as i32)
 }
 
 /// A group key or other value leaving a node: Arrow scalar to wire literal.

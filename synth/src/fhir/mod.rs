@@ -137,26 +137,11 @@ pub struct Day(pub i32);
 impl Day {
     /// (year, month, day) of the proleptic Gregorian calendar.
     pub fn civil(self) -> (i64, u32, u32) {
-        let z = self.0 as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        (y, m, d)
+        verbund_calendar::civil_from_days(i64::from(self.0))
     }
 
     pub fn from_civil(y: i64, m: u32, d: u32) -> Day {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
-        let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        Day((era * 146_097 + doe - 719_468) as i32)
+        Day(verbund_calendar::days_from_civil(y, m, d) as i32)
     }
 
     /// The same calendar day `years` later (29 February becomes 28 February).
