@@ -8,9 +8,8 @@
 use crate::criteria::resource_types;
 use crate::engine::{Engine, balanced, filter_expr, internal};
 use crate::refusal::Refusal;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{JoinType, ScalarValue};
-use datafusion::datasource::MemTable;
 use datafusion::functions::string::expr_fn::starts_with;
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, col, ident, lit};
@@ -84,21 +83,15 @@ impl Engine {
                             .map_err(internal)?
                     }
                 };
-                let batches = set.distinct().map_err(internal)?.collect().await.map_err(internal)?;
-                match self.criteria.insert(key, batches) {
-                    Some(table) => table,
-                    // No rows came back at all: an empty set of the right shape.
-                    None => return self.no_patients(),
-                }
+                let set = set.distinct().map_err(internal)?;
+                let schema = Arc::new(set.schema().as_arrow().clone());
+                let batches = set.collect().await.map_err(internal)?;
+                self.criteria
+                    .insert(key, schema, batches)
+                    .ok_or_else(|| Refusal::internal("a criterion's patients do not fit their own schema"))?
             }
         };
         self.session().read_table(table).map_err(internal)
-    }
-
-    fn no_patients(&self) -> Result<DataFrame, Refusal> {
-        let schema = Arc::new(Schema::new(vec![Field::new(PATIENT, DataType::Utf8, true)]));
-        let table = MemTable::try_new(schema, vec![vec![]]).map_err(internal)?;
-        self.session().read_table(Arc::new(table)).map_err(internal)
     }
 
     /// A criterion that only matches codes, on a dataset imported from FHIR: its patients

@@ -12,6 +12,7 @@
 //!   cleared whenever the node serves new data (the swap waits for running queries).
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -54,8 +55,10 @@ impl CriterionCache {
         Some(table)
     }
 
-    pub(crate) fn insert(&self, key: String, batches: Vec<RecordBatch>) -> Option<Arc<MemTable>> {
-        let schema = batches.first()?.schema();
+    /// Keeps a criterion's patients; `schema` is theirs when no batch came back (an empty set
+    /// is kept too, so that it is not computed again).
+    pub(crate) fn insert(&self, key: String, schema: SchemaRef, batches: Vec<RecordBatch>) -> Option<Arc<MemTable>> {
+        let schema = batches.first().map(RecordBatch::schema).unwrap_or(schema);
         let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
         let table = Arc::new(MemTable::try_new(schema, vec![batches]).ok()?);
         if bytes <= CACHE_BYTES / 4 {
