@@ -22,6 +22,8 @@ pub struct Catalogue {
     /// Per dataset, what identifies its data as loaded: differentially private noise is
     /// derived from it, so new data gets new noise (and a new charge) for every question.
     versions: std::collections::HashMap<String, String>,
+    /// The criteria index of this data (filled on first use, dropped with the data).
+    pub(crate) index: crate::index::ClinicalIndex,
 }
 
 impl Catalogue {
@@ -37,7 +39,7 @@ impl Catalogue {
             }
         };
         verbund_query::functions::register_all(&ctx);
-        Self { ctx, catalogue: pb::Catalogue::default(), versions: Default::default() }
+        Self { ctx, catalogue: pb::Catalogue::default(), versions: Default::default(), index: Default::default() }
     }
 
     /// Registers every configured dataset, failing with the dataset's name and the reason

@@ -5,11 +5,13 @@
 //! and anti joins (exclusion) on the patient key, before any grouping, bounding or
 //! aggregate: everything downstream, the privacy checks included, is unchanged.
 
-use crate::criteria::resource_types;
+use crate::criteria::{Keys, PatientSet, all_of, any_of, batch_of, resource_types};
 use crate::engine::{Engine, balanced, filter_expr, internal};
 use crate::refusal::Refusal;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{JoinType, ScalarValue};
+use datafusion::datasource::MemTable;
 use datafusion::functions::string::expr_fn::starts_with;
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, col, ident, lit};
@@ -28,12 +30,14 @@ const KEY: &str = "__cohort_key";
 const CONCURRENT_CRITERIA: usize = 4;
 
 type Rows<'a> = Pin<Box<dyn Future<Output = Result<DataFrame, Refusal>> + Send + 'a>>;
+type Sets<'a> = Pin<Box<dyn Future<Output = Result<PatientSet, Refusal>> + Send + 'a>>;
 
 impl Engine {
-    /// Keeps the rows of `df` whose patient (`patient_key`) is in the cohort.
+    /// Keeps the rows of `df` whose patient (`patient_key`) is in the cohort: the cohort's
+    /// patients are worked out from the criteria's sets here, and joined once.
     pub(crate) async fn restrict_to_cohort(
         &self,
-        mut df: DataFrame,
+        df: DataFrame,
         patient_key: &str,
         cohort: &CheckedCohort,
     ) -> Result<DataFrame, Refusal> {
@@ -41,57 +45,76 @@ impl Engine {
         let inclusion = self.patient_sets(&cohort.inclusion);
         let exclusion = self.patient_sets(&cohort.exclusion);
         let (inclusion, exclusion) = futures::try_join!(inclusion, exclusion)?;
-        for group in inclusion {
-            let patients = any_of(group)?;
-            df = df.join_on(patients, JoinType::LeftSemi, [key.clone().eq(col(PATIENT))]).map_err(internal)?;
-        }
-        for group in exclusion {
-            let patients = all_of(group)?;
-            df = df.join_on(patients, JoinType::LeftAnti, [key.clone().eq(col(PATIENT))]).map_err(internal)?;
-        }
-        Ok(df)
+        let excluded: Keys<'_> = exclusion.iter().flat_map(|group| all_of(group)).collect();
+        let mut groups = inclusion.iter().map(|group| any_of(group));
+        let (patients, join) = match groups.next() {
+            // Only exclusions: everyone but the excluded.
+            None => (excluded, JoinType::LeftAnti),
+            Some(mut included) => {
+                for group in groups {
+                    included.retain(|k| group.contains(k));
+                }
+                included.retain(|k| !excluded.contains(k));
+                (included, JoinType::LeftSemi)
+            }
+        };
+        let batch = batch_of(&patients, PATIENT).ok_or_else(|| Refusal::internal("a cohort's patients as a batch"))?;
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(internal)?;
+        let patients = self.session().read_table(Arc::new(table)).map_err(internal)?;
+        df.join_on(patients, join, [key.eq(col(PATIENT))]).map_err(internal)
     }
 
     /// The patient sets of every criterion of `groups`, by group, computed a few at a time
-    /// (a cold question's criteria are independent scans; two cores serve two at once).
-    async fn patient_sets(&self, groups: &[Vec<CheckedCriterion>]) -> Result<Vec<Vec<DataFrame>>, Refusal> {
+    /// (a cold question's criteria are independent; two cores serve two at once).
+    async fn patient_sets(&self, groups: &[Vec<CheckedCriterion>]) -> Result<Vec<Vec<PatientSet>>, Refusal> {
         // Boxed first: a stream of borrowing futures straight from an iterator adapter is not
         // provably `Send` to the compiler.
-        let mut pending: Vec<Rows<'_>> = Vec::new();
+        let mut pending: Vec<Sets<'_>> = Vec::new();
         for c in groups.iter().flatten() {
             pending.push(Box::pin(self.patients(c)));
         }
-        let all: Vec<DataFrame> = futures::stream::iter(pending).buffered(CONCURRENT_CRITERIA).try_collect().await?;
+        let all: Vec<PatientSet> = futures::stream::iter(pending).buffered(CONCURRENT_CRITERIA).try_collect().await?;
         let mut all = all.into_iter();
         Ok(groups.iter().map(|g| all.by_ref().take(g.len()).collect()).collect())
     }
 
-    /// The patients (as text, in column `PATIENT`) with a row matching the criterion, each
-    /// once; from the criterion cache when this data answered it before.
-    async fn patients(&self, c: &CheckedCriterion) -> Result<DataFrame, Refusal> {
+    /// The patients (as text) with a row matching the criterion, each once: from the
+    /// criterion cache when this data answered it before, else from the criteria index, else
+    /// by DataFusion plans.
+    async fn patients(&self, c: &CheckedCriterion) -> Result<PatientSet, Refusal> {
         let key = format!("{c:?}");
-        let table = match self.criteria.get(&key) {
-            Some(table) => table,
+        if let Some(set) = self.criteria.get(&key) {
+            return Ok(set);
+        }
+        let batches = match self.indexed_patients(c, PATIENT).await {
+            Some(batch) => vec![batch],
+            None => self.scanned_patients(c).await?,
+        };
+        Ok(self.criteria.insert(key, batches))
+    }
+
+    /// The criterion's patients by DataFusion plans over the datasets.
+    async fn scanned_patients(&self, c: &CheckedCriterion) -> Result<Vec<RecordBatch>, Refusal> {
+        let set = match self.coded_only(c).await? {
+            Some(set) => set,
             None => {
-                let set = match self.coded_only(c).await? {
-                    Some(set) => set,
-                    None => {
-                        let rows = self.matching_rows(c).await?;
-                        let patient = as_text(&rows, &c.patient_key);
-                        rows.filter(patient.clone().is_not_null())
-                            .and_then(|df| df.select(vec![patient.alias(PATIENT)]))
-                            .map_err(internal)?
-                    }
-                };
-                let set = set.distinct().map_err(internal)?;
-                let schema = Arc::new(set.schema().as_arrow().clone());
-                let batches = set.collect().await.map_err(internal)?;
-                self.criteria
-                    .insert(key, schema, batches)
-                    .ok_or_else(|| Refusal::internal("a criterion's patients do not fit their own schema"))?
+                let rows = self.matching_rows(c).await?;
+                let patient = as_text(&rows, &c.patient_key);
+                rows.filter(patient.clone().is_not_null())
+                    .and_then(|df| df.select(vec![patient.alias(PATIENT)]))
+                    .map_err(internal)?
             }
         };
-        self.session().read_table(table).map_err(internal)
+        let batches = set.distinct().map_err(internal)?.collect().await.map_err(internal)?;
+        // As text (`as_text` makes Utf8; a cast keeps that true whatever DataFusion returns).
+        batches
+            .into_iter()
+            .map(|b| {
+                let keys = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+                RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new(PATIENT, DataType::Utf8, true)])), vec![keys])
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| internal(e.into()))
     }
 
     /// A criterion that only matches codes, on a dataset imported from FHIR: its patients
@@ -206,33 +229,6 @@ fn successor(prefix: &str) -> Option<String> {
     Some(next)
 }
 
-/// Patients in one of the sets.
-fn any_of(sets: Vec<DataFrame>) -> Result<DataFrame, Refusal> {
-    let mut out: Option<DataFrame> = None;
-    for patients in sets {
-        out = Some(match out {
-            Some(df) => df.union(patients).map_err(internal)?,
-            None => patients,
-        });
-    }
-    out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
-}
-
-/// Patients in every set.
-fn all_of(sets: Vec<DataFrame>) -> Result<DataFrame, Refusal> {
-    let mut out: Option<DataFrame> = None;
-    for patients in sets {
-        out = Some(match out {
-            Some(df) => {
-                let other = patients.select(vec![col(PATIENT).alias(KEY)]).map_err(internal)?;
-                df.join_on(other, JoinType::LeftSemi, [col(PATIENT).eq(col(KEY))]).map_err(internal)?
-            }
-            None => patients,
-        });
-    }
-    out.ok_or_else(|| Refusal::internal("a checked criterion group is empty"))
-}
-
 /// The patient key as text, so that keys of any type join across datasets.
 pub(crate) fn as_text(df: &DataFrame, patient_key: &str) -> Expr {
     match df.schema().field_with_unqualified_name(patient_key).map(|f| f.data_type().clone()) {
@@ -241,7 +237,7 @@ pub(crate) fn as_text(df: &DataFrame, patient_key: &str) -> Expr {
     }
 }
 
-fn quantity(column: &str, unit: &Option<(String, String)>, test: &QuantityTest) -> Expr {
+pub(crate) fn quantity(column: &str, unit: &Option<(String, String)>, test: &QuantityTest) -> Expr {
     let value = cast(ident(column), DataType::Float64);
     let tested = match test {
         QuantityTest::Compare(op, v) => {
@@ -267,7 +263,7 @@ fn quantity(column: &str, unit: &Option<(String, String)>, test: &QuantityTest) 
 
 /// [start, end] overlaps [after, before]: start ≤ before and (end open or end ≥ after). A row
 /// without a start has no time and never matches.
-fn overlaps(start: &str, end: &str, after: Option<i32>, before: Option<i32>) -> Expr {
+pub(crate) fn overlaps(start: &str, end: &str, after: Option<i32>, before: Option<i32>) -> Expr {
     let day = |d: i32| lit(ScalarValue::Date32(Some(d)));
     let mut e = ident(start).is_not_null();
     if let Some(b) = before {

@@ -11,9 +11,8 @@
 //!   number still comes from the query over them, through the same privacy checks. The cache is
 //!   cleared whenever the node serves new data (the swap waits for running queries).
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::datasource::MemTable;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -35,9 +34,43 @@ pub(crate) fn resource_types(model: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// A set of patient keys (ahash: SipHash was a tenth of a cold question's time).
+pub(crate) type Keys<'a> = std::collections::HashSet<&'a str, ahash::RandomState>;
+
+/// The distinct patients of one criterion: patient keys as text, in one column.
+pub(crate) type PatientSet = Arc<Vec<RecordBatch>>;
+
+/// The keys of a patient set.
+pub(crate) fn keys(set: &PatientSet) -> impl Iterator<Item = &str> {
+    set.iter().filter_map(|b| b.column(0).as_string_opt::<i32>()).flat_map(|a| a.iter().flatten())
+}
+
+/// Patients in one of the sets.
+pub(crate) fn any_of<'a>(sets: &'a [PatientSet]) -> Keys<'a> {
+    sets.iter().flat_map(keys).collect()
+}
+
+/// Patients in every set.
+pub(crate) fn all_of<'a>(sets: &'a [PatientSet]) -> Keys<'a> {
+    let mut sets = sets.iter();
+    let mut out: Keys<'a> = sets.next().map(|s| keys(s).collect()).unwrap_or_default();
+    for set in sets {
+        let other: Keys<'_> = keys(set).collect();
+        out.retain(|k| other.contains(k));
+    }
+    out
+}
+
+/// A set of patient keys as a one-column batch named `name`.
+pub(crate) fn batch_of(patients: &Keys<'_>, name: &str) -> Option<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
+    let keys: StringArray = patients.iter().map(|k| Some(*k)).collect();
+    RecordBatch::try_new(schema, vec![Arc::new(keys) as Arc<dyn Array>]).ok()
+}
+
 struct Entry {
     key: String,
-    table: Arc<MemTable>,
+    set: PatientSet,
     bytes: usize,
 }
 
@@ -46,21 +79,19 @@ struct Entry {
 pub(crate) struct CriterionCache(parking_lot::Mutex<VecDeque<Entry>>);
 
 impl CriterionCache {
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<MemTable>> {
+    pub(crate) fn get(&self, key: &str) -> Option<PatientSet> {
         let mut entries = self.0.lock();
         let i = entries.iter().position(|e| e.key == key)?;
         let entry = entries.remove(i)?;
-        let table = entry.table.clone();
+        let set = entry.set.clone();
         entries.push_back(entry);
-        Some(table)
+        Some(set)
     }
 
-    /// Keeps a criterion's patients; `schema` is theirs when no batch came back (an empty set
-    /// is kept too, so that it is not computed again).
-    pub(crate) fn insert(&self, key: String, schema: SchemaRef, batches: Vec<RecordBatch>) -> Option<Arc<MemTable>> {
-        let schema = batches.first().map(RecordBatch::schema).unwrap_or(schema);
+    /// Keeps a criterion's patients (an empty set too, so that it is not computed again).
+    pub(crate) fn insert(&self, key: String, batches: Vec<RecordBatch>) -> PatientSet {
         let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        let table = Arc::new(MemTable::try_new(schema, vec![batches]).ok()?);
+        let set = Arc::new(batches);
         if bytes <= CACHE_BYTES / 4 {
             let mut entries = self.0.lock();
             let mut total: usize = entries.iter().map(|e| e.bytes).sum::<usize>() + bytes;
@@ -70,12 +101,30 @@ impl CriterionCache {
                     None => break,
                 }
             }
-            entries.push_back(Entry { key, table: table.clone(), bytes });
+            entries.push_back(Entry { key, set: set.clone(), bytes });
         }
-        Some(table)
+        set
     }
 
     pub(crate) fn clear(&self) {
         self.0.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(keys: &[&str]) -> PatientSet {
+        let keys: Keys<'_> = keys.iter().copied().collect();
+        Arc::new(vec![batch_of(&keys, "p").unwrap()])
+    }
+
+    #[test]
+    fn unions_and_intersections_of_patient_sets() {
+        let sets = [set(&["a", "b"]), set(&["b", "c"]), set(&[])];
+        assert_eq!(any_of(&sets), ["a", "b", "c"].into_iter().collect());
+        assert_eq!(all_of(&sets[..2]), ["b"].into_iter().collect());
+        assert!(all_of(&sets).is_empty());
     }
 }

@@ -63,6 +63,9 @@ pub struct Engine {
     pub(crate) patient_level: crate::attributes::PatientLevelCache,
     /// Patient sets of cohort criteria on the data served now.
     pub(crate) criteria: crate::criteria::CriterionCache,
+    /// Whether criteria may be answered from the in-memory index (on unless turned off, for
+    /// comparing with the DataFusion route).
+    criteria_index: std::sync::atomic::AtomicBool,
 }
 
 tokio::task_local! {
@@ -115,6 +118,7 @@ impl Engine {
             populations: Default::default(),
             patient_level: Default::default(),
             criteria: Default::default(),
+            criteria_index: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -152,6 +156,22 @@ impl Engine {
     /// after new data; for measuring the cold path.
     pub fn forget_criteria(&self) {
         self.criteria.clear();
+    }
+
+    /// Answers cohort criteria from the in-memory index (the default) or, turned off, only by
+    /// DataFusion plans over the datasets: both give the same patients; tests compare them.
+    pub fn use_criteria_index(&self, on: bool) {
+        self.criteria_index.store(on, Ordering::SeqCst);
+        self.criteria.clear();
+    }
+
+    pub(crate) fn criteria_index_enabled(&self) -> bool {
+        self.criteria_index.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the criteria index of the data served now holds.
+    pub fn criteria_index_bytes(&self) -> usize {
+        self.data().index.bytes()
     }
 
     /// The version of each dataset as served now (what a reload compares with the files).
@@ -225,7 +245,10 @@ impl Engine {
     /// The query's rows: its dataset, narrowed by its filter and its cohort.
     pub(crate) async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
         let ctx = self.session();
-        let mut df = ctx.table(q.dataset.as_str()).await.map_err(internal)?;
+        let mut df = match self.indexed_base(q).await {
+            Some(df) => df,
+            None => ctx.table(q.dataset.as_str()).await.map_err(internal)?,
+        };
         if let Some(f) = &q.filter {
             df = df.filter(filter_expr(f)?).map_err(internal)?;
         }

@@ -9,6 +9,8 @@ pub mod config;
 pub mod consent;
 mod criteria;
 pub mod engine;
+mod index;
+mod indexed;
 pub mod link;
 pub mod private;
 pub mod refusal;

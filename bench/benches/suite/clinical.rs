@@ -184,7 +184,16 @@ pub struct Latency {
     /// Asked with the node's criterion cache emptied first: every criterion is computed.
     pub cold_ms: Vec<f64>,
     pub cold_site_ms: Vec<f64>,
+    /// Cold, with the node's criteria index turned off: every criterion by DataFusion scans.
+    pub scans_ms: Vec<f64>,
     pub patients: Option<i64>,
+}
+
+/// The node's in-memory criteria index: the first question on freshly loaded data (which
+/// builds it) and the memory it holds after every question.
+pub struct IndexFigures {
+    pub first_question_ms: f64,
+    pub bytes: usize,
 }
 
 impl Latency {
@@ -196,6 +205,7 @@ impl Latency {
             "cold_p50_ms": round(percentile(&self.cold_ms, 50.0), 2), "cold_p99_ms": round(percentile(&self.cold_ms, 99.0), 2),
             "cold_site_p50_ms": round(percentile(&self.cold_site_ms, 50.0), 2),
             "cold_site_p99_ms": round(percentile(&self.cold_site_ms, 99.0), 2),
+            "scans_p50_ms": round(percentile(&self.scans_ms, 50.0), 2), "scans_p99_ms": round(percentile(&self.scans_ms, 99.0), 2),
             "patients": self.patients,
         })
     }
@@ -212,7 +222,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 /// One node serving the imported datasets under the research default (dp), the coordinator
 /// in-process over mutual TLS; each question asked `warmup + queries` times on one channel.
-pub async fn ccdl_latency(out: &Path, warmup: usize, queries: usize) -> anyhow::Result<Vec<Latency>> {
+pub async fn ccdl_latency(out: &Path, warmup: usize, queries: usize) -> anyhow::Result<(Vec<Latency>, IndexFigures)> {
     let catalogue = verbund_node::Catalogue::open(&verbund_tests::fhir_datasets(out)).await?;
     let mut policy = verbund_policies::Policy::default().allowing(verbund_tests::PROJECT);
     policy.budget.epsilon = 1e9;
@@ -222,6 +232,14 @@ pub async fn ccdl_latency(out: &Path, warmup: usize, queries: usize) -> anyhow::
     network.add_node(node.clone()).await;
     let mut client = network.client().await;
     let token = network.pki.token();
+    let ask = |ccdl: String| {
+        let request = pb::ResearchQuery { ccdl, project: verbund_tests::PROJECT.into(), ..Default::default() };
+        with_token(request, &token)
+    };
+    let started = Instant::now();
+    let first = questions().into_iter().next().map(|(_, ccdl)| ccdl).unwrap_or_default();
+    client.query(ask(first)).await?;
+    let first_question_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut out = Vec::new();
     for (name, ccdl) in questions() {
         let mut l = Latency {
@@ -230,33 +248,34 @@ pub async fn ccdl_latency(out: &Path, warmup: usize, queries: usize) -> anyhow::
             site_ms: Vec::new(),
             cold_ms: Vec::new(),
             cold_site_ms: Vec::new(),
+            scans_ms: Vec::new(),
             patients: None,
         };
         // Cold first (every criterion computed, as for a question the node has not seen on
-        // this data), then repeated (criteria from the node's cache).
-        for cold in [true, false] {
+        // this data), then repeated (criteria from the node's cache), then cold without the
+        // criteria index.
+        for phase in [Phase::Cold, Phase::Repeated, Phase::Scans] {
+            node.engine().use_criteria_index(phase != Phase::Scans);
+            let cold = phase != Phase::Repeated;
             for i in 0..warmup + queries {
                 if cold {
                     node.engine().forget_criteria();
                 }
-                let request = pb::ResearchQuery {
-                    ccdl: ccdl.clone(),
-                    project: verbund_tests::PROJECT.into(),
-                    ..Default::default()
-                };
                 let started = Instant::now();
-                let response = client.query(with_token(request, &token)).await?.into_inner();
+                let response = client.query(ask(ccdl.clone())).await?.into_inner();
                 let elapsed = started.elapsed().as_secs_f64() * 1000.0;
                 if response.sites.iter().any(|s| s.outcome() != pb::SiteOutcome::Answered) {
                     anyhow::bail!("{name}: {:?}", response.sites);
                 }
                 if i >= warmup {
-                    let (samples, site) =
-                        if cold { (&mut l.cold_ms, &mut l.cold_site_ms) } else { (&mut l.samples_ms, &mut l.site_ms) };
-                    samples.push(elapsed);
-                    site.extend(response.sites.iter().map(|s| s.elapsed_ms));
+                    let site = response.sites.iter().map(|s| s.elapsed_ms);
+                    match phase {
+                        Phase::Cold => (l.cold_ms.push(elapsed), l.cold_site_ms.extend(site)),
+                        Phase::Repeated => (l.samples_ms.push(elapsed), l.site_ms.extend(site)),
+                        Phase::Scans => (l.scans_ms.push(elapsed), ()),
+                    };
                 }
-                if i == 0 && !cold {
+                if i == 0 && phase == Phase::Repeated {
                     let batch = verbund_tests::decode(&response.arrow_ipc)?;
                     let column = batch.column(0);
                     l.patients = (batch.num_rows() > 0 && column.is_valid(0))
@@ -266,15 +285,29 @@ pub async fn ccdl_latency(out: &Path, warmup: usize, queries: usize) -> anyhow::
             }
         }
         eprintln!(
-            "  {name}: cold p50 {:.2} ms, p99 {:.2} ms; repeated p50 {:.2} ms, p99 {:.2} ms",
+            "  {name}: cold p50 {:.2} ms, p99 {:.2} ms; repeated p50 {:.2} ms, p99 {:.2} ms; scans p99 {:.2} ms",
             percentile(&l.cold_ms, 50.0),
             percentile(&l.cold_ms, 99.0),
             percentile(&l.samples_ms, 50.0),
-            percentile(&l.samples_ms, 99.0)
+            percentile(&l.samples_ms, 99.0),
+            percentile(&l.scans_ms, 99.0)
         );
         out.push(l);
     }
-    Ok(out)
+    let index = IndexFigures { first_question_ms, bytes: node.engine().criteria_index_bytes() };
+    eprintln!(
+        "  criteria index: first question {:.0} ms (builds it), {:.1} MiB",
+        index.first_question_ms,
+        index.bytes as f64 / 1048576.0
+    );
+    Ok((out, index))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Cold,
+    Repeated,
+    Scans,
 }
 
 /// The section's Markdown and JSON.
@@ -286,7 +319,7 @@ pub async fn section(data_dir: &Path, patients: usize, seed: u64, queries: usize
     eprintln!("clinical: importing {} resources in a process of its own", export.resources);
     let import = import_in_child(&export.dir, &out, verbund_fhir::ImportOptions::DEFAULT_MEMORY_MB)?;
     eprintln!("clinical: {:.0} resources/s, peak {:.0} MiB", import.per_second(), import.peak_rss_mb);
-    let latencies = ccdl_latency(&out, 10, queries).await?;
+    let (latencies, index) = ccdl_latency(&out, 10, queries).await?;
     let mut md = String::from("## 7. Clinical data: FHIR import and CCDL feasibility queries\n\n");
     md.push_str(&format!(
         "{} patients, {} FHIR resources as gzip NDJSON ({:.1} MB). `verbund import` in a process of its own, \
@@ -303,14 +336,19 @@ pub async fn section(data_dir: &Path, patients: usize, seed: u64, queries: usize
     md.push_str(&format!(
         "CCDL feasibility latency through the coordinator (mutual TLS, one node serving all {} patients, \
          profile dp), {queries} queries each. Cold: the node's criterion cache emptied before each query, so every \
-         criterion is computed; repeated: the same question again, its criteria from the cache:\n\n\
-         | question | patients (noisy) | cold p50 ms | cold p99 ms | cold node p99 ms | repeated p50 ms | repeated p99 ms | repeated node p99 ms |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        export.patients
+         criterion is computed (from the node's in-memory criteria index); repeated: the same question again, its \
+         criteria from the cache; scans: cold with the index turned off, every criterion by DataFusion plans over \
+         the Parquet files. The index is built by the first question on newly loaded data: {:.0} ms here; it then \
+         holds {:.1} MiB.\n\n\
+         | question | patients (noisy) | cold p50 ms | cold p99 ms | cold node p99 ms | repeated p50 ms | repeated p99 ms | repeated node p99 ms | scans p50 ms | scans p99 ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        export.patients,
+        index.first_question_ms,
+        index.bytes as f64 / 1048576.0
     ));
     for l in &latencies {
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             l.name,
             l.patients.map(|p| p.to_string()).unwrap_or_else(|| "withheld".into()),
             percentile(&l.cold_ms, 50.0),
@@ -318,7 +356,9 @@ pub async fn section(data_dir: &Path, patients: usize, seed: u64, queries: usize
             percentile(&l.cold_site_ms, 99.0),
             percentile(&l.samples_ms, 50.0),
             percentile(&l.samples_ms, 99.0),
-            percentile(&l.site_ms, 99.0)
+            percentile(&l.site_ms, 99.0),
+            percentile(&l.scans_ms, 50.0),
+            percentile(&l.scans_ms, 99.0)
         ));
     }
     let json = json!({
@@ -327,6 +367,7 @@ pub async fn section(data_dir: &Path, patients: usize, seed: u64, queries: usize
                    "peak_rss_mb": round(import.peak_rss_mb, 1), "issues": import.issues,
                    "memory_mb": verbund_fhir::ImportOptions::DEFAULT_MEMORY_MB},
         "ccdl": latencies.iter().map(Latency::to_json).collect::<Vec<_>>(),
+        "criteria_index": {"first_question_ms": round(index.first_question_ms, 1), "mib": round(index.bytes as f64 / 1048576.0, 1)},
     });
     Ok((md, json))
 }

@@ -205,3 +205,21 @@ async fn under_the_default_policy_the_same_questions_get_private_answers() {
     let (one, _) = count(&network, "queries/returning-one-patient/Diagnose.json").await;
     assert_eq!(one, None, "a count of one is withheld");
 }
+
+/// The same expected counts by the node's other route: DataFusion plans over the datasets
+/// instead of its in-memory criteria index (which the tests above use).
+#[tokio::test]
+async fn the_mii_expected_counts_without_the_criteria_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let test_data = imported(&[material("testData.json.gz")], &dir.path().join("a")).await;
+    let mut network = Network::start(&["site-a"]).await;
+    let node = std::sync::Arc::new(network.node_with_noise_key("site-a", test_data, raw_policy(), 80));
+    network.add_node(node.clone()).await;
+    node.engine().use_criteria_index(false);
+    for (query, expected) in test_data_queries() {
+        let (got, response) = count(&network, &query).await;
+        assert_eq!(answered(&response), 1, "{query}: {response:?}");
+        assert_eq!(got, Some(expected), "{query}");
+    }
+    assert_eq!(node.engine().criteria_index_bytes(), 0, "nothing was indexed");
+}
