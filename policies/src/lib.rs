@@ -3,12 +3,15 @@
 //! Pure: no I/O. The node reads the policy file and hands its text to [`Policy::from_toml`].
 
 mod access;
+pub mod model;
+mod model_facts;
 pub mod noise;
 mod output;
 pub mod private;
 mod profile;
 
 pub use access::{Access, AccessDenied, ProjectRule};
+pub use model::{ModelRefusal, RegressionSettings, release_model};
 pub use output::{CandidateAggregate, CandidateGroup, empty_result, release, release_group};
 pub use private::{PrivacyRefusal, PrivatePlan};
 pub use profile::{BudgetSettings, DatasetRule, DpSettings, Level, Profile};
@@ -85,6 +88,8 @@ pub struct Policy {
     /// Which patients count at all: consent this site requires, on top of the objections
     /// (opt-outs) it always honours.
     pub consent: ConsentSettings,
+    /// The rules for models (regression) at this site.
+    pub regression: RegressionSettings,
 }
 
 /// `[consent]`. A site that serves FHIR Consent data (the `consent_provisions` dataset of
@@ -119,6 +124,7 @@ impl Default for Policy {
             budget: BudgetSettings::default(),
             datasets: Vec::new(),
             consent: ConsentSettings::default(),
+            regression: RegressionSettings::default(),
         }
     }
 }
@@ -196,6 +202,7 @@ impl Policy {
                 "budget.delta must be at least dp.delta_per_query, and budget.period_days at least 1".into(),
             ));
         }
+        self.regression.validate().map_err(Error::Invalid)?;
         let mut datasets = std::collections::HashSet::new();
         for d in &self.datasets {
             d.validate().map_err(Error::Invalid)?;

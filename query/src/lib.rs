@@ -8,6 +8,7 @@ pub mod capped;
 pub mod cohort;
 pub mod functions;
 pub mod literal;
+pub mod model;
 pub mod moments;
 pub mod private;
 pub mod validate;

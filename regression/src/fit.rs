@@ -100,7 +100,8 @@ impl Contribution {
             total.sum_y += part.sum_y;
             total.sum_ylogy += part.sum_ylogy;
             total.sum_lfact += part.sum_lfact;
-            total.boundary += part.boundary;
+            total.boundary |= part.boundary;
+            total.add_support(part);
             add_levels(&mut total.levels, &part.levels);
         }
         Ok(total)

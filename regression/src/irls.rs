@@ -148,7 +148,7 @@ impl Irls {
     fn solve(&mut self, base: Vec<f64>, total: &Contribution) -> Result<Step, FitError> {
         let factored = match factor(&total.information, self.names.len(), &self.names) {
             Ok(f) => f,
-            Err(FitError::Singular { aliased }) if self.family == Family::Binomial && total.boundary > 0 => {
+            Err(FitError::Singular { aliased }) if self.family == Family::Binomial && total.boundary => {
                 return Err(FitError::Separation {
                     covariates: aliased,
                     detail: "the information matrix became singular as fitted probabilities reached 0 or 1".to_owned(),
@@ -190,7 +190,7 @@ impl Irls {
             .collect();
         let max = moves.iter().copied().fold(0.0, f64::max);
         let perfect = total.deviance < 1e-6;
-        let diverging = total.boundary > 0 && (max > 1e-3 || stopped);
+        let diverging = total.boundary && (max > 1e-3 || stopped);
         if faded.is_empty() && !perfect && !diverging {
             return Ok(());
         }
@@ -205,8 +205,8 @@ impl Irls {
         Err(FitError::Separation {
             covariates,
             detail: format!(
-                "after {} iterations {} of {} fitted probabilities are numerically 0 or 1 and the residual deviance is {:.4}; drop or merge the covariate's sparse levels, or use penalised (Firth) regression",
-                self.iteration, total.boundary, total.n, total.deviance
+                "after {} iterations some fitted probabilities are numerically 0 or 1 and the residual deviance is {:.4}; drop or merge the covariate's sparse levels, or use penalised (Firth) regression",
+                self.iteration, total.deviance
             ),
         })
     }
@@ -227,7 +227,7 @@ impl Irls {
             Family::Gaussian => f64::NAN,
         };
         let mut warnings = Vec::new();
-        if total.boundary > 0 {
+        if total.boundary {
             warnings.push(match self.family {
                 Family::Poisson => "fitted rates numerically 0 occurred".to_owned(),
                 _ => "fitted probabilities numerically 0 or 1 occurred".to_owned(),

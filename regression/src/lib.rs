@@ -19,4 +19,4 @@ pub use design::{Design, DesignBuilder, Family, LevelCount, Term};
 pub use error::{DesignError, FitError};
 pub use fit::{Coefficient, FStatistic, LinearFit, fit_linear};
 pub use irls::{EPSILON, GlmFit, Irls, MAX_ITERATIONS, Step};
-pub use site::{Contribution, Sufficient};
+pub use site::{Contribution, Sufficient, WeightSupport};

@@ -47,10 +47,41 @@ pub struct Contribution {
     pub sum_y: f64,
     pub sum_ylogy: f64,
     pub sum_lfact: f64,
-    /// Rows whose fitted μ is numerically at the boundary (binomial: within 10ε of 0 or 1;
-    /// Poisson: below 10ε), R's test for its "fitted probabilities numerically 0 or 1" warning.
-    pub boundary: u64,
+    /// Whether some row's fitted μ is numerically at the boundary (binomial: within 10ε of 0
+    /// or 1; Poisson: below 10ε), R's test for its "fitted probabilities numerically 0 or 1"
+    /// warning. A flag, not a count: rows past a half-space the coordinator chose by β would
+    /// be a count without a floor.
+    pub boundary: bool,
     pub levels: Vec<LevelCount>,
+    /// The round's IRLS weights over all rows, for the site's disclosure check (rule R7 of
+    /// docs/regression-plan.md); stays at the site.
+    #[serde(skip)]
+    pub weights: WeightSupport,
+    /// Per design column, the weights over the rows where that column is non-zero: a β that
+    /// puts the weight on one row (or one member of a level) shows as few effective rows
+    /// there. Stays at the site.
+    #[serde(skip)]
+    pub support: Vec<WeightSupport>,
+}
+
+/// Σw and Σw² of a round's IRLS weights over some rows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WeightSupport {
+    pub sum: f64,
+    pub sum_sq: f64,
+}
+
+impl WeightSupport {
+    /// Kish's effective number of rows, (Σw)² / Σw²: the row count when all weights are
+    /// equal, about 1 when one row carries the weight; 0 without weight.
+    pub fn effective_rows(&self) -> f64 {
+        if self.sum_sq > 0.0 { self.sum * self.sum / self.sum_sq } else { 0.0 }
+    }
+
+    fn add(&mut self, other: &WeightSupport) {
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+    }
 }
 
 const EPS: f64 = f64::EPSILON;
@@ -94,7 +125,9 @@ impl Design {
         let mut gram = Gram::new(p);
         let (mut eta, mut w, mut r) = ([0.0; BLOCK], [0.0; BLOCK], [0.0; BLOCK]);
         let mut deviance = 0.0;
-        let mut boundary = 0u64;
+        let mut boundary = false;
+        let mut weights = WeightSupport::default();
+        let mut support = vec![WeightSupport::default(); p];
         let mut lo = 0;
         while lo < n {
             let hi = (lo + BLOCK).min(n);
@@ -137,13 +170,13 @@ impl Design {
                             let ope = 1.0 + e;
                             (e / ope, e / (ope * ope))
                         };
-                        boundary += u64::from(!(10.0 * EPS..=1.0 - 10.0 * EPS).contains(&mu));
+                        boundary |= !(10.0 * EPS..=1.0 - 10.0 * EPS).contains(&mu);
                         let dev = if yi == 1.0 { -2.0 * mu.ln() } else { -2.0 * (1.0 - mu).ln() };
                         (mu, mu_eta, dev)
                     }
                     Family::Poisson => {
                         let mu = ei.exp().max(EPS);
-                        boundary += u64::from(mu < 10.0 * EPS);
+                        boundary |= mu < 10.0 * EPS;
                         let dev = if yi > 0.0 { 2.0 * (yi * (yi / mu).ln() - (yi - mu)) } else { 2.0 * mu };
                         (mu, mu, dev)
                     }
@@ -153,6 +186,7 @@ impl Design {
                 deviance += dev;
             }
             gram.add(&self.x, n, lo, &w[..len], &r[..len]);
+            add_support(&mut weights, &mut support, &self.x, n, lo, &w[..len]);
             lo = hi;
         }
         let (information, score) = gram.finish();
@@ -171,6 +205,8 @@ impl Design {
             sum_lfact: self.stats.sum_lfact,
             boundary,
             levels: self.levels.clone(),
+            weights,
+            support,
         })
     }
 }
@@ -220,6 +256,38 @@ impl Gram {
             }
         }
         (self.g, self.s)
+    }
+}
+
+/// Adds a block's weights (rows `lo .. lo + w.len()`) to the total and, per column, to the
+/// rows where the column is non-zero. Branch-free (the mask multiplies), so it vectorises.
+fn add_support(total: &mut WeightSupport, support: &mut [WeightSupport], x: &[f64], n: usize, lo: usize, w: &[f64]) {
+    let hi = lo + w.len();
+    total.add(&WeightSupport { sum: w.iter().sum(), sum_sq: dot(w, w) });
+    for (j, s) in support.iter_mut().enumerate() {
+        let (mut sum, mut sum_sq) = (0.0, 0.0);
+        for (&xij, &wi) in x[j * n + lo..j * n + hi].iter().zip(w) {
+            let on = f64::from(u8::from(xij != 0.0));
+            sum += on * wi;
+            sum_sq += on * wi * wi;
+        }
+        s.add(&WeightSupport { sum, sum_sq });
+    }
+}
+
+impl Contribution {
+    /// Adds another contribution's weight supports (used by [`Contribution::sum`]). Parts that
+    /// came over the wire carry none; then the total has none either.
+    pub(crate) fn add_support(&mut self, other: &Contribution) {
+        if self.support.len() != other.support.len() {
+            self.support.clear();
+            self.weights = WeightSupport::default();
+            return;
+        }
+        self.weights.add(&other.weights);
+        for (t, o) in self.support.iter_mut().zip(&other.support) {
+            t.add(o);
+        }
     }
 }
 
