@@ -159,6 +159,7 @@ impl Coordinator {
             }),
             timeout_ms: timeout.as_millis() as u32,
             query: Some(plan.request.clone()),
+            model: None,
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut outcomes = fan_out(&self.sites_arc(), &targets, node_query, deadline, &cancel).await;

@@ -149,7 +149,7 @@ impl Catalogue {
                     field.data_type()
                 ),
             })?;
-            infos.push(pb::ColumnInfo { name: column.to_string(), r#type: column_type as i32 });
+            infos.push(pb::ColumnInfo { name: column.to_string(), r#type: column_type as i32, levels: Vec::new() });
         }
         self.catalogue.datasets.push(pb::DatasetInfo {
             name: name.to_string(),

@@ -353,6 +353,7 @@ impl Node {
             project_views: self.engine.policy().project_views(&self.engine.catalogue()),
             profile: self.engine.policy().profile.label().into(),
             budgets: Vec::new(),
+            model_rules: None,
         }
     }
 

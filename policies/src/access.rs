@@ -187,7 +187,8 @@ columns = { patients = ["sex", "age"] }
     #[test]
     fn a_project_sees_only_what_it_may_use() {
         let p = Policy::from_toml(POLICY).unwrap();
-        let col = |n: &str| pb::ColumnInfo { name: n.into(), r#type: pb::ColumnType::String as i32 };
+        let col =
+            |n: &str| pb::ColumnInfo { name: n.into(), r#type: pb::ColumnType::String as i32, levels: Vec::new() };
         let dataset = |name: &str, cols: &[&str]| pb::DatasetInfo {
             name: name.into(),
             patient_key: "pid".into(),

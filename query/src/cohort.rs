@@ -392,7 +392,7 @@ mod tests {
     use super::*;
 
     fn column(name: &str, t: pb::ColumnType) -> pb::ColumnInfo {
-        pb::ColumnInfo { name: name.into(), r#type: t as i32 }
+        pb::ColumnInfo { name: name.into(), r#type: t as i32, levels: Vec::new() }
     }
 
     fn catalogue() -> pb::Catalogue {

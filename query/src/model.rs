@@ -428,7 +428,8 @@ mod tests {
         let c = check_model(&m, &example_catalogue(), 64).unwrap();
         assert_eq!(c.names, ["(Intercept)", "age", "smokertrue"]);
         let mut catalogue = example_catalogue();
-        let sexmale = pb::ColumnInfo { name: "sexmale".into(), r#type: pb::ColumnType::Int64 as i32 };
+        let sexmale =
+            pb::ColumnInfo { name: "sexmale".into(), r#type: pb::ColumnType::Int64 as i32, levels: Vec::new() };
         catalogue.datasets[0].columns.push(sexmale);
         let mut m = model();
         m.covariates.push(numeric("sexmale"));

@@ -555,7 +555,8 @@ pub(crate) fn check_filter(
 /// A small catalogue for examples and tests: one dataset `patients` keyed by `patient_id`,
 /// with `sex`, `age`, `bmi`, `smoker` and `birth_date`, one column of each type.
 pub fn example_catalogue() -> pb::Catalogue {
-    let col = |name: &str, t: pb::ColumnType| pb::ColumnInfo { name: name.into(), r#type: t as i32 };
+    let col =
+        |name: &str, t: pb::ColumnType| pb::ColumnInfo { name: name.into(), r#type: t as i32, levels: Vec::new() };
     pb::Catalogue {
         datasets: vec![pb::DatasetInfo {
             name: "patients".into(),

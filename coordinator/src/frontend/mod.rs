@@ -272,7 +272,11 @@ mod tests {
     #[test]
     fn union_catalogue_merges_sites() {
         let mut other = catalogue();
-        other.datasets[0].columns.push(pb::ColumnInfo { name: "region".into(), r#type: pb::ColumnType::String as i32 });
+        other.datasets[0].columns.push(pb::ColumnInfo {
+            name: "region".into(),
+            r#type: pb::ColumnType::String as i32,
+            levels: Vec::new(),
+        });
         other.datasets.push(pb::DatasetInfo { name: "labs".into(), patient_key: "pid".into(), ..Default::default() });
         let u = union_catalogue([&catalogue(), &other]);
         assert_eq!(u.datasets.len(), 2);

@@ -349,6 +349,7 @@ async fn token_attacks_are_refused_at_the_coordinator_and_at_the_node() {
             }),
             timeout_ms: 5000,
             query: Some(query.clone()),
+            model: None,
         };
         match direct.handle(&forwarded).await {
             Err(refusal @ Refusal::Unauthenticated { .. }) => {
@@ -371,6 +372,7 @@ async fn token_attacks_are_refused_at_the_coordinator_and_at_the_node() {
         }),
         timeout_ms: 5000,
         query: Some(query),
+        model: None,
     };
     assert!(direct.handle(&forwarded).await.is_ok());
 }
