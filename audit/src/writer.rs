@@ -230,12 +230,14 @@ impl Writer {
     }
 
     fn fail_replies(&self, replies: impl Iterator<Item = oneshot::Sender<Result<Receipt>>>, failure: &Failure) {
-        let mut n = 0;
+        // Counted before anyone hears of the failure: a caller that reads the stats after its
+        // error sees it counted.
+        let replies: Vec<_> = replies.collect();
+        let n = replies.len() as u64;
+        self.shared.stats.append_errors(n);
         for reply in replies {
             let _ = reply.send(Err(failure.to_error()));
-            n += 1;
         }
-        self.shared.stats.append_errors(n);
         tracing::error!(
             path = %failure.path.display(),
             error = %failure.error,
