@@ -5,7 +5,7 @@
 //! and anti joins (exclusion) on the patient key, before any grouping, bounding or
 //! aggregate: everything downstream, the privacy checks included, is unchanged.
 
-use crate::criteria::{Keys, PatientSet, all_of, any_of, batch_of, resource_types};
+use crate::criteria::{Bits, Keys, PatientSet, Patients, all_of, any_of, batch_of, resource_types};
 use crate::engine::{Engine, balanced, filter_expr, internal};
 use crate::refusal::Refusal;
 use datafusion::arrow::array::RecordBatch;
@@ -33,18 +33,37 @@ type Rows<'a> = Pin<Box<dyn Future<Output = Result<DataFrame, Refusal>> + Send +
 type Sets<'a> = Pin<Box<dyn Future<Output = Result<PatientSet, Refusal>> + Send + 'a>>;
 
 impl Engine {
-    /// Keeps the rows of `df` whose patient (`patient_key`) is in the cohort: the cohort's
-    /// patients are worked out from the criteria's sets here, and joined once.
-    pub(crate) async fn restrict_to_cohort(
-        &self,
-        df: DataFrame,
-        patient_key: &str,
-        cohort: &CheckedCohort,
-    ) -> Result<DataFrame, Refusal> {
-        let key = as_text(&df, patient_key);
+    /// The cohort's patients, worked out from its criteria's sets: as patient ordinals when
+    /// the criteria index gave every set, else as keys.
+    pub(crate) async fn cohort_patients(&self, cohort: &CheckedCohort) -> Result<CohortPatients, Refusal> {
         let inclusion = self.patient_sets(&cohort.inclusion);
         let exclusion = self.patient_sets(&cohort.exclusion);
         let (inclusion, exclusion) = futures::try_join!(inclusion, exclusion)?;
+        let bits = |groups: &[Vec<PatientSet>]| -> Option<Vec<Vec<Bits>>> {
+            let bits = |s: &PatientSet| match &**s {
+                Patients::Bits(b) => Some(b.clone()),
+                Patients::Keys(_) => None,
+            };
+            groups.iter().map(|g| g.iter().map(bits).collect()).collect()
+        };
+        if let (Some(inclusion), Some(exclusion)) = (bits(&inclusion), bits(&exclusion)) {
+            return Ok(combine_bits(inclusion, exclusion));
+        }
+        // Some criterion went the DataFusion route: everything as keys.
+        let ordinals = self.data().index.ordinals_built();
+        let as_keys = |groups: &[Vec<PatientSet>]| -> Result<Vec<Vec<Vec<RecordBatch>>>, Refusal> {
+            let keys = |s: &PatientSet| match &**s {
+                Patients::Keys(batches) => Ok(batches.clone()),
+                Patients::Bits(bits) => ordinals
+                    .as_ref()
+                    .and_then(|o| o.batch(bits, PATIENT))
+                    .map(|b| vec![b])
+                    .ok_or_else(|| Refusal::internal("a criterion's patient ordinals without their dictionary")),
+            };
+            groups.iter().map(|g| g.iter().map(keys).collect()).collect()
+        };
+        let (inclusion, exclusion) = (as_keys(&inclusion)?, as_keys(&exclusion)?);
+        let (inclusion, exclusion) = (slices(&inclusion), slices(&exclusion));
         let excluded: Keys<'_> = exclusion.iter().flat_map(|group| all_of(group)).collect();
         let mut groups = inclusion.iter().map(|group| any_of(group));
         let (patients, join) = match groups.next() {
@@ -59,9 +78,25 @@ impl Engine {
             }
         };
         let batch = batch_of(&patients, PATIENT).ok_or_else(|| Refusal::internal("a cohort's patients as a batch"))?;
+        Ok(CohortPatients { patients: Patients::Keys(vec![batch]), join })
+    }
+
+    /// Keeps the rows of `df` whose patient (`patient_key`) is in the cohort, by one join.
+    pub(crate) fn join_cohort(
+        &self,
+        df: DataFrame,
+        patient_key: &str,
+        cohort: &CohortPatients,
+    ) -> Result<DataFrame, Refusal> {
+        let key = as_text(&df, patient_key);
+        let batch = match &cohort.patients {
+            Patients::Keys(batches) => batches.first().cloned(),
+            Patients::Bits(bits) => self.data().index.ordinals_built().and_then(|o| o.batch(bits, PATIENT)),
+        }
+        .ok_or_else(|| Refusal::internal("a cohort's patients as a batch"))?;
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(internal)?;
         let patients = self.session().read_table(Arc::new(table)).map_err(internal)?;
-        df.join_on(patients, join, [key.eq(col(PATIENT))]).map_err(internal)
+        df.join_on(patients, cohort.join, [key.eq(col(PATIENT))]).map_err(internal)
     }
 
     /// The patient sets of every criterion of `groups`, by group, computed a few at a time
@@ -86,11 +121,11 @@ impl Engine {
         if let Some(set) = self.criteria.get(&key) {
             return Ok(set);
         }
-        let batches = match self.indexed_patients(c, PATIENT).await {
-            Some(batch) => vec![batch],
-            None => self.scanned_patients(c).await?,
+        let patients = match self.indexed_patients(c).await {
+            Some(bits) => bits,
+            None => Patients::Keys(self.scanned_patients(c).await?),
         };
-        Ok(self.criteria.insert(key, batches))
+        Ok(self.criteria.insert(key, patients))
     }
 
     /// The criterion's patients by DataFusion plans over the datasets.
@@ -227,6 +262,46 @@ fn successor(prefix: &str) -> Option<String> {
     let mut next = prefix[..prefix.len() - 1].to_string();
     next.push(char::from(last + 1));
     Some(next)
+}
+
+/// A cohort's patients, and how a query's rows are narrowed by them: a semi join (those
+/// patients) or, for a cohort of exclusions only, an anti join (everyone but them).
+pub(crate) struct CohortPatients {
+    pub(crate) patients: Patients,
+    pub(crate) join: JoinType,
+}
+
+fn slices(groups: &[Vec<Vec<RecordBatch>>]) -> Vec<Vec<&[RecordBatch]>> {
+    groups.iter().map(|sets| sets.iter().map(Vec::as_slice).collect()).collect()
+}
+
+/// Inclusion: in some set of every group; exclusion: in every set of some group.
+fn combine_bits(inclusion: Vec<Vec<Bits>>, exclusion: Vec<Vec<Bits>>) -> CohortPatients {
+    let and_all = |sets: Vec<Bits>| {
+        sets.into_iter().reduce(|mut a, b| {
+            a.and(&b);
+            a
+        })
+    };
+    let or_all = |sets: Vec<Bits>| {
+        sets.into_iter().reduce(|mut a, b| {
+            a.or(&b);
+            a
+        })
+    };
+    let excluded = or_all(exclusion.into_iter().filter_map(and_all).collect());
+    match and_all(inclusion.into_iter().filter_map(or_all).collect()) {
+        Some(mut included) => {
+            if let Some(excluded) = &excluded {
+                included.and_not(excluded);
+            }
+            CohortPatients { patients: Patients::Bits(included), join: JoinType::LeftSemi }
+        }
+        None => CohortPatients {
+            patients: Patients::Bits(excluded.unwrap_or_else(|| Bits::empty(0))),
+            join: JoinType::LeftAnti,
+        },
+    }
 }
 
 /// The patient key as text, so that keys of any type join across datasets.

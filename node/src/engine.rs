@@ -66,6 +66,8 @@ pub struct Engine {
     /// Whether criteria may be answered from the in-memory index (on unless turned off, for
     /// comparing with the DataFusion route).
     criteria_index: std::sync::atomic::AtomicBool,
+    /// Criteria the index answered (tests check the index is really used).
+    pub(crate) criteria_indexed: std::sync::atomic::AtomicU64,
 }
 
 tokio::task_local! {
@@ -119,6 +121,7 @@ impl Engine {
             patient_level: Default::default(),
             criteria: Default::default(),
             criteria_index: std::sync::atomic::AtomicBool::new(true),
+            criteria_indexed: Default::default(),
         }
     }
 
@@ -167,6 +170,11 @@ impl Engine {
 
     pub(crate) fn criteria_index_enabled(&self) -> bool {
         self.criteria_index.load(Ordering::SeqCst)
+    }
+
+    /// How many criteria the index has answered since the node started.
+    pub fn criteria_answered_by_index(&self) -> u64 {
+        self.criteria_indexed.load(Ordering::Relaxed)
     }
 
     /// Bytes the criteria index of the data served now holds.
@@ -245,9 +253,13 @@ impl Engine {
     /// The query's rows: its dataset, narrowed by its filter and its cohort.
     pub(crate) async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
         let ctx = self.session();
-        let mut df = match self.indexed_base(q).await {
-            Some(df) => df,
-            None => ctx.table(q.dataset.as_str()).await.map_err(internal)?,
+        let cohort = match &q.cohort {
+            Some(cohort) => Some(self.cohort_patients(cohort).await?),
+            None => None,
+        };
+        let (mut df, cohort_applied) = match self.indexed_base(q, cohort.as_ref()).await {
+            Some(base) => base,
+            None => (ctx.table(q.dataset.as_str()).await.map_err(internal)?, false),
         };
         if let Some(f) = &q.filter {
             df = df.filter(filter_expr(f)?).map_err(internal)?;
@@ -256,8 +268,10 @@ impl Engine {
             .try_with(Population::clone)
             .map_err(|_| Refusal::internal("rows were read outside a query's population scope"))?;
         df = population.narrow(&ctx, df, &q.patient_key)?;
-        if let Some(cohort) = &q.cohort {
-            df = self.restrict_to_cohort(df, &q.patient_key, cohort).await?;
+        if let Some(cohort) = &cohort
+            && !cohort_applied
+        {
+            df = self.join_cohort(df, &q.patient_key, cohort)?;
         }
         self.join_patient_attributes(df, q).await
     }

@@ -17,7 +17,9 @@
 //! still comes from the query over them, through the same privacy checks.
 
 use crate::criteria::resource_types;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, new_empty_array,
+};
 use datafusion::arrow::compute::{cast, concat, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
@@ -96,10 +98,47 @@ impl CodingIndex {
 
 type Cell<T> = Arc<OnceCell<Option<Arc<T>>>>;
 
+/// Every patient of the indexed datasets, numbered: criteria's patient sets are bit sets of
+/// these ordinals, so that combining them hashes no key.
+pub(crate) struct Ordinals {
+    /// The patient key (as text) of each ordinal.
+    pub(crate) keys: StringArray,
+    /// Per indexed dataset, each row's patient ordinal (`u32::MAX`: no patient).
+    pub(crate) rows: HashMap<String, Vec<u32>>,
+}
+
+impl Ordinals {
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The patients of `rows` of `dataset`.
+    pub(crate) fn of_rows(&self, dataset: &str, rows: &[u32]) -> Option<crate::criteria::Bits> {
+        let ordinals = self.rows.get(dataset)?;
+        let mut bits = crate::criteria::Bits::empty(self.len());
+        for &r in rows {
+            match ordinals.get(r as usize) {
+                Some(&o) if o != u32::MAX => bits.insert(o),
+                _ => {}
+            }
+        }
+        Some(bits)
+    }
+
+    /// The keys of a set, as a one-column text batch named `name`.
+    pub(crate) fn batch(&self, bits: &crate::criteria::Bits, name: &str) -> Option<RecordBatch> {
+        let at = UInt32Array::from_iter_values(bits.ones());
+        let keys = take(&self.keys, &at, None).ok()?;
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
+        RecordBatch::try_new(schema, vec![keys]).ok()
+    }
+}
+
 /// The index of one version of a node's data; filled on first use.
 #[derive(Default)]
 pub(crate) struct ClinicalIndex {
     codings: parking_lot::Mutex<HashMap<String, Cell<CodingIndex>>>,
+    ordinals: OnceCell<Option<Arc<Ordinals>>>,
     columns: parking_lot::Mutex<HashMap<(String, String), Cell<ArrayRef>>>,
     /// Rows per dataset, as first loaded; a later load of another length is not used.
     rows: parking_lot::Mutex<HashMap<String, usize>>,
@@ -116,6 +155,51 @@ impl ClinicalIndex {
         self.bytes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| (b + bytes <= INDEX_BYTES).then_some(b + bytes))
             .is_ok()
+    }
+
+    /// The patient dictionary, once some question built it.
+    pub(crate) fn ordinals_built(&self) -> Option<Arc<Ordinals>> {
+        self.ordinals.get().cloned().flatten()
+    }
+
+    /// Numbers the patients of every indexed dataset (built on first use).
+    pub(crate) async fn ordinals(&self, ctx: &SessionContext, catalogue: &pb::Catalogue) -> Option<Arc<Ordinals>> {
+        self.ordinals
+            .get_or_init(|| async {
+                let mut columns = Vec::new();
+                for d in &catalogue.datasets {
+                    // A dataset whose keys cannot be read is left out: its criteria go the
+                    // DataFusion route (`of_rows` finds no ordinals for it).
+                    if resource_types(&d.model).is_some()
+                        && let Some(keys) = self.text(ctx, &d.name, &d.patient_key).await
+                    {
+                        columns.push((d.name.clone(), keys));
+                    }
+                }
+                let mut ids: HashMap<&str, u32, ahash::RandomState> = HashMap::default();
+                let mut keys: Vec<&str> = Vec::new();
+                let mut rows = HashMap::new();
+                for (name, column) in &columns {
+                    let column = column.as_string::<i32>();
+                    let ordinals: Vec<u32> = column
+                        .iter()
+                        .map(|key| match key {
+                            None => u32::MAX,
+                            Some(key) => *ids.entry(key).or_insert_with(|| {
+                                keys.push(key);
+                                keys.len() as u32 - 1
+                            }),
+                        })
+                        .collect();
+                    rows.insert(name.clone(), ordinals);
+                }
+                let ordinals = Ordinals { keys: StringArray::from(keys), rows };
+                let bytes =
+                    ordinals.keys.get_array_memory_size() + ordinals.rows.values().map(|r| r.len() * 4).sum::<usize>();
+                self.reserve(bytes).then(|| Arc::new(ordinals))
+            })
+            .await
+            .clone()
     }
 
     /// Rows of `dataset` (an indexed one) with a coding in `set`.
@@ -173,13 +257,18 @@ impl ClinicalIndex {
         options.optimizer.repartition_file_scans = false;
         let ctx = SessionContext::new_with_state(state);
         let df = ctx.table(dataset).await.ok()?.select_columns(columns).ok()?;
+        let schema = df.schema().as_arrow().clone();
         let batches: Vec<RecordBatch> = df.collect_partitioned().await.ok()?.into_iter().flatten().collect();
         let mut out = Vec::with_capacity(columns.len());
-        for i in 0..columns.len() {
+        for (i, field) in schema.fields().iter().enumerate() {
             let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
-            out.push(if arrays.is_empty() { return None } else { concat(&arrays).ok()? });
+            // An empty dataset is an empty column, not a failure.
+            out.push(if arrays.is_empty() { new_empty_array(field.data_type()) } else { concat(&arrays).ok()? });
         }
         let len = out.first()?.len();
+        if len > u32::MAX as usize {
+            return None;
+        }
         let mut rows = self.rows.lock();
         match rows.get(dataset) {
             Some(&n) if n != len => {
@@ -330,16 +419,4 @@ pub(crate) async fn gather(
     let len = rows.map(|r| r.len()).or_else(|| index.len(dataset))?;
     let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(len));
     RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options).ok()
-}
-
-/// The distinct non-NULL values of a text column at `rows`, as a one-column batch.
-pub(crate) fn distinct_text(values: &StringArray, rows: &[u32], name: &str) -> Option<RecordBatch> {
-    let mut seen = crate::criteria::Keys::with_capacity_and_hasher(rows.len(), Default::default());
-    for &r in rows {
-        let r = r as usize;
-        if r < values.len() && values.is_valid(r) {
-            seen.insert(values.value(r));
-        }
-    }
-    crate::criteria::batch_of(&seen, name)
 }

@@ -5,12 +5,16 @@
 //! the DataFusion route (`crate::cohort`).
 
 use crate::catalogue::Catalogue;
+use crate::cohort::CohortPatients;
 use crate::cohort::{overlaps, quantity};
+use crate::criteria::Patients;
 use crate::criteria::resource_types;
 use crate::engine::{Engine, balanced, filter_expr};
-use crate::index::{distinct_text, evaluate, gather};
+use crate::index::{evaluate, gather};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::common::JoinType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::DataFrame;
 use std::collections::HashSet;
@@ -23,23 +27,28 @@ use verbund_query::validate::CheckedQuery;
 type Rows<'a> = Pin<Box<dyn Future<Output = Option<Vec<u32>>> + Send + 'a>>;
 
 impl Engine {
-    /// The criterion's patients (column `name`, text, each once), when the index can answer.
-    pub(crate) async fn indexed_patients(&self, c: &CheckedCriterion, name: &str) -> Option<RecordBatch> {
+    /// The criterion's patients as a set of patient ordinals, when the index can answer.
+    pub(crate) async fn indexed_patients(&self, c: &CheckedCriterion) -> Option<Patients> {
         if !self.criteria_index_enabled() {
             return None;
         }
         let data = self.data();
         let rows = indexed_rows(&data, c).await?;
-        let patients = data.index.text(data.session(), &c.dataset, &c.patient_key).await?;
-        distinct_text(patients.as_string::<i32>(), &rows, name)
+        let ordinals = data.index.ordinals(data.session(), data.catalogue()).await?;
+        let bits = ordinals.of_rows(&c.dataset, &rows)?;
+        self.criteria_indexed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Patients::Bits(bits))
     }
-}
 
-impl Engine {
     /// The rows of a query that reads nothing of its dataset but the patient key (a
-    /// feasibility count), from the index's copy of that column: every row, one column, no
-    /// file to read.
-    pub(crate) async fn indexed_base(&self, q: &CheckedQuery) -> Option<DataFrame> {
+    /// feasibility count), from the index's copy of that column: no file to read, and a
+    /// cohort given as patient ordinals applied here rather than by a join. `None` when the
+    /// index cannot serve the query; else the rows and whether the cohort was applied.
+    pub(crate) async fn indexed_base(
+        &self,
+        q: &CheckedQuery,
+        cohort: Option<&CohortPatients>,
+    ) -> Option<(DataFrame, bool)> {
         if !self.criteria_index_enabled()
             || q.filter.is_some()
             || !q.columns().is_empty()
@@ -50,11 +59,27 @@ impl Engine {
         let data = self.data();
         let info = data.catalogue().datasets.iter().find(|d| d.name == q.dataset)?;
         resource_types(&info.model)?;
-        let keys = data.index.column(data.session(), &q.dataset, &q.patient_key).await?;
+        let mut keys = data.index.column(data.session(), &q.dataset, &q.patient_key).await?;
+        let mut applied = false;
+        if let Some(CohortPatients { patients: Patients::Bits(bits), join }) = cohort
+            && let Some(ordinals) = data.index.ordinals_built()
+            && let Some(rows) = ordinals.rows.get(&q.dataset)
+            && rows.len() == keys.len()
+        {
+            // A semi join keeps the rows whose patient is in the set; an anti join keeps the
+            // others, rows without a patient included (as the DataFusion route's join does).
+            let semi = *join == JoinType::LeftSemi;
+            let kept = rows.iter().enumerate().filter_map(|(row, &o)| {
+                let keep = if o == u32::MAX { !semi } else { bits.contains(o) == semi };
+                keep.then_some(row as u32)
+            });
+            keys = take(&keys, &UInt32Array::from_iter_values(kept), None).ok()?;
+            applied = true;
+        }
         let schema = Arc::new(Schema::new(vec![Field::new(&q.patient_key, keys.data_type().clone(), true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![keys]).ok()?;
         let table = MemTable::try_new(schema, vec![vec![batch]]).ok()?;
-        data.session().read_table(Arc::new(table)).ok()
+        Some((data.session().read_table(Arc::new(table)).ok()?, applied))
     }
 }
 

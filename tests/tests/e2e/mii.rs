@@ -96,12 +96,16 @@ async fn the_mii_expected_counts_on_one_site_each() {
     let test_data = imported(&[material("testData.json.gz")], &dir.path().join("a")).await;
     let kds = imported(&[material("Bundle-mii-exa-test-data-bundle.json.gz")], &dir.path().join("b")).await;
 
-    let network_a = network(vec![("site-a", test_data)], raw_policy()).await;
+    let mut network_a = Network::start(&["site-a"]).await;
+    let node = std::sync::Arc::new(network_a.node_with_noise_key("site-a", test_data, raw_policy(), 80));
+    network_a.add_node(node.clone()).await;
     for (query, expected) in test_data_queries() {
         let (got, response) = count(&network_a, &query).await;
         assert_eq!(answered(&response), 1, "{query}: {response:?}");
         assert_eq!(got, Some(expected), "{query}");
     }
+    // By the node's criteria index (the test below asks the same without it).
+    assert!(node.engine().criteria_answered_by_index() >= 20, "{}", node.engine().criteria_answered_by_index());
     let network_b = network(vec![("site-b", kds)], raw_policy()).await;
     for (query, expected) in KDS {
         let query = format!("queries/{query}");
