@@ -295,3 +295,17 @@ async fn requests_carry_exactly_one_of_query_and_model_and_profiles_decide_first
         assert_eq!(refused_by_rule(outcome), want);
     }
 }
+
+#[tokio::test]
+async fn designs_are_not_kept_past_cache_seconds_and_a_rebuild_gives_the_same_numbers() {
+    let mut policy = k_only();
+    policy.regression.cache_seconds = 0;
+    let s = site(catalogue(&rows(80)), policy);
+    let m = model("event", pb::ModelFamily::Binomial);
+    let ask = |round, beta: &[f64]| s.ask(request(&m, pb::ModelStep::Contribution, "fit-10", round, beta));
+    ask(0, &[]).await.unwrap();
+    assert_eq!(s.node.engine().cached_model_designs(), 0);
+    let first = ask(1, &[-0.4, 0.01, 0.2]).await.unwrap();
+    let again = ask(1, &[-0.4, 0.01, 0.2]).await.unwrap();
+    assert_eq!(first.model, again.model, "rebuilt from the same rows in the same order");
+}

@@ -8,7 +8,8 @@
 //!   round answered. Rounds come strictly in order per attempt, at most `max_rounds`; a round
 //!   asked again is answered only for the same coefficients (bit for bit), which give the same
 //!   numbers; attempts only go up, at most [`MAX_ATTEMPTS`]; new data during an attempt
-//!   refuses its later rounds (the coordinator restarts with a new attempt).
+//!   refuses its later rounds (the coordinator restarts with a new attempt). Fits are
+//!   forgotten after an hour without a round, or the longest idle beyond [`MAX_FITS`].
 
 use super::ModelError;
 use super::design::Built;
@@ -21,6 +22,9 @@ use verbund_proto::v1 as pb;
 
 /// Attempts per fit: the first and up to three restarts after a site was lost (R8).
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
+/// How long a fit's rounds are remembered without a new round. Longer than designs: a fit
+/// forgotten can only start again at round 0 (R8 holds either way), and its state is small.
+const FIT_IDLE: Duration = Duration::from_secs(3600);
 /// Fits remembered at once; beyond, the longest idle is forgotten (its later rounds are then
 /// refused as out of order, and the coordinator restarts).
 const MAX_FITS: usize = 4096;
@@ -66,7 +70,7 @@ impl State {
         if self.designs.len() != before {
             self.bytes = self.designs.values().map(|c| c.bytes).sum();
         }
-        self.fits.retain(|_, f| f.used.elapsed() < idle);
+        self.fits.retain(|_, f| f.used.elapsed() < FIT_IDLE.max(idle));
     }
 }
 
@@ -173,5 +177,41 @@ impl ModelCache {
             }
             None => Err(ModelRefusal::RoundOutOfOrder { round, expected }.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verbund_policies::model::ModelFacts;
+    use verbund_regression::DesignBuilder;
+
+    fn built(rows: usize) -> Arc<Built> {
+        let x: Vec<Option<f64>> = (0..rows).map(|i| Some(i as f64)).collect();
+        let design = DesignBuilder::new(true).numeric("x", &x).outcome(&x).build().unwrap();
+        let facts = ModelFacts::of(&design, pb::ModelFamily::Gaussian);
+        Arc::new(Built { design, facts })
+    }
+
+    fn key(version: &str) -> DesignKey {
+        DesignKey { project: "p".into(), model: vec![1], version: version.into() }
+    }
+
+    #[test]
+    fn designs_beyond_the_bound_go_least_recently_used_first_and_idle_ones_expire() {
+        let cache = ModelCache::default();
+        let idle = Duration::from_secs(60);
+        let one = built(100).bytes();
+        for v in ["a", "b"] {
+            cache.keep(key(v), built(100), 2 * one, idle);
+        }
+        assert!(cache.design(&key("a"), idle).is_some(), "a is now the most recently used");
+        cache.keep(key("c"), built(100), 2 * one, idle);
+        assert!(cache.design(&key("b"), idle).is_none(), "b was the least recently used");
+        assert_eq!(cache.designs(), 2);
+        cache.keep(key("big"), built(1000), 2 * one, idle);
+        assert!(cache.design(&key("big"), idle).is_none(), "larger than the bound alone: not kept");
+        assert!(cache.design(&key("a"), Duration::ZERO).is_none(), "idle past cache_seconds");
+        assert_eq!(cache.designs(), 0);
     }
 }
