@@ -49,8 +49,14 @@ impl SiteAudit {
     }
 
     fn record(&self, q: &pb::NodeQuery, decision: Decision, requester: Requester) -> Record {
-        // The typed request in protobuf's JSON mapping: readable, and readable back.
-        let request = q.query.as_ref().and_then(|r| serde_json::to_value(r).ok()).unwrap_or_default();
+        // The typed request (an aggregate query or a model's round) in protobuf's JSON
+        // mapping: readable, and readable back.
+        let request = match (&q.query, &q.model) {
+            (Some(query), _) => serde_json::to_value(query).ok(),
+            (None, Some(model)) => serde_json::to_value(model).ok(),
+            (None, None) => None,
+        };
+        let request = request.unwrap_or_default();
         let record = Record::new(&self.site, &q.query_id, decision, requester, request);
         match &self.peer {
             Some(peer) => record.with_peer(peer),

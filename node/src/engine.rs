@@ -68,6 +68,8 @@ pub struct Engine {
     criteria_index: std::sync::atomic::AtomicBool,
     /// Criteria the index answered (tests check the index is really used).
     pub(crate) criteria_indexed: std::sync::atomic::AtomicU64,
+    /// Models' designs and the rounds of each fit (docs/regression-plan.md §1, rule R8).
+    pub(crate) models: crate::model::cache::ModelCache,
 }
 
 tokio::task_local! {
@@ -77,6 +79,11 @@ tokio::task_local! {
 }
 
 const PATIENTS: &str = "__patients";
+
+/// Runs `work` with `population` as the patients it may read (see `POPULATION`).
+pub(crate) async fn in_population<F: std::future::Future>(population: Population, work: F) -> F::Output {
+    POPULATION.scope(population, work).await
+}
 
 /// A place in the line for a query slot; leaving (or being dropped while waiting, when the
 /// query is cancelled) frees it.
@@ -122,6 +129,7 @@ impl Engine {
             criteria: Default::default(),
             criteria_index: std::sync::atomic::AtomicBool::new(true),
             criteria_indexed: Default::default(),
+            models: Default::default(),
         }
     }
 
@@ -153,6 +161,7 @@ impl Engine {
         *self.catalogue.write() = Arc::new(catalogue);
         self.populations.clear();
         self.criteria.clear();
+        self.models.clear();
     }
 
     /// Forgets the cohort criteria's patient sets (the next questions compute them anew), as
@@ -250,6 +259,30 @@ impl Engine {
         Ok(out)
     }
 
+    /// Holds the data served now for as long as the guard lives: a reload waits for it (see
+    /// `swap`), so a request reads one version of the data from its first check to its last
+    /// number.
+    pub(crate) async fn same_data(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.swap.read().await
+    }
+
+    /// A slot among the `running` requests, waiting in the (fair) line unless it is full.
+    // The same steps as in `answer`, for model requests; `answer` can call this too.
+    pub(crate) async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        if let Ok(permit) = self.running.try_acquire() {
+            return Ok(permit);
+        }
+        let waiting = Waiting::join(&self.waiting, self.policy.max_queued_queries).ok_or_else(|| {
+            Refusal::from(Exhausted::Busy {
+                running: self.policy.max_concurrent_queries,
+                waiting: self.policy.max_queued_queries,
+            })
+        })?;
+        let permit = self.running.acquire().await.map_err(Refusal::internal)?;
+        drop(waiting);
+        Ok(permit)
+    }
+
     /// The query's rows: its dataset, narrowed by its filter and its cohort.
     pub(crate) async fn filtered(&self, q: &CheckedQuery) -> Result<DataFrame, Refusal> {
         let ctx = self.session();
@@ -291,7 +324,7 @@ impl Engine {
     /// What identifies the data a query reads, for its noise: the version of its dataset and,
     /// with a cohort, of every dataset the cohort reads (an import into one of them changes
     /// the answer, so it must change the noise too, or two answers could be differenced).
-    fn data_version(&self, q: &CheckedQuery, population: &Population) -> String {
+    pub(crate) fn data_version(&self, q: &CheckedQuery, population: &Population) -> String {
         let data = self.data();
         let base = data.version(&q.dataset);
         let mut datasets = q.cohort.as_ref().map(|c| c.datasets()).unwrap_or_default();

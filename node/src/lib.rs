@@ -12,6 +12,7 @@ pub mod engine;
 mod index;
 mod indexed;
 pub mod link;
+pub mod model;
 pub mod private;
 pub mod refusal;
 
@@ -277,8 +278,8 @@ impl Node {
     /// The researcher's token is verified here, and the request's arrival recorded. A
     /// refusal comes with the requester as the record names them.
     pub async fn admit(&self, q: &pb::NodeQuery) -> std::result::Result<Admitted, (Requester, Refusal)> {
-        if q.query.is_none() {
-            return Err((audit::requester(q, None), InvalidRequest::from(Missing::Query).into()));
+        if let Err(e) = model::one_request(q) {
+            return Err((audit::requester(q, None), e.into()));
         }
         let token = q.identity.as_ref().map(|i| i.researcher_token.as_str()).unwrap_or_default();
         let claims = match self.tokens.verify(token) {
@@ -296,13 +297,24 @@ impl Node {
         Ok(Admitted { claims, requester })
     }
 
-    /// Checks the project against this site's policy and runs the query. Runs inside the
-    /// caller's span, which carries the query id.
+    /// Checks the project against this site's policy and runs the query or the model's round.
+    /// Runs inside the caller's span, which carries the query id.
     pub async fn execute(&self, q: &pb::NodeQuery, admitted: &Admitted) -> Result<pb::PartialResult, Refusal> {
-        let Some(query) = &q.query else { return Err(InvalidRequest::from(Missing::Query).into()) };
+        model::one_request(q)?;
         let project = q.identity.as_ref().map(|i| i.project.as_str()).unwrap_or_default();
         let claims = &admitted.claims;
         let access = Access { site: &self.site, project, token_projects: &claims.projects, roles: &claims.roles };
+        if let Some(request) = &q.model {
+            let dataset = request.model.as_ref().map(|m| m.dataset.as_str()).unwrap_or_default();
+            tracing::info!(researcher = %claims.sub, %project, %dataset, fit = %request.fit_id, attempt = request.attempt, round = request.round, "model round received");
+            let outcome = self.engine.answer_model(request, &access).await;
+            match &outcome {
+                Ok(_) => tracing::info!("answered"),
+                Err(refused) => tracing::info!(reason = %refused, "refused"),
+            }
+            return outcome;
+        }
+        let Some(query) = &q.query else { return Err(InvalidRequest::from(Missing::Query).into()) };
         tracing::info!(researcher = %claims.sub, %project, dataset = %query.dataset, "query received");
         let outcome = self.engine.answer(query, &access).await;
         match &outcome {
@@ -353,7 +365,7 @@ impl Node {
             project_views: self.engine.policy().project_views(&self.engine.catalogue()),
             profile: self.engine.policy().profile.label().into(),
             budgets: Vec::new(),
-            model_rules: None,
+            model_rules: Some(self.engine.policy().model_rules()),
         }
     }
 

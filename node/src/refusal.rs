@@ -60,6 +60,14 @@ pub enum Refusal {
          node serves no consent_provisions dataset; its operators must import the FHIR Consent resources"
     )]
     ConsentUnavailable,
+    /// A model request this site cannot answer as asked (the request's form, or the site's
+    /// rows do not fit it); worded without data values or counts.
+    #[error(transparent)]
+    InvalidModel(#[from] crate::model::ModelError),
+    /// The site's rules for models refuse this part (docs/regression-plan.md §3): nothing of it
+    /// leaves the node.
+    #[error(transparent)]
+    Model(#[from] verbund_policies::ModelRefusal),
     /// What went wrong is in the site's log, not in the answer.
     #[error("the site could not execute this query (the error is in the site's log)")]
     Internal,
@@ -106,12 +114,13 @@ impl Refusal {
     pub fn code(&self) -> pb::RefusalCode {
         use pb::RefusalCode as C;
         match self {
-            Refusal::InvalidRequest(_) => C::InvalidRequest,
+            Refusal::InvalidRequest(_) | Refusal::InvalidModel(_) => C::InvalidRequest,
             Refusal::Unauthenticated { .. } => C::Unauthenticated,
             Refusal::PermissionDenied(_)
             | Refusal::NotAnAuditor { .. }
             | Refusal::AuditReadsNotAllowed { .. }
-            | Refusal::Privacy(_) => C::Policy,
+            | Refusal::Privacy(_)
+            | Refusal::Model(_) => C::Policy,
             Refusal::BudgetExhausted(_) => C::ResourceExhausted,
             Refusal::PrivacyUnconfigured | Refusal::ConsentUnavailable => C::Unavailable,
             Refusal::BadAuditRequest(_) => C::InvalidRequest,

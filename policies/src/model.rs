@@ -200,6 +200,28 @@ pub enum ModelRefusal {
     ConcentratedWeights { place: String, min: u64 },
     #[error("R9: this site's parts are only summed with at least {min} sites' parts; this round has {sites}")]
     TooFewSites { sites: u32, min: u32 },
+    #[error(
+        "this site releases numbers with differential privacy, and this version of the node does not yet answer models under it; ask at sites with profile k-only"
+    )]
+    NotYetUnderDp,
+    #[error("R8: round {round} of this fit was asked before round {expected}; rounds are answered strictly in order")]
+    RoundOutOfOrder { round: u32, expected: u32 },
+    #[error(
+        "R8: round {round} of this fit was answered for other coefficients; a round is answered for one set of coefficients only (restart the fit with a new attempt)"
+    )]
+    RoundRepeated { round: u32 },
+    #[error("R8: a fit has at most {max} rounds per attempt at this site")]
+    TooManyRounds { max: u32 },
+    #[error("R8: a fit has at most {max} attempts at this site; start a new fit")]
+    TooManyAttempts { max: u32 },
+    #[error(
+        "R8: attempt {attempt} of this fit is older than one already answered; attempts are answered strictly in order"
+    )]
+    AttemptOutOfOrder { attempt: u32 },
+    #[error(
+        "the data at this site changed during the fit, so its rounds would describe other rows; restart the fit (a new attempt from round 0)"
+    )]
+    DataChanged,
     /// The node passed parts that do not fit together: a bug, not the researcher's doing.
     #[error("internal error: {0}; nothing was released")]
     Mismatch(&'static str),
@@ -237,19 +259,27 @@ impl Policy {
     }
 }
 
+/// Whether the site's profile answers models of `family` at all: what the node checks before it
+/// reads any rows, and [`check_model_facts`] again.
+pub fn check_model_profile(policy: &Policy, family: pb::ModelFamily) -> Result<(), ModelRefusal> {
+    match policy.profile {
+        Profile::Feasibility => Err(ModelRefusal::FeasibilityOnly),
+        Profile::Dp if family != pb::ModelFamily::Gaussian => {
+            Err(ModelRefusal::FamilyUnderDp { family: family_label(family), max_rounds: policy.regression.max_rounds })
+        }
+        Profile::Dp | Profile::KOnly | Profile::TestOnlyRaw => Ok(()),
+    }
+}
+
 /// The rules that depend only on the design and the request (profile, R1–R6, R9): what the
 /// node checks before it computes a round, and what [`release_model`] checks again.
 pub fn check_model_facts(policy: &Policy, facts: &ModelFacts, sites: u32) -> Result<(), ModelRefusal> {
     let k = policy.min_cell_size;
     let r = &policy.regression;
-    match policy.profile {
-        Profile::TestOnlyRaw => return Ok(()),
-        Profile::Feasibility => return Err(ModelRefusal::FeasibilityOnly),
-        Profile::Dp if facts.family != pb::ModelFamily::Gaussian => {
-            return Err(ModelRefusal::FamilyUnderDp { family: family_label(facts.family), max_rounds: r.max_rounds });
-        }
-        Profile::Dp | Profile::KOnly => {}
+    if policy.profile == Profile::TestOnlyRaw {
+        return Ok(());
     }
+    check_model_profile(policy, facts.family)?;
     if sites < r.min_sites {
         return Err(ModelRefusal::TooFewSites { sites, min: r.min_sites });
     }
