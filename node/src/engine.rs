@@ -219,21 +219,7 @@ impl Engine {
         self.check_cells(&checked)?;
         // Under differential privacy, what may be asked and what it costs is decided first.
         let private = self.policy.plan_private(&shape_of(&checked, data.catalogue()))?;
-        let _permit = match self.running.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Wait in line (the semaphore is fair), unless the line is full.
-                let waiting = Waiting::join(&self.waiting, self.policy.max_queued_queries).ok_or_else(|| {
-                    Refusal::from(Exhausted::Busy {
-                        running: self.policy.max_concurrent_queries,
-                        waiting: self.policy.max_queued_queries,
-                    })
-                })?;
-                let permit = self.running.acquire().await.map_err(Refusal::internal)?;
-                drop(waiting);
-                permit
-            }
-        };
+        let _permit = self.slot().await?;
         // Who may be counted today: consent and objections, for this project.
         let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
         let population = self.population(access.project, day).await?;
@@ -266,8 +252,8 @@ impl Engine {
         self.swap.read().await
     }
 
-    /// A slot among the `running` requests, waiting in the (fair) line unless it is full.
-    // The same steps as in `answer`, for model requests; `answer` can call this too.
+    /// A slot among the `running` requests (queries and model rounds alike), waiting in the
+    /// (fair) line unless it is full.
     pub(crate) async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
         if let Ok(permit) = self.running.try_acquire() {
             return Ok(permit);
