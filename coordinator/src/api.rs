@@ -422,6 +422,11 @@ impl Researcher for ResearcherService {
         Ok(Response::new(self.coordinator.read_audit(request.into_inner(), &claims, &token).await?))
     }
 
+    async fn model(&self, _request: Request<pb::ResearchModel>) -> Result<Response<pb::ModelResponse>, Status> {
+        // Wired in the next commit (coordinator/src/model).
+        Err(Status::unimplemented("model fits are not served by this coordinator yet"))
+    }
+
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let (claims, _) = authenticate(&self.coordinator, &request)?;
         let id = request.into_inner().query_id;
