@@ -74,7 +74,7 @@ impl Coordinator {
         async {
             let started = std::time::Instant::now();
             let asked = Asked::new(&wire_id, &request, Some(claims));
-            let result = self.run_query(&asked, claims, token, started).await;
+            let result = self.run_query(&request, &asked, claims, token, started).await;
             if let (Err(error), Some(audit)) = (&result, self.audit()) {
                 audit.refused(&asked, error, started.elapsed()).await;
             }
@@ -86,54 +86,15 @@ impl Coordinator {
 
     async fn run_query(
         &self,
+        request: &pb::ResearchQuery,
         asked: &Asked<'_>,
         claims: &Claims,
         token: &str,
         started: std::time::Instant,
     ) -> Result<pb::QueryResponse, Error> {
-        let (request, wire_id) = (asked.request, asked.wire_id.to_string());
-        if claims.roles.iter().any(|r| r == verbund_audit::remote::AUDITOR_ROLE) {
-            return Err(Forbidden::AuditorsCannotQuery.into());
-        }
-        if request.project.is_empty() {
-            return Err(Forbidden::NoProject { granted: claims.projects.clone() }.into());
-        }
-        if !claims.projects.contains(&request.project) {
-            return Err(Forbidden::ProjectNotGranted {
-                project: request.project.clone(),
-                granted: claims.projects.clone(),
-            }
-            .into());
-        }
-        self.quotas().admit(&claims.sub, std::time::Instant::now())?;
-        let query_id =
-            if request.query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.query_id.clone() };
-        if !valid_query_id(&query_id) {
-            return Err(Error::InvalidQueryId);
-        }
-        // What the project may query at each site: nothing more is planned against or shown.
-        let known = self.sites().list_for(&View::Projects(std::slice::from_ref(&request.project)));
-        let targets: Vec<String> = if request.sites.is_empty() {
-            known.iter().map(|s| s.site.clone()).collect()
-        } else {
-            for s in &request.sites {
-                if !known.iter().any(|k| &k.site == s) {
-                    let names: Vec<&str> = known.iter().map(|k| k.site.as_str()).collect();
-                    return Err(Error::UnknownSite { site: s.clone(), known: names.join(", ") });
-                }
-            }
-            request.sites.clone()
-        };
-        if !known.iter().any(|k| k.connected && targets.contains(&k.site)) {
-            return Err(Error::NoSites);
-        }
-        // Plan against what the asked sites let this project use.
-        let catalogue = crate::frontend::union_catalogue(
-            known.iter().filter(|k| targets.contains(&k.site)).filter_map(|k| k.catalogue.as_ref()),
-        );
-        if catalogue.datasets.is_empty() {
-            return Err(Forbidden::NoDatasetsForProject { project: request.project.clone() }.into());
-        }
+        let wire_id = asked.wire_id.to_string();
+        let Admitted { query_id, targets, catalogue, .. } =
+            self.admit(claims, &request.project, &request.query_id, &request.sites)?;
         let plan = self.plan(request, &catalogue).await?;
         if let Some(audit) = self.audit() {
             audit.received(asked, &plan.request).await?;
@@ -207,7 +168,71 @@ impl Coordinator {
     }
 }
 
+/// A researcher's request that may go ahead: its id, the sites to ask, and what the project
+/// may use there.
+pub(crate) struct Admitted {
+    pub query_id: String,
+    pub known: Vec<pb::SiteInfo>,
+    pub targets: Vec<String>,
+    /// The union of the targets' catalogues as the project sees them.
+    pub catalogue: pb::Catalogue,
+}
+
 impl Coordinator {
+    /// The checks every researcher request passes before it is planned, queries and models
+    /// alike: role, project, quota, id, sites.
+    pub(crate) fn admit(
+        &self,
+        claims: &Claims,
+        project: &str,
+        query_id: &str,
+        sites: &[String],
+    ) -> Result<Admitted, Error> {
+        if claims.roles.iter().any(|r| r == verbund_audit::remote::AUDITOR_ROLE) {
+            return Err(Forbidden::AuditorsCannotQuery.into());
+        }
+        if project.is_empty() {
+            return Err(Forbidden::NoProject { granted: claims.projects.clone() }.into());
+        }
+        if !claims.projects.iter().any(|p| p == project) {
+            return Err(Forbidden::ProjectNotGranted {
+                project: project.to_string(),
+                granted: claims.projects.clone(),
+            }
+            .into());
+        }
+        self.quotas().admit(&claims.sub, std::time::Instant::now())?;
+        let query_id = if query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { query_id.to_string() };
+        if !valid_query_id(&query_id) {
+            return Err(Error::InvalidQueryId);
+        }
+        // What the project may query at each site: nothing more is planned against or shown.
+        let project = project.to_string();
+        let known = self.sites().list_for(&View::Projects(std::slice::from_ref(&project)));
+        let targets: Vec<String> = if sites.is_empty() {
+            known.iter().map(|s| s.site.clone()).collect()
+        } else {
+            for s in sites {
+                if !known.iter().any(|k| &k.site == s) {
+                    let names: Vec<&str> = known.iter().map(|k| k.site.as_str()).collect();
+                    return Err(Error::UnknownSite { site: s.clone(), known: names.join(", ") });
+                }
+            }
+            sites.to_vec()
+        };
+        if !known.iter().any(|k| k.connected && targets.contains(&k.site)) {
+            return Err(Error::NoSites);
+        }
+        // Plan against what the asked sites let this project use.
+        let catalogue = crate::frontend::union_catalogue(
+            known.iter().filter(|k| targets.contains(&k.site)).filter_map(|k| k.catalogue.as_ref()),
+        );
+        if catalogue.datasets.is_empty() {
+            return Err(Forbidden::NoDatasetsForProject { project }.into());
+        }
+        Ok(Admitted { query_id, known, targets, catalogue })
+    }
+
     /// The typed request for a researcher's query: SQL, a cohort (typed or as CCDL), or both
     /// (the cohort is then the SQL query's population).
     async fn plan(
@@ -215,12 +240,7 @@ impl Coordinator {
         request: &pb::ResearchQuery,
         catalogue: &pb::Catalogue,
     ) -> Result<crate::frontend::FederatedPlan, Error> {
-        let cohort = match (&request.cohort, request.ccdl.trim()) {
-            (Some(_), ccdl) if !ccdl.is_empty() => return Err(crate::feasibility::CohortError::Twice.into()),
-            (Some(cohort), _) => Some(cohort.clone()),
-            (None, "") => None,
-            (None, ccdl) => Some(crate::feasibility::cohort_of_ccdl(ccdl)?),
-        };
+        let cohort = crate::feasibility::cohort_of(request.cohort.as_ref(), &request.ccdl)?;
         let sql = match (&cohort, request.sql.trim()) {
             (Some(_), "") => crate::feasibility::count_sql(catalogue)?,
             (_, sql) => sql.to_string(),
@@ -249,7 +269,7 @@ pub fn site_outcome_label(o: pb::SiteOutcome) -> &'static str {
     }
 }
 
-fn status_of(o: &SiteOutcome) -> pb::SiteStatus {
+pub(crate) fn status_of(o: &SiteOutcome) -> pb::SiteStatus {
     let p = o.partial.as_ref();
     pb::SiteStatus {
         site: o.site.clone(),
@@ -331,7 +351,7 @@ fn network_notes(rules: &crate::config::NetworkRules, suppressed: crate::merge::
 
 /// How each answering site protected its numbers, said plainly: noise and what it cost, exact
 /// numbers, or raw numbers.
-fn profile_notes(outcomes: &[SiteOutcome]) -> Vec<String> {
+pub(crate) fn profile_notes(outcomes: &[SiteOutcome]) -> Vec<String> {
     let mut notes = Vec::new();
     let by_profile = |profile: &str| -> Vec<&str> {
         outcomes
@@ -378,6 +398,14 @@ fn profile_notes(outcomes: &[SiteOutcome]) -> Vec<String> {
     notes
 }
 
+/// The one record batch of an answer's Arrow IPC stream (merged answers are one batch).
+pub(crate) fn decode_ipc(ipc: &[u8]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    datafusion::arrow::compute::concat_batches(&schema, &batches)
+}
+
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
     let mut buf = Vec::new();
     let encode = |e: datafusion::arrow::error::ArrowError| Error::Merge(crate::merge::MergeError::Encode(e));
@@ -422,9 +450,31 @@ impl Researcher for ResearcherService {
         Ok(Response::new(self.coordinator.read_audit(request.into_inner(), &claims, &token).await?))
     }
 
-    async fn model(&self, _request: Request<pb::ResearchModel>) -> Result<Response<pb::ModelResponse>, Status> {
-        // Wired in the next commit (coordinator/src/model).
-        Err(Status::unimplemented("model fits are not served by this coordinator yet"))
+    async fn model(&self, request: Request<pb::ResearchModel>) -> Result<Response<pb::ModelResponse>, Status> {
+        let c = &self.coordinator;
+        let started = std::time::Instant::now();
+        let _running = c.metrics().query_started();
+        let result = match authenticate(c, &request) {
+            Err(e) => {
+                if let Some(audit) = c.audit() {
+                    let wire_id = uuid::Uuid::new_v4().to_string();
+                    audit.refused(&Asked::for_model(&wire_id, request.get_ref(), None), &e, started.elapsed()).await;
+                }
+                Err(e)
+            }
+            Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
+            Ok((claims, token)) => {
+                let _tracked = c.track_query();
+                c.model(request.into_inner(), &claims, &token).await
+            }
+        };
+        let outcome = match &result {
+            Ok(r) if r.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
+            Ok(_) => "partial",
+            Err(e) => e.outcome(),
+        };
+        c.metrics().query_finished(outcome, started.elapsed());
+        Ok(Response::new(result?))
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {

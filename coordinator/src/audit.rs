@@ -20,37 +20,64 @@ pub struct CoordinatorAudit {
     metrics: AuditMetrics,
 }
 
+/// What a researcher asked: an aggregate query, or a model fit.
+#[derive(Debug, Clone, Copy)]
+pub enum Asking<'a> {
+    Query(&'a pb::ResearchQuery),
+    Model(&'a pb::ResearchModel),
+}
+
 /// What is known of a query before it is planned.
 pub struct Asked<'a> {
     pub wire_id: &'a str,
-    pub request: &'a pb::ResearchQuery,
+    pub asking: Asking<'a>,
     pub requester: Requester,
 }
 
 impl<'a> Asked<'a> {
     pub fn new(wire_id: &'a str, request: &'a pb::ResearchQuery, claims: Option<&Claims>) -> Self {
-        let project = (!request.project.is_empty()).then(|| request.project.clone());
+        Self::of(wire_id, Asking::Query(request), claims)
+    }
+
+    pub fn for_model(wire_id: &'a str, request: &'a pb::ResearchModel, claims: Option<&Claims>) -> Self {
+        Self::of(wire_id, Asking::Model(request), claims)
+    }
+
+    fn of(wire_id: &'a str, asking: Asking<'a>, claims: Option<&Claims>) -> Self {
+        let project = match asking {
+            Asking::Query(q) => &q.project,
+            Asking::Model(m) => &m.project,
+        };
+        let project = (!project.is_empty()).then(|| project.clone());
         let requester = match claims {
             Some(c) => Requester { subject: c.sub.clone(), project, roles: c.roles.clone() },
             None => Requester { subject: "(token not verified)".into(), project, roles: vec![] },
         };
-        Self { wire_id, request, requester }
+        Self { wire_id, asking, requester }
     }
 
-    fn record(&self, decision: Decision, typed: Option<&pb::AggregateQuery>) -> Record {
+    fn record(&self, decision: Decision, typed: Option<serde_json::Value>) -> Record {
+        self.record_as(self.wire_id, decision, typed)
+    }
+
+    /// A record under `query_id` (the fit's, or one of its rounds').
+    fn record_as(&self, query_id: &str, decision: Decision, typed: Option<serde_json::Value>) -> Record {
         // The typed request once planned; before that, the researcher's request as sent.
-        let request = match typed {
-            Some(t) => serde_json::to_value(t),
-            None => serde_json::to_value(self.request),
-        }
-        .unwrap_or_default();
-        let mut record = Record::new(SERVICE, self.wire_id, decision, self.requester.clone(), request)
-            .with_sql(self.request.sql.clone());
-        if !self.request.query_id.is_empty() {
-            record = record.with_client_query_id(self.request.query_id.clone());
+        let (sent, sql, client_id) = match self.asking {
+            Asking::Query(q) => (serde_json::to_value(q), q.sql.as_str(), q.query_id.as_str()),
+            Asking::Model(m) => (serde_json::to_value(m), m.condition.as_str(), m.query_id.as_str()),
+        };
+        let request = typed.unwrap_or_else(|| sent.unwrap_or_default());
+        let mut record = Record::new(SERVICE, query_id, decision, self.requester.clone(), request).with_sql(sql);
+        if !client_id.is_empty() {
+            record = record.with_client_query_id(client_id);
         }
         record
     }
+}
+
+fn typed(value: &impl serde::Serialize) -> Option<serde_json::Value> {
+    Some(serde_json::to_value(value).unwrap_or_default())
 }
 
 fn site_release(o: &SiteOutcome) -> SiteRelease {
@@ -81,16 +108,44 @@ impl CoordinatorAudit {
     }
 
     /// The query is planned and about to go to the sites.
-    pub async fn received(&self, asked: &Asked<'_>, typed: &pb::AggregateQuery) -> Result<(), RequestError> {
-        self.append(asked.record(Decision::Received, Some(typed))).await
+    pub async fn received(&self, asked: &Asked<'_>, planned: &impl serde::Serialize) -> Result<(), RequestError> {
+        self.append(asked.record(Decision::Received, typed(planned))).await
+    }
+
+    /// One round of a model fit is about to go to the sites, under the round's own id (the
+    /// id the sites record it under, so that reconciling matches round by round).
+    pub async fn round_sent(
+        &self,
+        asked: &Asked<'_>,
+        round_id: &str,
+        request: &pb::ModelRequest,
+    ) -> Result<(), RequestError> {
+        self.append(asked.record_as(round_id, Decision::Received, typed(request))).await
+    }
+
+    /// What the sites answered to one round, before it is summed: nothing of it reaches the
+    /// researcher but through the fit (recorded by [`CoordinatorAudit::answered`]).
+    pub async fn round_answered(
+        &self,
+        asked: &Asked<'_>,
+        round_id: &str,
+        request: &pb::ModelRequest,
+        outcomes: &[SiteOutcome],
+        elapsed: Duration,
+    ) -> Result<(), RequestError> {
+        let record = asked
+            .record_as(round_id, Decision::Answered, typed(request))
+            .with_sites(outcomes.iter().map(site_release).collect())
+            .with_duration(elapsed);
+        self.append(record).await
     }
 
     /// The merged answer, before it goes to the researcher.
     pub async fn answered(
         &self,
         asked: &Asked<'_>,
-        typed: &pb::AggregateQuery,
-        response: &pb::QueryResponse,
+        planned: &impl serde::Serialize,
+        response: &impl prost::Message,
         rows: usize,
         outcomes: &[SiteOutcome],
         elapsed: Duration,
@@ -99,7 +154,7 @@ impl CoordinatorAudit {
             outcomes.iter().filter_map(|o| o.partial.as_ref()).map(|p| u64::from(p.withheld_groups)).sum();
         let released = prost::Message::encode_to_vec(response);
         let record = asked
-            .record(Decision::Answered, Some(typed))
+            .record(Decision::Answered, typed(planned))
             .with_release(&released, rows as u64, withheld)
             .with_sites(outcomes.iter().map(site_release).collect())
             .with_duration(elapsed);

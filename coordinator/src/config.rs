@@ -54,6 +54,50 @@ pub struct CoordinatorConfig {
     /// site's own checks (which they never replace).
     #[serde(default)]
     pub network: NetworkRules,
+    /// How model fits run across the sites (`[regression]`).
+    #[serde(default)]
+    pub regression: ModelSettings,
+}
+
+/// What the network does when a site of a model fit refuses or is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRefusal {
+    /// Fit the model on the other sites, and say so.
+    #[default]
+    FitWithout,
+    /// No fit unless every site asked takes part.
+    Refuse,
+}
+
+/// `[regression]`: model fits across the sites (docs/regression-plan.md §1).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// A fit needs parts from at least this many sites (each site may ask for more).
+    pub min_sites: u32,
+    pub on_refusal: OnRefusal,
+    /// Deadline of a whole fit whose researcher named none (`default_timeout_seconds`).
+    #[serde(rename = "default_timeout_seconds", with = "settings::seconds")]
+    pub default_timeout: Duration,
+    /// Longest a round after the first may take (`round_timeout_seconds`); the first builds the
+    /// sites' designs and may use the whole deadline.
+    #[serde(rename = "round_timeout_seconds", with = "settings::seconds")]
+    pub round_timeout: Duration,
+    /// Restarts of a fit after a site was lost mid-fit (at most 3: sites answer attempts 0 to 3).
+    pub max_restarts: u32,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            min_sites: 1,
+            on_refusal: OnRefusal::FitWithout,
+            default_timeout: Duration::from_secs(60),
+            round_timeout: Duration::from_secs(10),
+            max_restarts: 3,
+        }
+    }
 }
 
 /// What the coordinator checks on merged answers, and how much one researcher may ask.
@@ -99,6 +143,7 @@ impl CoordinatorConfig {
             default_timeout: default_timeout(),
             max_timeout: max_timeout(),
             network: NetworkRules::default(),
+            regression: ModelSettings::default(),
             tls_reload: tls_reload(),
             ops_listen: None,
             drain: drain(),
@@ -153,10 +198,15 @@ impl CoordinatorConfig {
             ("max_timeout_seconds", self.max_timeout),
             ("tls_reload_seconds", self.tls_reload),
             ("drain_seconds", self.drain),
+            ("[regression] default_timeout_seconds", self.regression.default_timeout),
+            ("[regression] round_timeout_seconds", self.regression.round_timeout),
         ] {
             if duration.is_zero() {
                 return Err(format!("{setting} must be at least 1 second"));
             }
+        }
+        if self.regression.max_restarts > 3 {
+            return Err("[regression] max_restarts is at most 3: sites answer attempts 0 to 3 of a fit".into());
         }
         self.auth.validate().map_err(|e| format!("[auth]: {e}"))?;
         self.audit.validate()

@@ -52,3 +52,13 @@ fn as_model(criterion: &mut pb::Criterion) {
         }
     }
 }
+
+/// The cohort of a researcher's request, typed or as CCDL (at most one of the two).
+pub fn cohort_of(typed: Option<&pb::Cohort>, ccdl: &str) -> Result<Option<pb::Cohort>, CohortError> {
+    match (typed, ccdl.trim()) {
+        (Some(_), ccdl) if !ccdl.is_empty() => Err(CohortError::Twice),
+        (Some(cohort), _) => Ok(Some(cohort.clone())),
+        (None, "") => Ok(None),
+        (None, ccdl) => Ok(Some(cohort_of_ccdl(ccdl)?)),
+    }
+}

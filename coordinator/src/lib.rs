@@ -9,6 +9,7 @@ pub mod feasibility;
 pub mod frontend;
 pub mod link;
 pub mod merge;
+pub mod model;
 pub mod quota;
 pub mod sites;
 
@@ -81,6 +82,8 @@ pub enum RequestError {
     OverQuota(#[from] quota::OverQuota),
     #[error(transparent)]
     Cohort(#[from] feasibility::CohortError),
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
 }
 
 /// What a researcher's token does not allow.
@@ -122,6 +125,7 @@ impl RequestError {
             RequestError::Unauthenticated(_) => Code::Unauthenticated,
             RequestError::PermissionDenied(_) => Code::PermissionDenied,
             RequestError::OverQuota(_) => Code::ResourceExhausted,
+            RequestError::Model(e) => e.code(),
         }
     }
 
@@ -142,6 +146,7 @@ impl RequestError {
             RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => "unavailable",
             RequestError::Merge(_) => "failed",
             RequestError::OverQuota(_) => "over_quota",
+            RequestError::Model(e) => e.outcome(),
         }
     }
 }

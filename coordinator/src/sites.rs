@@ -49,6 +49,8 @@ struct SiteEntry {
     profile: String,
     /// Each project's privacy budget at the site, as of its last heartbeat or answer.
     budgets: Vec<pb::ProjectBudget>,
+    /// The site's terms for model fits; `None` from a node that fits no models.
+    model_rules: Option<pb::ModelRules>,
 }
 
 /// Who looks at the sites: an operator sees everything a site announced, with its network
@@ -99,6 +101,7 @@ impl SiteRegistry {
             connection: Some(Connection { id, tx, pending: HashMap::new() }),
             profile: hello.profile.clone(),
             budgets: hello.budgets.clone(),
+            model_rules: hello.model_rules.clone(),
         };
         let old = {
             let mut sites = self.lock();
@@ -125,6 +128,7 @@ impl SiteRegistry {
                 entry.catalogue = hello.catalogue.clone().unwrap_or_default();
                 entry.project_views = hello.project_views.clone();
                 entry.budgets = hello.budgets.clone();
+                entry.model_rules = hello.model_rules.clone();
                 entry.last_seen_ms = verbund_proto::unix_ms();
                 true
             }
@@ -329,6 +333,11 @@ impl SiteRegistry {
             .collect();
         out.sort_by(|a, b| a.site.cmp(&b.site));
         out
+    }
+
+    /// The site's terms for model fits, as it announced them.
+    pub fn model_rules(&self, site: &str) -> Option<pb::ModelRules> {
+        self.lock().get(site).and_then(|e| e.model_rules.clone())
     }
 
     pub fn node_version(&self, site: &str) -> Option<String> {

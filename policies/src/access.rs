@@ -102,6 +102,26 @@ pub enum AccessDenied {
 }
 
 impl Policy {
+    /// A column's declared levels as literals: public by declaration, so they travel in the
+    /// catalogue (a model's categorical levels need no data round when they are declared).
+    fn declared_literals(&self, dataset: &str, column: &str) -> Vec<pb::Literal> {
+        use crate::profile::Level;
+        use pb::literal::Value;
+        let Some(levels) = self.datasets.iter().find(|d| d.name == dataset).and_then(|d| d.levels.get(column)) else {
+            return Vec::new();
+        };
+        levels
+            .iter()
+            .map(|level| pb::Literal {
+                value: Some(match level {
+                    Level::Bool(b) => Value::Bool(*b),
+                    Level::Int(i) => Value::Int64(*i),
+                    Level::Text(t) => Value::String(t.clone()),
+                }),
+            })
+            .collect()
+    }
+
     /// Per project this policy names, the part of `catalogue` the project may use: its
     /// datasets, each with the allowed columns (and always the patient key, usable only
     /// as `count(DISTINCT ...)`). Researchers are shown only their project's view.
@@ -119,7 +139,7 @@ impl Policy {
                             .columns
                             .iter()
                             .filter(|c| c.name == d.patient_key || allowed.is_none_or(|a| a.contains(&c.name)))
-                            .cloned()
+                            .map(|c| pb::ColumnInfo { levels: self.declared_literals(&d.name, &c.name), ..c.clone() })
                             .collect();
                         pb::DatasetInfo {
                             name: d.name.clone(),

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod compare;
+pub mod models;
 pub mod proxy;
 pub mod slow;
 
@@ -240,6 +241,15 @@ impl Network {
 
     /// Like [`Network::start`], with the coordinator's network-level rules and quotas.
     pub async fn start_with_rules(sites: &[&str], network: verbund_coordinator::config::NetworkRules) -> Self {
+        Self::start_with(sites, network, Default::default()).await
+    }
+
+    /// Like [`Network::start_with_rules`], with the coordinator's settings for model fits.
+    pub async fn start_with(
+        sites: &[&str],
+        network: verbund_coordinator::config::NetworkRules,
+        regression: verbund_coordinator::config::ModelSettings,
+    ) -> Self {
         let pki = Pki::new();
         // The coordinator's two loopback listeners, bound here once and kept: the coordinator
         // serves on these very sockets.
@@ -259,6 +269,7 @@ impl Network {
             drain: Duration::from_secs(5),
             audit: verbund_audit::AuditSettings::in_dir(&pki.dir.path().join("audit/coordinator")),
             network,
+            regression,
         };
         let (coordinator, server) = start_coordinator(config.clone(), Listeners::Bound { node, api }).await;
         Self {
@@ -412,6 +423,16 @@ impl Network {
         }
         let response = self.client().await.query(with_token(request, &self.pki.token())).await?.into_inner();
         Ok((decode(&response.arrow_ipc).unwrap(), response))
+    }
+}
+
+impl Network {
+    /// Fits a model with a valid token (in [`PROJECT`] unless the request names a project).
+    pub async fn model(&self, mut request: pb::ResearchModel) -> Result<pb::ModelResponse, tonic::Status> {
+        if request.project.is_empty() {
+            request.project = PROJECT.into();
+        }
+        Ok(self.client().await.model(with_token(request, &self.pki.token())).await?.into_inner())
     }
 }
 

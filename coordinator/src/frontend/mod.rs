@@ -117,8 +117,16 @@ pub fn union_catalogue<'a>(catalogues: impl IntoIterator<Item = &'a pb::Catalogu
                 model: d.model.clone(),
             });
             for c in &d.columns {
-                if !entry.columns.iter().any(|e| e.name == c.name) {
-                    entry.columns.push(c.clone());
+                match entry.columns.iter_mut().find(|e| e.name == c.name) {
+                    // Declared levels are public: a model's levels are their union.
+                    Some(e) => {
+                        for level in &c.levels {
+                            if !e.levels.contains(level) {
+                                e.levels.push(level.clone());
+                            }
+                        }
+                    }
+                    None => entry.columns.push(c.clone()),
                 }
             }
         }

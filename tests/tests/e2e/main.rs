@@ -10,6 +10,7 @@ mod exactness;
 mod hostile_inputs;
 mod mii;
 mod misbehaving;
+mod models;
 mod operations;
 mod patient_attributes;
 mod privacy_network;

@@ -1,0 +1,200 @@
+//! Models fitted across three sites (docs/regression-plan.md §6): the network's coefficients
+//! and standard errors equal a pooled fit computed here by another route (QR of X, and IRLS by
+//! QR of √W·X) to 1e-8 relative, for linear, logistic and Poisson models with numeric and
+//! categorical covariates (one with declared levels, one with levels found at the sites). A
+//! site that refuses or is lost releases nothing into the fit: the fit runs without it, or not
+//! at all, as the network's rules say.
+
+use std::collections::BTreeMap;
+use verbund_coordinator::config::{ModelSettings, NetworkRules, OnRefusal};
+use verbund_policies::{DatasetRule, Level, Policy};
+use verbund_proto::v1 as pb;
+use verbund_tests::models::{self, DATASET, Patient, Reference, assert_close};
+use verbund_tests::{Network, open_policy};
+
+const SITES: [&str; 3] = ["a", "b", "c"];
+
+/// k-only, k = 5, with the levels of `sex` declared (public); `region`'s are not.
+fn policy() -> Policy {
+    let mut policy = open_policy(5);
+    let levels = BTreeMap::from([("sex".to_string(), vec![Level::Text("female".into()), Level::Text("male".into())])]);
+    policy.datasets.push(DatasetRule { name: DATASET.into(), levels, ..Default::default() });
+    policy
+}
+
+/// Three sites with `sizes` patients each, under `policies`.
+async fn network(sizes: [usize; 3], policies: [Policy; 3], regression: ModelSettings) -> (Network, Vec<Vec<Patient>>) {
+    let mut network = Network::start_with(&SITES, NetworkRules::default(), regression).await;
+    let mut data = Vec::new();
+    for ((site, n), policy) in SITES.iter().zip(sizes).zip(policies) {
+        let patients = models::patients(site, n, 42 + n as u64 + u64::from(site.as_bytes()[0]));
+        let node = network.node(site, models::catalogue(&patients), policy);
+        network.add_node(node).await;
+        data.push(patients);
+    }
+    (network, data)
+}
+
+fn request(family: pb::ModelFamily, outcome: &str) -> pb::ResearchModel {
+    let term = |column: &str| pb::ModelTerm { column: column.into(), ..Default::default() };
+    pb::ResearchModel {
+        dataset: DATASET.into(),
+        outcome: outcome.into(),
+        covariates: vec![term("age"), term("bmi"), term("sex"), term("region")],
+        family: family as i32,
+        ..Default::default()
+    }
+}
+
+/// (estimates, standard errors, names) of a fit's JSON.
+fn coefficients(response: &pb::ModelResponse) -> (Vec<f64>, Vec<f64>, Vec<String>) {
+    let fit: serde_json::Value = serde_json::from_str(&response.fit_json).unwrap();
+    let rows = fit["coefficients"].as_array().unwrap();
+    let get = |key: &str| rows.iter().map(|c| c[key].as_f64().unwrap()).collect();
+    let names = rows.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    (get("estimate"), get("std_error"), names)
+}
+
+fn assert_equals_reference(what: &str, response: &pb::ModelResponse, reference: &Reference) {
+    let (beta, se, names) = coefficients(response);
+    assert_eq!(names, models::names(), "{what}");
+    assert_close(&format!("{what} coefficients"), &beta, &reference.beta, 1e-8);
+    assert_close(&format!("{what} standard errors"), &se, &reference.se, 1e-8);
+}
+
+fn pooled(data: &[Vec<Patient>], sites: &[usize]) -> Vec<Patient> {
+    sites.iter().flat_map(|&i| data[i].iter().cloned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linear_logistic_and_poisson_fits_equal_the_pooled_fits() {
+    let (network, data) = network([400, 300, 350], [policy(), policy(), policy()], ModelSettings::default()).await;
+    let all = pooled(&data, &[0, 1, 2]);
+
+    let linear = network.model(request(pb::ModelFamily::Gaussian, "y")).await.unwrap();
+    let (x, y, dropped) = models::design(&all, |p| p.y);
+    assert_equals_reference("linear", &linear, &models::ols(&x, &y));
+    let fit: serde_json::Value = serde_json::from_str(&linear.fit_json).unwrap();
+    assert_eq!(fit["n"].as_u64(), Some(x.nrows() as u64));
+    assert_eq!(fit["dropped"].as_u64(), Some(dropped as u64), "complete cases: dropped rows are counted");
+    assert_eq!((linear.rounds, linear.attempts), (1, 1));
+    assert!(linear.summary.contains("Residual standard error"), "{}", linear.summary);
+    assert!(linear.notes.iter().any(|n| n.contains("levels of 'sex' as the sites declare them")), "{:?}", linear.notes);
+    assert!(linear.notes.iter().any(|n| n.contains("levels of 'region' found by")), "{:?}", linear.notes);
+    assert!(linear.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered), "{:?}", linear.sites);
+
+    let logistic = network.model(request(pb::ModelFamily::Binomial, "event")).await.unwrap();
+    let (x, y, _) = models::design(&all, |p| Some(p.event));
+    let reference = models::glm(&x, &y, true);
+    assert_equals_reference("logistic", &logistic, &reference);
+    let fit: serde_json::Value = serde_json::from_str(&logistic.fit_json).unwrap();
+    assert_close("logistic deviance", &[fit["deviance"].as_f64().unwrap()], &[reference.deviance], 1e-8);
+    assert!(logistic.rounds >= 3 && logistic.attempts == 1, "{} rounds", logistic.rounds);
+    assert!(logistic.summary.contains("Null deviance"), "{}", logistic.summary);
+
+    let poisson = network.model(request(pb::ModelFamily::Poisson, "visits")).await.unwrap();
+    let (x, y, _) = models::design(&all, |p| Some(p.visits));
+    assert_equals_reference("poisson", &poisson, &models::glm(&x, &y, false));
+
+    // Another reference level: R's relevel(sex, "male").
+    let mut relevel = request(pb::ModelFamily::Gaussian, "y");
+    relevel.covariates[2].reference = Some(pb::Literal { value: Some(pb::literal::Value::String("male".into())) });
+    let (beta, _, names) = coefficients(&network.model(relevel).await.unwrap());
+    assert_eq!(names[3], "sexfemale");
+    let (linear_beta, _, _) = coefficients(&linear);
+    assert_close("sexfemale = -sexmale", &[beta[3]], &[-linear_beta[3]], 1e-8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_site_is_left_out_or_stops_the_fit_as_the_rules_say() {
+    // Site c has 8 patients: fewer than the 10 rows a site needs (rule R1), so it refuses.
+    let sizes = [400, 300, 8];
+    let (network, data) = network(sizes, [policy(), policy(), policy()], ModelSettings::default()).await;
+    let response = network.model(request(pb::ModelFamily::Binomial, "event")).await.unwrap();
+    let two = pooled(&data, &[0, 1]);
+    let (x, y, _) = models::design(&two, |p| Some(p.event));
+    assert_equals_reference("logistic without c", &response, &models::glm(&x, &y, true));
+    let c = response.sites.iter().find(|s| s.site == "c").unwrap();
+    assert_eq!(c.outcome(), pb::SiteOutcome::Refused, "{c:?}");
+    assert!(c.message.contains("fewer than 10"), "the refusal names the rule's threshold: {}", c.message);
+    assert!(c.cost.is_none() && c.profile.is_empty(), "a refusing site released nothing: {c:?}");
+    assert!(response.notes.iter().any(|n| n.contains("fitted on 2 of 3 sites")), "{:?}", response.notes);
+    assert_eq!(response.attempts, 2, "the fit restarted without c");
+    // Nothing of c's rows is in the fit: it equals the fit of a and b alone (checked above),
+    // and differs from the fit with c's rows.
+    let all = pooled(&data, &[0, 1, 2]);
+    let (x3, y3, _) = models::design(&all, |p| Some(p.event));
+    let (beta, _, _) = coefficients(&response);
+    assert!((beta[1] - models::glm(&x3, &y3, true).beta[1]).abs() > 1e-9, "c's rows would change the fit");
+
+    // The same with a network that fits only when every site takes part.
+    let strict = ModelSettings { on_refusal: OnRefusal::Refuse, ..ModelSettings::default() };
+    let (network, _) = self::network(sizes, [policy(), policy(), policy()], strict).await;
+    let error = network.model(request(pb::ModelFamily::Binomial, "event")).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    assert!(error.message().contains("site c did not take part") && error.message().contains("nothing was fitted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_lost_mid_fit_restarts_the_fit_without_it() {
+    // Site c answers at most 2 rounds of a fit (rule R8's round cap), so it refuses round 2:
+    // the fit restarts from round 0 on a and b, and uses nothing of c's earlier rounds.
+    let mut short = policy();
+    short.regression.max_rounds = 2;
+    let (network, data) = network([400, 300, 350], [policy(), policy(), short], ModelSettings::default()).await;
+    let response = network.model(request(pb::ModelFamily::Binomial, "event")).await.unwrap();
+    let two = pooled(&data, &[0, 1]);
+    let (x, y, _) = models::design(&two, |p| Some(p.event));
+    assert_equals_reference("logistic after losing c", &response, &models::glm(&x, &y, true));
+    assert_eq!(response.attempts, 2);
+    let c = response.sites.iter().find(|s| s.site == "c").unwrap();
+    assert_eq!(c.outcome(), pb::SiteOutcome::Refused);
+    assert!(c.message.contains("rounds"), "{}", c.message);
+    assert!(response.notes.iter().any(|n| n.contains("restarted 1 time")), "{:?}", response.notes);
+
+    // A site's own minimum of sites (rule R9) that the network cannot meet: no fit.
+    let mut four = policy();
+    four.regression.min_sites = 4;
+    let (network, _) = self::network([400, 300, 350], [policy(), four, policy()], ModelSettings::default()).await;
+    let error = network.model(request(pb::ModelFamily::Gaussian, "y")).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    assert!(error.message().contains("at least 4 site(s)"), "{}", error.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_model_requests_get_clear_errors() {
+    let (network, data) = network([150, 150, 150], [policy(), policy(), policy()], ModelSettings::default()).await;
+    let mut unknown = request(pb::ModelFamily::Gaussian, "y");
+    unknown.covariates[0].column = "weight".into();
+    let error = network.model(unknown).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("weight"), "{}", error.message());
+
+    let error = network.model(request(pb::ModelFamily::Unspecified, "y")).await.unwrap_err();
+    assert!(error.message().contains("no family"), "{}", error.message());
+
+    let mut reference = request(pb::ModelFamily::Gaussian, "y");
+    reference.covariates[3].reference = Some(pb::Literal { value: Some(pb::literal::Value::String("east".into())) });
+    let error = network.model(reference).await.unwrap_err();
+    assert!(
+        error.message().contains("'east' is not one of its levels ['north', 'south', 'west']"),
+        "{}",
+        error.message()
+    );
+
+    let mut condition = request(pb::ModelFamily::Gaussian, "y");
+    condition.condition = "age >= ".into();
+    assert_eq!(network.model(condition).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // A condition narrows the rows as SQL would.
+    let mut adults = request(pb::ModelFamily::Gaussian, "y");
+    adults.condition = "age >= 40".into();
+    let response = network.model(adults).await.unwrap();
+    let fit: serde_json::Value = serde_json::from_str(&response.fit_json).unwrap();
+    let older: Vec<Patient> =
+        pooled(&data, &[0, 1, 2]).into_iter().filter(|p| p.age.is_some_and(|a| a >= 40.0)).collect();
+    let (x, y, dropped) = models::design(&older, |p| p.y);
+    assert_eq!(fit["n"].as_u64(), Some(x.nrows() as u64));
+    assert_eq!(fit["dropped"].as_u64(), Some(dropped as u64));
+    assert_close("linear over age >= 40", &coefficients(&response).0, &models::ols(&x, &y).beta, 1e-8);
+}
