@@ -197,7 +197,8 @@ impl Coordinator {
             attempts: drive.attempt + 1,
         };
         if let Some(audit) = self.audit() {
-            audit.answered(asked, &planned.query, &response, rows, &drive.last, started.elapsed()).await?;
+            // The sites' releases are on record under the rounds' ids (`round_answered`).
+            audit.answered(asked, &planned.query, &response, rows, &[], started.elapsed()).await?;
         }
         info!(rounds = drive.rounds, attempts = drive.attempt + 1, "model fit done");
         Ok(response)

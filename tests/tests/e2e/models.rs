@@ -6,7 +6,10 @@
 //! at all, as the network's rules say.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use verbund_audit::{Decision, Filter, Scope, entries, reconcile};
 use verbund_coordinator::config::{ModelSettings, NetworkRules, OnRefusal};
+use verbund_node::Node;
 use verbund_policies::{DatasetRule, Level, Policy};
 use verbund_proto::v1 as pb;
 use verbund_tests::models::{self, DATASET, Patient, Reference, assert_close};
@@ -24,15 +27,25 @@ fn policy() -> Policy {
 
 /// Three sites with `sizes` patients each, under `policies`.
 async fn network(sizes: [usize; 3], policies: [Policy; 3], regression: ModelSettings) -> (Network, Vec<Vec<Patient>>) {
+    let (network, data, _) = network_and_nodes(sizes, policies, regression).await;
+    (network, data)
+}
+
+async fn network_and_nodes(
+    sizes: [usize; 3],
+    policies: [Policy; 3],
+    regression: ModelSettings,
+) -> (Network, Vec<Vec<Patient>>, Vec<Arc<Node>>) {
     let mut network = Network::start_with(&SITES, NetworkRules::default(), regression).await;
-    let mut data = Vec::new();
+    let (mut data, mut nodes) = (Vec::new(), Vec::new());
     for ((site, n), policy) in SITES.iter().zip(sizes).zip(policies) {
         let patients = models::patients(site, n, 42 + n as u64 + u64::from(site.as_bytes()[0]));
-        let node = network.node(site, models::catalogue(&patients), policy);
-        network.add_node(node).await;
+        let node = Arc::new(network.node(site, models::catalogue(&patients), policy));
+        network.add_node(node.clone()).await;
         data.push(patients);
+        nodes.push(node);
     }
-    (network, data)
+    (network, data, nodes)
 }
 
 fn request(family: pb::ModelFamily, outcome: &str) -> pb::ResearchModel {
@@ -197,4 +210,32 @@ async fn bad_model_requests_get_clear_errors() {
     assert_eq!(fit["n"].as_u64(), Some(x.nrows() as u64));
     assert_eq!(fit["dropped"].as_u64(), Some(dropped as u64));
     assert_close("linear over age >= 40", &coefficients(&response).0, &models::ols(&x, &y).beta, 1e-8);
+}
+
+/// Every round of a fit is on record at the coordinator and at each site under the same id,
+/// so `verbund audit reconcile` matches them round by round; a refusing site's record holds
+/// no release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rounds_of_a_fit_reconcile_between_coordinator_and_sites() {
+    let (network, _, nodes) =
+        network_and_nodes([300, 250, 8], [policy(), policy(), policy()], ModelSettings::default()).await;
+    let response = network.model(request(pb::ModelFamily::Binomial, "event")).await.unwrap();
+    let read = |dir: &std::path::Path| entries(dir, Filter::default()).unwrap().collect::<Vec<_>>();
+    let coordinator_dir = network.coordinator.audit().unwrap().log().dir().to_path_buf();
+    let site_logs = || nodes.iter().map(|n| (n.site().to_string(), read(n.audit().unwrap().log().dir())));
+    let report = reconcile(Scope::default(), read(&coordinator_dir), site_logs()).unwrap();
+    assert!(report.is_ok(), "{}", report.render());
+    // The levels query, the fit, attempt 0's round 0 (c refused) and every round of attempt 1.
+    assert_eq!(report.queries as u32, 2 + 1 + response.rounds, "{}", report.render());
+    let coordinator = read(&coordinator_dir);
+    let c = read(nodes[2].audit().unwrap().log().dir());
+    let refused: Vec<_> =
+        c.iter().map(|e| &e.as_ref().unwrap().record).filter(|r| r.query_id.contains(".0.0")).collect();
+    assert_eq!(refused.iter().filter(|r| r.decision == Decision::Refused).count(), 1, "{refused:#?}");
+    assert!(refused.iter().all(|r| r.release_hash.is_none()), "a refusal releases nothing");
+    let fit = coordinator
+        .iter()
+        .map(|e| &e.as_ref().unwrap().record)
+        .find(|r| r.decision == Decision::Answered && !r.query_id.contains('.'));
+    assert!(fit.is_some_and(|r| r.release_hash.is_some()), "the fit's answer is on record with its hash");
 }
