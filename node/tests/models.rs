@@ -309,3 +309,35 @@ async fn designs_are_not_kept_past_cache_seconds_and_a_rebuild_gives_the_same_nu
     let again = ask(1, &[-0.4, 0.01, 0.2]).await.unwrap();
     assert_eq!(first.model, again.model, "rebuilt from the same rows in the same order");
 }
+
+/// A coordinator that crafts β to put the IRLS weight on one patient (η = 50·(age − 64): μ is
+/// 0 or 1 for everyone but the one patient aged 64, whose weight is 0.25). Without rule R7
+/// the information matrix tells that patient's sex; with it (k-only) the round is refused.
+#[tokio::test]
+async fn r7_refuses_a_beta_that_puts_the_weight_on_one_patient() {
+    let data = rows(80);
+    let target: Vec<&Row> = data.iter().filter(|r| r.1 == Some(64.0)).collect();
+    assert_eq!(target.len(), 1, "one patient is 64");
+    let m = model("event", pb::ModelFamily::Binomial);
+    let crafted = [-50.0 * 64.0, 50.0, 0.0];
+    async fn attack(s: &Site, m: &pb::ModelQuery, fit: &str, beta: &[f64]) -> Result<pb::PartialResult, Refusal> {
+        s.ask(request(m, pb::ModelStep::Contribution, fit, 0, &[])).await?;
+        s.ask(request(m, pb::ModelStep::Contribution, fit, 1, beta)).await
+    }
+
+    // The attack succeeds where nothing defends (profile test-only-raw).
+    let raw = site(catalogue(&data), Policy { profile: Profile::TestOnlyRaw, ..k_only() });
+    let part = attack(&raw, &m, "fit-r7-raw", &crafted).await.unwrap().model.unwrap();
+    let Some(pb::model_part::Numbers::Contribution(c)) = part.numbers else { panic!("a contribution") };
+    // Upper triangle of (Intercept, age, sexmale): [0] = Σw, [2] = Σw·sexmale.
+    assert!((c.information[0] - 0.25).abs() < 1e-9, "one patient carries the weight: {}", c.information[0]);
+    let male = c.information[2] / c.information[0];
+    assert_eq!(male.round(), if target[0].3 == Some("male") { 1.0 } else { 0.0 }, "the patient's sex is out");
+
+    // k-only: R7 refuses the round, and the refusal says nothing of the patient.
+    let guarded = site(catalogue(&data), k_only());
+    let refusal = refused_by_rule(attack(&guarded, &m, "fit-r7-k", &crafted).await);
+    assert!(matches!(refusal, ModelRefusal::ConcentratedWeights { .. }), "{refusal:?}");
+    let text = refusal.to_string();
+    assert!(!text.contains("64") && !text.contains("male"), "{text}");
+}

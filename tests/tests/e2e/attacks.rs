@@ -17,7 +17,7 @@ pub(crate) const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
 /// 41.5 + i (nobody else is above 40), ward A.
 const TARGETS: usize = 10;
 
-fn target_bmi(i: usize) -> f64 {
+pub(crate) fn target_bmi(i: usize) -> f64 {
     41.5 + i as f64
 }
 

@@ -10,6 +10,7 @@ mod exactness;
 mod hostile_inputs;
 mod mii;
 mod misbehaving;
+mod model_attacks;
 mod models;
 mod operations;
 mod patient_attributes;
