@@ -66,8 +66,16 @@ pub fn patients(site: &str, n: usize, seed: u64) -> Vec<Patient> {
         .collect()
 }
 
+/// The columns of [`DATASET`] besides its patient key.
+const COLUMNS: [&str; 7] = ["age", "bmi", "sex", "region", "y", "event", "visits"];
+
 /// The patients as a site's in-memory dataset [`DATASET`], keyed by `patient_id`.
 pub fn catalogue(patients: &[Patient]) -> Catalogue {
+    crate::memory_catalogue(DATASET, vec![batch(patients)], &COLUMNS)
+}
+
+/// The patients as one record batch.
+pub fn batch(patients: &[Patient]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("patient_id", DataType::Utf8, false),
         Field::new("age", DataType::Float64, true),
@@ -94,8 +102,7 @@ pub fn catalogue(patients: &[Patient]) -> Catalogue {
         f(|p| Some(p.event)),
         f(|p| Some(p.visits)),
     ];
-    let batch = RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("model test data: {e}"));
-    crate::memory_catalogue(DATASET, vec![batch], &["age", "bmi", "sex", "region", "y", "event", "visits"])
+    RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("model test data: {e}"))
 }
 
 /// The pooled design of `outcome ~ age + bmi + sex + region` over complete cases, as R's
@@ -213,4 +220,38 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64) {
         let scale = w.abs().max(1e-300);
         assert!(((g - w) / scale).abs() <= rel || (g - w).abs() <= rel * 1e-3, "{what}[{j}]: {g} vs {w}");
     }
+}
+
+/// The patients as a dataset whose scan waits `delay` before its rows come: a site that is
+/// slow to build a model's design.
+pub fn slow_catalogue(patients: &[Patient], delay: std::time::Duration) -> Catalogue {
+    use datafusion::catalog::streaming::StreamingTable;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use datafusion::physical_plan::streaming::PartitionStream;
+
+    #[derive(Debug)]
+    struct Slow(RecordBatch, std::time::Duration);
+    impl PartitionStream for Slow {
+        fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+            self.0.schema_ref()
+        }
+        fn execute(
+            &self,
+            _ctx: Arc<datafusion::execution::TaskContext>,
+        ) -> datafusion::execution::SendableRecordBatchStream {
+            let (batch, delay) = (self.0.clone(), self.1);
+            let stream = futures::stream::once(async move {
+                tokio::time::sleep(delay).await;
+                Ok(batch)
+            });
+            Box::pin(RecordBatchStreamAdapter::new(self.0.schema(), stream))
+        }
+    }
+    let batch = batch(patients);
+    let table = StreamingTable::try_new(batch.schema(), vec![Arc::new(Slow(batch, delay))])
+        .unwrap_or_else(|e| panic!("slow table: {e}"));
+    let mut slow = Catalogue::new();
+    let columns: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    slow.add_table(DATASET, Arc::new(table), "patient_id", &columns).unwrap_or_else(|e| panic!("slow table: {e}"));
+    slow
 }

@@ -183,8 +183,11 @@ impl Drive<'_> {
         if now >= self.deadline {
             return Err(ModelError::TimedOut.into());
         }
-        // The first round builds the sites' designs and may take the whole deadline.
-        let deadline = if round == 0 { self.deadline } else { self.deadline.min(now + self.round_timeout) };
+        // The first round builds the sites' designs: it may take half of what is left, so
+        // that a fit can still restart without a site too slow to build one. Later rounds
+        // reuse the designs and get `round_timeout_seconds`.
+        let deadline =
+            if round == 0 { now + (self.deadline - now) / 2 } else { self.deadline.min(now + self.round_timeout) };
         let audit = self.coordinator.audit();
         if let Some(audit) = audit {
             audit.round_sent(self.asked, &round_id, &request).await?;

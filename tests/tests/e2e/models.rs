@@ -165,6 +165,22 @@ async fn a_site_lost_mid_fit_restarts_the_fit_without_it() {
     assert!(c.message.contains("rounds"), "{}", c.message);
     assert!(response.notes.iter().any(|n| n.contains("restarted 1 time")), "{:?}", response.notes);
 
+    // A site too slow to build its design in the first round's time (half the fit's) is
+    // left out, and the fit restarts on the others.
+    let (mut network, data) =
+        self::network([400, 300, 1], [policy(), policy(), policy()], ModelSettings::default()).await;
+    network.kill("c");
+    let slow = models::patients("c", 350, 7);
+    let node = network.node("c", models::slow_catalogue(&slow, std::time::Duration::from_secs(3)), policy());
+    network.add_node(node).await;
+    let mut asked = request(pb::ModelFamily::Binomial, "event");
+    asked.timeout_ms = 4000;
+    let response = network.model(asked).await.unwrap();
+    let (x, y, _) = models::design(&pooled(&data, &[0, 1]), |p| Some(p.event));
+    assert_equals_reference("logistic without the slow site", &response, &models::glm(&x, &y, true));
+    let c = response.sites.iter().find(|s| s.site == "c").unwrap();
+    assert_eq!((c.outcome(), response.attempts), (pb::SiteOutcome::TimedOut, 2), "{c:?}");
+
     // A site's own minimum of sites (rule R9) that the network cannot meet: no fit.
     let mut four = policy();
     four.regression.min_sites = 4;
