@@ -26,24 +26,24 @@ pub struct ModelArgs {
     pub outcome: String,
     /// Covariate columns, comma-separated (repeatable): string and boolean columns are
     /// categorical, numeric ones numeric unless listed in --categorical. None: intercept only.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "COLUMNS")]
     pub covariates: Vec<String>,
     /// The dataset whose rows (one per patient) are modelled.
     #[arg(long)]
     pub dataset: String,
     /// A SQL condition on the dataset's columns, as after WHERE, e.g. "age >= 18".
-    #[arg(long = "where")]
+    #[arg(long = "where", value_name = "CONDITION")]
     pub condition: Option<String>,
     /// A CCDL (structured query) JSON file ("-": standard input): only its patients count.
     #[arg(long)]
     pub ccdl: Option<PathBuf>,
     /// Numeric covariates to treat as categorical (comma-separated, repeatable).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "COLUMNS")]
     pub categorical: Vec<String>,
     /// The reference level of a categorical covariate as COLUMN=LEVEL (repeatable); default:
     /// the first level in sorted order. The level is text, true/false for a boolean, or an
     /// integer for a column listed in --categorical.
-    #[arg(long = "reference", value_parser = parse_reference)]
+    #[arg(long = "reference", value_name = "COLUMN=LEVEL", value_parser = parse_reference)]
     pub references: Vec<(String, String)>,
     /// Fit without an intercept.
     #[arg(long)]
@@ -52,7 +52,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     pub max_iterations: u32,
     /// Ask only these sites (repeatable); all connected sites by default.
-    #[arg(long = "site")]
+    #[arg(long = "site", value_name = "SITE")]
     pub sites: Vec<String>,
     /// Deadline of the whole fit in milliseconds (0: the coordinator's default).
     #[arg(long, default_value_t = 0)]
