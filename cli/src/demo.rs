@@ -62,6 +62,67 @@ pub const QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// A model the demo fits (`verbund model`): title, family, outcome, covariates, condition.
+pub struct DemoModel {
+    pub title: &'static str,
+    pub family: crate::model::ModelFamily,
+    pub outcome: &'static str,
+    pub covariates: &'static [&'static str],
+    pub condition: &'static str,
+}
+
+/// The models the demo fits on the generated `patients` dataset (one row per patient; smoking
+/// is recorded from age 14 only, so younger patients are not complete cases). The demo sites
+/// use the research default, differential privacy, under which sites fit linear models only:
+/// the logistic model shows how they say so, the linear one is fitted.
+pub const MODELS: &[DemoModel] = &[
+    DemoModel {
+        title: "A logistic model across the sites: death by age, BMI and smoking (differentially private sites \
+                fit linear models only, and say so)",
+        family: crate::model::ModelFamily::Logistic,
+        outcome: "deceased",
+        covariates: &["age", "bmi", "smoker"],
+        condition: "age >= 18",
+    },
+    DemoModel {
+        title: "A linear model across the sites: adult BMI by age and smoking",
+        family: crate::model::ModelFamily::Linear,
+        outcome: "bmi",
+        covariates: &["age", "smoker"],
+        condition: "age >= 18",
+    },
+];
+
+impl DemoModel {
+    /// The `verbund model` command line that asks for this model.
+    pub fn command(&self) -> String {
+        let family = clap::ValueEnum::to_possible_value(&self.family).map(|v| v.get_name().to_string());
+        format!(
+            "verbund model --family {} --outcome {} --covariates {} --dataset patients --where \"{}\"",
+            family.unwrap_or_default(),
+            self.outcome,
+            self.covariates.join(","),
+            self.condition
+        )
+    }
+
+    pub fn request(&self) -> pb::ResearchModel {
+        pb::ResearchModel {
+            project: setup::DEMO_PROJECT.into(),
+            dataset: "patients".into(),
+            outcome: self.outcome.into(),
+            covariates: self
+                .covariates
+                .iter()
+                .map(|c| pb::ModelTerm { column: c.to_string(), ..Default::default() })
+                .collect(),
+            family: pb::ModelFamily::from(self.family) as i32,
+            condition: self.condition.into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// An MII feasibility query (CCDL), as the research data portal sends it.
 pub const CCDL_EXAMPLE: &str = include_str!("../../ccdl/examples/women-with-type-2-diabetes-65-plus.json");
 
@@ -166,6 +227,14 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
 
     show_audit(&connection, &layout, &mut client, &token).await?;
 
+    for model in MODELS {
+        println!("== {}\n   {}\n", model.title, model.command());
+        match client.model(authorized(model.request(), &token)?).await {
+            Ok(response) => println!("{}\n", crate::model::render(&response.into_inner(), false)?),
+            Err(status) => println!("refused: {}\n", status.message()),
+        }
+    }
+
     shutdown.cancel();
     server.await.context("coordinator task failed")??;
     Ok(())
@@ -233,4 +302,26 @@ fn print_entries(response: &pb::AuditResponse) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     println!("{}", verbund_audit::list_table(&entries));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The command line the demo prints asks for the model the demo fits.
+    #[test]
+    fn demo_models_are_what_their_command_lines_ask() {
+        for model in MODELS {
+            let command = model.command();
+            let (flags, condition) = command.split_once(" --where ").unwrap();
+            let mut args: Vec<&str> = flags.split(' ').collect();
+            args.extend(["--where", condition.trim_matches('"'), "--project", setup::DEMO_PROJECT]);
+            args.extend(["--ca", "ca.pem", "--token-file", "researcher.token"]);
+            let crate::Command::Model(parsed) = crate::Cli::try_parse_from(args).unwrap().command else {
+                panic!("{command} is not `verbund model`")
+            };
+            assert_eq!(crate::model::request(&parsed, String::new()).unwrap(), model.request(), "{command}");
+        }
+    }
 }

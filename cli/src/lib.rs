@@ -1,7 +1,8 @@
-//! The command line: `node`, `coordinator`, `query`, `sites`, `generate`, `demo`, `audit`.
+//! The command line: `node`, `coordinator`, `query`, `model`, `sites`, `generate`, `demo`, `audit`.
 
 pub mod audit;
 pub mod demo;
+pub mod model;
 pub mod render;
 pub mod setup;
 
@@ -68,6 +69,10 @@ pub enum Command {
         #[arg(required_unless_present = "ccdl")]
         sql: Option<String>,
     },
+    /// Fit a linear, logistic or Poisson model across the sites (docs/regression.md) and print
+    /// it as R's summary() does, with each site's outcome: e.g. `--family logistic --outcome
+    /// deceased --covariates age,bmi,smoker --dataset patients`.
+    Model(model::ModelArgs),
     /// List the sites, their connection state, last-seen time, certificates and what your
     /// project may query at each (operators, with the token role "operator", see everything).
     Sites {
@@ -235,6 +240,7 @@ pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         Command::Demo { .. } => "error",
         Command::Query { .. }
+        | Command::Model(_)
         | Command::Import { .. }
         | Command::Sites { .. }
         | Command::Generate { .. }
@@ -268,6 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
             print(&render::response(&response, format)?)
         }
+        Command::Model(args) => model::run(args).await,
         Command::Import { out, memory_mb, inputs } => {
             let options = verbund_fhir::ImportOptions { inputs, out: out.clone(), memory_mb, progress: true };
             let summary = verbund_fhir::import(&options).await?;
@@ -421,7 +428,7 @@ async fn shutdown_signal(token: CancellationToken) {
 }
 
 /// A CCDL document from a file or, for "-", standard input.
-fn read_ccdl(path: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn read_ccdl(path: &std::path::Path) -> anyhow::Result<String> {
     if path == std::path::Path::new("-") {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading CCDL from standard input")?;

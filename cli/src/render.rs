@@ -66,29 +66,52 @@ pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+/// The sites' outcomes as a table: site, status, groups released (`groups`: a query's
+/// answer; a model's has none), milliseconds and message.
+pub fn site_table(sites: &[pb::SiteStatus], groups: bool) -> String {
+    let rows: Vec<Vec<String>> = sites
+        .iter()
+        .map(|s| {
+            let mut row = vec![s.site.clone(), outcome_name(s.outcome()).to_string()];
+            if groups {
+                row.push(s.groups.to_string());
+            }
+            row.extend([format!("{:.1}", s.elapsed_ms), s.message.clone()]);
+            row
+        })
+        .collect();
+    let header: &[&str] =
+        if groups { &["site", "status", "groups", "ms", "message"] } else { &["site", "status", "ms", "message"] };
+    text_table(header, &rows)
+}
+
+/// One site's outcome as JSON (`groups` as in [`site_table`]).
+pub fn site_json(s: &pb::SiteStatus, groups: bool) -> serde_json::Value {
+    let mut value = json!({
+        "site": s.site,
+        "status": outcome_name(s.outcome()),
+        "message": s.message,
+        "elapsed_ms": s.elapsed_ms,
+    });
+    if groups {
+        value["groups"] = json!(s.groups);
+    }
+    value
+}
+
+/// The response's notes, one "note: ..." line each (each line starts with a line break).
+pub fn notes(notes: &[String]) -> String {
+    notes.iter().map(|note| format!("\nnote: {note}")).collect()
+}
+
 pub fn response(r: &pb::QueryResponse, format: OutputFormat) -> anyhow::Result<String> {
     let batches = decode(&r.arrow_ipc)?;
     match format {
         OutputFormat::Table => {
             let mut out = arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
-            let rows: Vec<Vec<String>> = r
-                .sites
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.site.clone(),
-                        outcome_name(s.outcome()).to_string(),
-                        s.groups.to_string(),
-                        format!("{:.1}", s.elapsed_ms),
-                        s.message.clone(),
-                    ]
-                })
-                .collect();
             out.push_str("\n\n");
-            out.push_str(&text_table(&["site", "status", "groups", "ms", "message"], &rows));
-            for note in &r.notes {
-                out.push_str(&format!("\nnote: {note}"));
-            }
+            out.push_str(&site_table(&r.sites, true));
+            out.push_str(&notes(&r.notes));
             Ok(out)
         }
         OutputFormat::Json => {
@@ -99,19 +122,7 @@ pub fn response(r: &pb::QueryResponse, format: OutputFormat) -> anyhow::Result<S
             writer.finish()?;
             let bytes = writer.into_inner();
             let rows: serde_json::Value = if bytes.is_empty() { json!([]) } else { serde_json::from_slice(&bytes)? };
-            let sites: Vec<serde_json::Value> = r
-                .sites
-                .iter()
-                .map(|s| {
-                    json!({
-                        "site": s.site,
-                        "status": outcome_name(s.outcome()),
-                        "message": s.message,
-                        "groups": s.groups,
-                        "elapsed_ms": s.elapsed_ms,
-                    })
-                })
-                .collect();
+            let sites: Vec<serde_json::Value> = r.sites.iter().map(|s| site_json(s, true)).collect();
             Ok(serde_json::to_string_pretty(&json!({
                 "query_id": r.query_id,
                 "rows": rows,
@@ -229,5 +240,29 @@ pub fn sites(r: &pb::ListSitesResponse, format: OutputFormat) -> anyhow::Result<
                 "coordinator_certificate_not_after_unix": r.coordinator_certificate_not_after_unix,
             }))?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query's site table and notes, as `verbund query` has always printed them.
+    #[test]
+    fn query_sites_keep_their_groups_column() {
+        let sites = [pb::SiteStatus {
+            site: "a".into(),
+            outcome: pb::SiteOutcome::Answered as i32,
+            groups: 3,
+            elapsed_ms: 1.25,
+            ..Default::default()
+        }];
+        assert_eq!(
+            site_table(&sites, true),
+            "site  status    groups  ms   message\n----  --------  ------  ---  -------\na     answered  3       1.2"
+        );
+        assert_eq!(site_json(&sites[0], true)["groups"], 3);
+        assert!(site_json(&sites[0], false).get("groups").is_none());
+        assert_eq!(notes(&["x".into(), "y".into()]), "\nnote: x\nnote: y");
     }
 }
