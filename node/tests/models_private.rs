@@ -240,8 +240,8 @@ async fn noisy_against_exact(n: usize, policy: Policy) -> f64 {
     let worst_xtx = noisy.xtx.iter().zip(&exact.xtx).map(|(a, b)| rel(*a, *b)).fold(0.0, f64::max);
     let worst_xty = noisy.xty.iter().zip(&exact.xty).map(|(a, b)| rel(*a, *b)).fold(0.0, f64::max);
     eprintln!("n {} vs {}; worst relative error X'X {worst_xtx:.2e}, X'y {worst_xty:.2e}", noisy.n, exact.n);
-    assert!(worst_xtx < 1e-2 && worst_xty < 1e-2, "X'X {worst_xtx}, X'y {worst_xty}");
-    assert!(rel(noisy.yty, exact.yty) < 1e-2 && rel(noisy.sum_y, exact.sum_y) < 1e-2);
+    assert!(worst_xtx < 2e-2 && worst_xty < 2e-2, "X'X {worst_xtx}, X'y {worst_xty}");
+    assert!(rel(noisy.yty, exact.yty) < 2e-2 && rel(noisy.sum_y, exact.sum_y) < 2e-2);
 
     let got = fit_linear(&noisy, &names).unwrap();
     let want = fit_linear(&exact, &names).unwrap();
@@ -263,8 +263,12 @@ async fn noisy_against_exact(n: usize, policy: Policy) -> f64 {
 
 #[tokio::test]
 async fn uncentred_noisy_statistics_at_50000_patients_are_near_the_exact_ones() {
+    // At ε = 1 over P = 15 entries the privacy noise dominates the sampling error: over noise
+    // keys 1..24 the worst coefficient was 2.4 to 26 exact standard errors off (median about
+    // 6; slopes 0.2–15 % relative), entries of X'X and X'y at most 0.75 % off. The bound
+    // below holds for all of them with margin; a wrong un-centring is orders of magnitude off.
     let worst = noisy_against_exact(50_000, dp_policy()).await;
-    assert!(worst < 20.0, "coefficients within 20 exact standard errors at ε = 1: {worst}");
+    assert!(worst < 40.0, "coefficients within 40 exact standard errors at ε = 1: {worst}");
     // With next to no noise (ε = 10⁶) the site's integer units and the coordinator's
     // un-centring reproduce the exact fit: what is left above is the privacy noise.
     let mut policy = dp_policy();
@@ -327,6 +331,11 @@ async fn r1_and_r3_hold_under_dp_and_a_refusal_is_paid_for_and_holds_no_count() 
     assert_eq!(refused_by_rule(outcome), ModelRefusal::TooFewRows { min: 10 });
     assert!(!text.contains("30") && !text.contains("12"), "{text}");
     assert_eq!(s.spent(), (1.0, 1), "charged before the rows were read: the refusal is paid for");
+    // Under the true floor (8 patients): the same refusal, paid for the same way (were it free,
+    // the cost would tell a true-floor refusal from a noisy one).
+    let s = site(catalogue(&rows(8), "import-1"), dp_policy());
+    assert_eq!(refused_by_rule(s.ask(linear("fit-1")).await), ModelRefusal::TooFewRows { min: 10 });
+    assert_eq!(s.spent(), (1.0, 1));
     // A level with 3 patients among 2,000: R3, the level named, no count.
     let mut data = rows(2_000);
     for r in data.iter_mut() {
