@@ -294,6 +294,12 @@ async fn glms_under_dp_are_refused_with_their_message_at_no_cost() {
             "{text}"
         );
     }
+    // A linear model in contribution rounds: refused too (one noisy release per model).
+    let rounds = request(&model("y", pb::ModelFamily::Gaussian), pb::ModelStep::Contribution, "fit-rounds");
+    match s.ask(rounds).await {
+        Err(Refusal::InvalidModel(e)) => assert!(e.to_string().contains("with step sufficient"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     assert_eq!(s.spent(), (0.0, 0), "a refused GLM costs nothing");
 }
 

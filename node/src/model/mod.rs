@@ -46,6 +46,10 @@ pub enum ModelError {
         "a {family} model has no sufficient statistics: its rounds are asked with step contribution (step sufficient is for linear models)"
     )]
     StepFamily { family: &'static str },
+    #[error(
+        "this site releases numbers with differential privacy: a linear model is answered once, with step sufficient (noisy sufficient statistics), not in contribution rounds"
+    )]
+    StepUnderDp,
     #[error("step sufficient has one round (0), not round {round}")]
     SufficientRound { round: u32 },
     #[error("round 0 is evaluated at the start values and takes no coefficients ({got} were sent)")]
@@ -267,6 +271,9 @@ impl Engine {
         check_model_profile(policy, checked.family)?;
         let step = check_round_form(request, &checked)?;
         if policy.profile == Profile::Dp {
+            if step != pb::ModelStep::Sufficient {
+                return Err(ModelError::StepUnderDp.into());
+            }
             return self.answer_private_model(request, model, &checked, access).await;
         }
         let _permit = self.slot().await?;
