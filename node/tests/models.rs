@@ -11,7 +11,7 @@ use datafusion::datasource::MemTable;
 use std::sync::Arc;
 use std::time::Duration;
 use verbund_node::{Catalogue, Node, Refusal};
-use verbund_policies::{ModelRefusal, Policy, Profile};
+use verbund_policies::{ModelRefusal, Policy, PrivacyRefusal, Profile};
 use verbund_proto::v1 as pb;
 use verbund_regression::{Design, DesignBuilder, Family};
 use verbund_security::token::{DevIssuer, Verifier};
@@ -287,8 +287,9 @@ async fn requests_carry_exactly_one_of_query_and_model_and_profiles_decide_first
 
     let rules = s.node.hello().model_rules.expect("model rules in the hello");
     assert_eq!(rules.families.len(), 3);
+    let unbounded = PrivacyRefusal::MissingBounds { dataset: "cohort".into(), column: "age".into() };
     for (profile, want) in
-        [(Profile::Dp, ModelRefusal::NotYetUnderDp), (Profile::Feasibility, ModelRefusal::FeasibilityOnly)]
+        [(Profile::Dp, ModelRefusal::Privacy(unbounded)), (Profile::Feasibility, ModelRefusal::FeasibilityOnly)]
     {
         let s = site(catalogue(&rows(40)), Policy { profile, ..k_only() });
         let outcome = s.ask(request(&m, pb::ModelStep::Sufficient, "fit-9", 0, &[])).await;

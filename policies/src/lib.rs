@@ -5,6 +5,7 @@
 mod access;
 pub mod model;
 mod model_facts;
+pub mod model_private;
 pub mod noise;
 mod output;
 pub mod private;
@@ -12,6 +13,7 @@ mod profile;
 
 pub use access::{Access, AccessDenied, ProjectRule};
 pub use model::{ModelRefusal, RegressionSettings, release_model};
+pub use model_private::{ModelPlan, ModelShape, release_private_model};
 pub use output::{CandidateAggregate, CandidateGroup, empty_result, release, release_group};
 pub use private::{PrivacyRefusal, PrivatePlan};
 pub use profile::{BudgetSettings, DatasetRule, DpSettings, Level, Profile};

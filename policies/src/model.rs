@@ -200,10 +200,13 @@ pub enum ModelRefusal {
     ConcentratedWeights { place: String, min: u64 },
     #[error("R9: this site's parts are only summed with at least {min} sites' parts; this round has {sites}")]
     TooFewSites { sites: u32, min: u32 },
+    /// Under dp: what the privacy plan needs and the site has not declared (bounds).
+    #[error(transparent)]
+    Privacy(#[from] crate::PrivacyRefusal),
     #[error(
-        "this site releases numbers with differential privacy, and this version of the node does not yet answer models under it; ask at sites with profile k-only"
+        "the declared resolution of '{column}' is too fine for a model over this many rows: its sums of products could overflow 64 bits; the site can declare a coarser resolution"
     )]
-    NotYetUnderDp,
+    ResolutionTooFine { column: String },
     #[error("R8: round {round} of this fit was asked before round {expected}; rounds are answered strictly in order")]
     RoundOutOfOrder { round: u32, expected: u32 },
     #[error(
@@ -227,7 +230,7 @@ pub enum ModelRefusal {
     Mismatch(&'static str),
 }
 
-fn family_label(family: pb::ModelFamily) -> &'static str {
+pub(crate) fn family_label(family: pb::ModelFamily) -> &'static str {
     match family {
         pb::ModelFamily::Gaussian => "linear",
         pb::ModelFamily::Binomial => "logistic",
@@ -254,7 +257,7 @@ impl Policy {
 
     /// The smallest count of patients a model's rows and cells need here: k, and for the
     /// whole model also `min_rows_per_site`.
-    fn model_floor(&self) -> u64 {
+    pub(crate) fn model_floor(&self) -> u64 {
         self.regression.min_rows_per_site.max(u64::from(self.min_cell_size))
     }
 }
@@ -271,6 +274,16 @@ pub fn check_model_profile(policy: &Policy, family: pb::ModelFamily) -> Result<(
     }
 }
 
+/// R9: this site's parts are summed with at least `min_sites` sites' parts (from the request
+/// alone: decided before anything is read or charged).
+pub fn check_model_sites(policy: &Policy, sites: u32) -> Result<(), ModelRefusal> {
+    let min = policy.regression.min_sites;
+    if policy.profile != Profile::TestOnlyRaw && sites < min {
+        return Err(ModelRefusal::TooFewSites { sites, min });
+    }
+    Ok(())
+}
+
 /// The rules that depend only on the design and the request (profile, R1–R6, R9): what the
 /// node checks before it computes a round, and what [`release_model`] checks again.
 pub fn check_model_facts(policy: &Policy, facts: &ModelFacts, sites: u32) -> Result<(), ModelRefusal> {
@@ -280,15 +293,15 @@ pub fn check_model_facts(policy: &Policy, facts: &ModelFacts, sites: u32) -> Res
         return Ok(());
     }
     check_model_profile(policy, facts.family)?;
-    if sites < r.min_sites {
-        return Err(ModelRefusal::TooFewSites { sites, min: r.min_sites });
-    }
+    check_model_sites(policy, sites)?;
     let floor = policy.model_floor();
     if facts.n < floor {
         return Err(ModelRefusal::TooFewRows { min: floor });
     }
+    // Under dp R2 is decided on the noisy n (`model_private`): on the true n it would tell,
+    // exactly, whether n is above p / max_parameters_per_row.
     let p = facts.columns.len();
-    if p as f64 > r.max_parameters_per_row * facts.n as f64 {
+    if policy.profile != Profile::Dp && p as f64 > r.max_parameters_per_row * facts.n as f64 {
         return Err(ModelRefusal::TooManyParameters { p, max: r.max_parameters_per_row });
     }
     let k64 = u64::from(k);

@@ -153,7 +153,7 @@ pub struct PrivatePlan {
 }
 
 impl Policy {
-    fn dataset_rule(&self, dataset: &str) -> Option<&DatasetRule> {
+    pub(crate) fn dataset_rule(&self, dataset: &str) -> Option<&DatasetRule> {
         self.datasets.iter().find(|d| d.name == dataset)
     }
 
@@ -192,14 +192,8 @@ impl Policy {
                 }
             }
         }
-        let units = |column: &str, integer: bool, centred: bool| -> Result<Units, PrivacyRefusal> {
-            let missing = || PrivacyRefusal::MissingBounds { dataset: shape.dataset.into(), column: column.into() };
-            let [low, high] = *rule.bounds.get(column).ok_or_else(missing)?;
-            let unit = rule.unit(column, integer).ok_or_else(missing)?;
-            let centre = if centred { (low + high) / 2.0 } else { 0.0 };
-            let bound = ((high - centre).abs().max((low - centre).abs()) / unit).ceil() as u64;
-            Ok(Units { column: column.into(), low, high, centre, unit, bound: bound.max(1) })
-        };
+        let units =
+            |column: &str, integer: bool, centred: bool| units_of(rule, shape.dataset, column, integer, centred);
 
         let m = if rule.one_row_per_patient { 1 } else { self.dp.max_rows_per_patient.max(1) };
         let m64 = u64::from(m);
@@ -295,11 +289,28 @@ impl Policy {
     }
 }
 
-fn micro(epsilon: f64) -> u64 {
+/// How a column's values are put in integer units: its declared bounds, its resolution, centred
+/// on the middle of the bounds (or on 0); no bounds: `MissingBounds`.
+pub(crate) fn units_of(
+    rule: &DatasetRule,
+    dataset: &str,
+    column: &str,
+    integer: bool,
+    centred: bool,
+) -> Result<Units, PrivacyRefusal> {
+    let missing = || PrivacyRefusal::MissingBounds { dataset: dataset.into(), column: column.into() };
+    let [low, high] = *rule.bounds.get(column).ok_or_else(missing)?;
+    let unit = rule.unit(column, integer).ok_or_else(missing)?;
+    let centre = if centred { (low + high) / 2.0 } else { 0.0 };
+    let bound = ((high - centre).abs().max((low - centre).abs()) / unit).ceil() as u64;
+    Ok(Units { column: column.into(), low, high, centre, unit, bound: bound.max(1) })
+}
+
+pub(crate) fn micro(epsilon: f64) -> u64 {
     (epsilon * 1e6).round().max(1.0) as u64
 }
 
-fn clamp_i64(v: u64) -> i64 {
+pub(crate) fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

@@ -7,16 +7,24 @@
 pub(crate) mod cache;
 mod design;
 
+use crate::consent::Population;
 use crate::engine::{Engine, in_population};
-use crate::private::unix_seconds;
+use crate::private::{cost_of, unix_seconds};
 use crate::refusal::Refusal;
 use cache::DesignKey;
+use design::Built;
 use prost::Message;
 use std::sync::Arc;
-use verbund_policies::model::{CandidateModel, CandidateNumbers, RoundFacts, check_model_facts, check_model_profile};
+use verbund_policies::model::{
+    CandidateModel, CandidateNumbers, RoundFacts, check_model_facts, check_model_profile, check_model_sites,
+};
+use verbund_policies::model_private::{
+    CovariateShape, ModelRound, ModelShape, canonical_model_request, model_seed, release_private_model,
+};
 use verbund_policies::{Access, ModelRefusal, Profile, release_model};
 use verbund_proto::v1 as pb;
-use verbund_query::model::{CheckedModel, check_model, family_name};
+use verbund_query::model::{CheckedCovariate, CheckedModel, check_model, family_name};
+use verbund_query::validate::CheckedQuery;
 use verbund_regression::{DesignError, Family};
 
 /// What is wrong with a model request at this site, worded without any data value or count.
@@ -38,6 +46,10 @@ pub enum ModelError {
         "a {family} model has no sufficient statistics: its rounds are asked with step contribution (step sufficient is for linear models)"
     )]
     StepFamily { family: &'static str },
+    #[error(
+        "this site releases numbers with differential privacy: a linear model is answered once, with step sufficient (noisy sufficient statistics), not in contribution rounds"
+    )]
+    StepUnderDp,
     #[error("step sufficient has one round (0), not round {round}")]
     SufficientRound { round: u32 },
     #[error("round 0 is evaluated at the start values and takes no coefficients ({got} were sent)")]
@@ -130,7 +142,105 @@ fn check_round_form(request: &pb::ModelRequest, m: &CheckedModel) -> Result<pb::
     Ok(step)
 }
 
+/// The model as the dp plan sees it: which columns are numeric (and integer), which categorical.
+fn model_shape(m: &CheckedModel) -> ModelShape<'_> {
+    let covariates = m
+        .covariates
+        .iter()
+        .map(|c| match c {
+            CheckedCovariate::Numeric { column, column_type } => {
+                CovariateShape::Numeric { column, integer: *column_type == pb::ColumnType::Int64 }
+            }
+            CheckedCovariate::Categorical { column, texts, .. } => {
+                CovariateShape::Categorical { column, levels: texts }
+            }
+        })
+        .collect();
+    ModelShape {
+        dataset: &m.dataset,
+        family: m.family,
+        outcome: &m.outcome,
+        outcome_integer: m.outcome_type == pb::ColumnType::Int64,
+        covariates,
+    }
+}
+
 impl Engine {
+    /// The model's design from the cache, or built (inside the request's population scope) and
+    /// kept.
+    async fn cached_design(
+        &self,
+        checked: &CheckedModel,
+        rows: &CheckedQuery,
+        key: DesignKey,
+        population: Population,
+    ) -> Result<Arc<Built>, Refusal> {
+        let policy = self.policy();
+        let settings = &policy.regression;
+        let idle = std::time::Duration::from_secs(settings.cache_seconds);
+        if let Some(built) = self.models.design(&key, idle) {
+            return Ok(built);
+        }
+        let floor = settings.min_rows_per_site.max(u64::from(policy.min_cell_size));
+        let built = in_population(population, self.build_design(checked, rows))
+            .await?
+            .map_err(|e| design_refusal(e, checked, floor))?;
+        let built = Arc::new(built);
+        let limit = usize::try_from(settings.max_cached_designs_mb).unwrap_or(usize::MAX) * 1024 * 1024;
+        self.models.keep(key, built.clone(), limit, idle);
+        Ok(built)
+    }
+
+    /// A linear model under dp (docs/regression-plan.md §4): planned (bounds) and R9 checked
+    /// before anything runs, the round admitted (R8), the budget debited once per model and data
+    /// version (a repeat costs nothing and gets the same numbers), then the noisy Z'Z as the
+    /// policy's checker releases it.
+    async fn answer_private_model(
+        &self,
+        request: &pb::ModelRequest,
+        model: &pb::ModelQuery,
+        checked: &CheckedModel,
+        access: &Access<'_>,
+    ) -> Result<pb::PartialResult, Refusal> {
+        let policy = self.policy();
+        check_model_sites(policy, request.sites)?;
+        let plan = policy.plan_private_model(&model_shape(checked))?;
+        let privacy = self.privacy().ok_or(Refusal::PrivacyUnconfigured)?;
+        let _permit = self.slot().await?;
+
+        let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
+        let population = self.population(access.project, day).await?;
+        let rows = design::rows_query(checked);
+        let key = DesignKey {
+            project: access.project.to_string(),
+            model: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &model.encode_to_vec()).as_ref().to_vec(),
+            version: self.data_version(&rows, &population),
+        };
+        let settings = &policy.regression;
+        let idle = std::time::Duration::from_secs(settings.cache_seconds);
+        // R8 before anything is charged or computed.
+        self.models.admit_round(&key, request, settings.max_rounds, idle)?;
+        let encoded = canonical_model_request(request).encode_to_vec();
+        let seed = model_seed(policy, &privacy.key, &encoded, &checked.dataset, &key.version);
+        // Charged before a row is read: every outcome from here on (a part, or a refusal on a
+        // true or a noisy floor) is paid for, so none of them tells more than the noise allows.
+        let (cost, debit) = self.debit(privacy, access.project, &seed, &plan.charge()).await?;
+        let built = self.cached_design(checked, &rows, key, population).await?;
+
+        let round = ModelRound { attempt: request.attempt, round: request.round, sites: request.sites };
+        let policy_owned = policy.clone();
+        let work = built.clone();
+        let part = tokio::task::spawn_blocking(move || {
+            release_private_model(&policy_owned, &plan, &seed, &work.facts, &work.design, round)
+        })
+        .await
+        .map_err(Refusal::internal)??;
+        let mut out = verbund_policies::empty_result(policy);
+        out.model = Some(part);
+        out.cost = Some(cost_of(cost, &debit));
+        Ok(out)
+    }
+
     /// Model designs cached now (for tests and operators: a replaced catalogue empties it).
     pub fn cached_model_designs(&self) -> usize {
         self.models.designs()
@@ -156,12 +266,16 @@ impl Engine {
                 policy.authorize(access, dataset, &columns.into_iter().collect::<Vec<_>>())?;
             }
         }
-        // Before any row is read: what the profile answers at all.
+        // Before any row is read: what the profile answers at all (under dp linear models
+        // only: a GLM is refused here, at no cost).
         check_model_profile(policy, checked.family)?;
-        if policy.profile == Profile::Dp {
-            return Err(ModelRefusal::NotYetUnderDp.into());
-        }
         let step = check_round_form(request, &checked)?;
+        if policy.profile == Profile::Dp {
+            if step != pb::ModelStep::Sufficient {
+                return Err(ModelError::StepUnderDp.into());
+            }
+            return self.answer_private_model(request, model, &checked, access).await;
+        }
         let _permit = self.slot().await?;
 
         let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
@@ -178,18 +292,7 @@ impl Engine {
         self.models.admit_round(&key, request, settings.max_rounds, idle)?;
 
         let floor = settings.min_rows_per_site.max(u64::from(policy.min_cell_size));
-        let built = match self.models.design(&key, idle) {
-            Some(built) => built,
-            None => {
-                let built = in_population(population, self.build_design(&checked, &rows))
-                    .await?
-                    .map_err(|e| design_refusal(e, &checked, floor))?;
-                let built = Arc::new(built);
-                let limit = usize::try_from(settings.max_cached_designs_mb).unwrap_or(usize::MAX) * 1024 * 1024;
-                self.models.keep(key, built.clone(), limit, idle);
-                built
-            }
-        };
+        let built = self.cached_design(&checked, &rows, key, population).await?;
         // R1–R6 and R9 before a round is computed; release_model checks them again.
         check_model_facts(policy, &built.facts, request.sites)?;
 
