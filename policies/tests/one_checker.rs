@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 
 const NAME: &str = "ModelPart";
+/// The part and the messages of its numbers: none is built outside the checker.
+const NAMES: [&str; 4] = [NAME, "SufficientPart", "ContributionPart", "NoisySufficientPart"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -28,12 +30,12 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Byte offsets of struct literals `ModelPart { .. }` in `code`: the name (not part of a longer
 /// identifier and not a return type or impl), then `{`, with a body that does not end in `..`
 /// (a pattern that reads a part).
-fn literals(code: &str) -> Vec<usize> {
+fn literals(code: &str, name: &str) -> Vec<usize> {
     let mut found = Vec::new();
     let ident = |c: char| c.is_alphanumeric() || c == '_';
-    for (at, _) in code.match_indices(NAME) {
+    for (at, _) in code.match_indices(name) {
         let before = code[..at].chars().next_back();
-        let rest = &code[at + NAME.len()..];
+        let rest = &code[at + name.len()..];
         if before.is_some_and(ident) || rest.chars().next().is_some_and(ident) {
             continue;
         }
@@ -71,23 +73,32 @@ fn only_the_policy_builds_model_parts() {
     for file in files.iter().filter(|f| !f.starts_with(&allowed)) {
         let Ok(text) = std::fs::read_to_string(file) else { continue };
         let shipped = text.split("#[cfg(test)]").next().unwrap_or_default();
-        for at in literals(shipped) {
-            let line = shipped[..at].lines().count();
-            offenders.push(format!("{}:{line}", file.strip_prefix(root).unwrap_or(file).display()));
+        for name in NAMES {
+            for at in literals(shipped, name) {
+                let line = shipped[..at].lines().count();
+                offenders.push(format!("{name} at {}:{line}", file.strip_prefix(root).unwrap_or(file).display()));
+            }
         }
     }
     assert!(
         offenders.is_empty(),
-        "ModelPart is built outside policies::model::release_model at {offenders:?}; pass the numbers to release_model instead"
+        "a model part or its numbers are built outside the policy's checker: {offenders:?}; pass the numbers to release_model instead"
     );
 }
 
 #[test]
 fn the_scan_tells_literals_from_patterns() {
-    assert_eq!(literals("let p = pb::ModelPart { attempt: 1, ..Default::default() };").len(), 1);
-    assert_eq!(literals("pb::ModelPart{ numbers: Some(n), columns }").len(), 1);
-    assert!(literals("let pb::ModelPart { numbers, .. } = part;").is_empty());
-    assert!(literals("if let Some(ModelPart { beta, columns, .. }) = x {}").is_empty());
-    assert!(literals("fn f(p: &pb::ModelPart) {} struct NoisyModelPart { a: u8 }").is_empty());
-    assert!(literals("fn f() -> pb::ModelPart { g() } impl From<X> for ModelPart { }").is_empty());
+    assert_eq!(literals("let p = pb::ModelPart { attempt: 1, ..Default::default() };", NAME).len(), 1);
+    assert_eq!(literals("pb::ModelPart{ numbers: Some(n), columns }", NAME).len(), 1);
+    assert!(literals("let pb::ModelPart { numbers, .. } = part;", NAME).is_empty());
+    assert!(literals("if let Some(ModelPart { beta, columns, .. }) = x {}", NAME).is_empty());
+    assert!(literals("fn f(p: &pb::ModelPart) {} struct NoisyModelPart { a: u8 }", NAME).is_empty());
+    assert!(literals("fn f() -> pb::ModelPart { g() } impl From<X> for ModelPart { }", NAME).is_empty());
+}
+
+#[test]
+fn the_scan_finds_the_numbers_messages_too() {
+    let code = "let z = pb::NoisySufficientPart { zz: vec![] }; let s = SufficientPart { n: 1 };";
+    assert_eq!(literals(code, "NoisySufficientPart").len(), 1);
+    assert_eq!(literals(code, "SufficientPart").len(), 1, "not counted twice inside NoisySufficientPart");
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use verbund_proto::v1 as pb;
-use verbund_regression::{Contribution, Family, GlmFit, Irls, LinearFit, Step, Sufficient, fit_linear};
+use verbund_regression::{Contribution, Family, FitError, GlmFit, Irls, LinearFit, Step, Sufficient, fit_linear};
 
 /// A finished fit.
 pub(crate) enum Fitted {
@@ -135,7 +135,14 @@ impl Drive<'_> {
             let parts = self.round(pb::ModelStep::Sufficient, &[], parts::sufficient).await?;
             let total = Sufficient::sum(&parts).map_err(ModelError::Fit)?;
             self.check_total(total.n)?;
-            return Ok(Fitted::Linear(fit_linear(&total, &names).map_err(ModelError::Fit)?));
+            return match fit_linear(&total, &names) {
+                Ok(fit) => Ok(Fitted::Linear(fit)),
+                // Noise can make X'X indefinite or its n too small: that is not the design's fault.
+                Err(FitError::Singular { .. } | FitError::NoResidualDf { .. }) if self.noisy() => {
+                    Err(ModelError::NoisyUndetermined.into())
+                }
+                Err(e) => Err(ModelError::Fit(e).into()),
+            };
         }
         let mut irls =
             Irls::new(fam, names).map_err(ModelError::Fit)?.with_max_iterations(self.max_iterations.max(1) as usize);
@@ -149,6 +156,16 @@ impl Drive<'_> {
                 Step::Done(fit) => return Ok(Fitted::Glm(fit)),
             }
         }
+    }
+
+    /// Whether some part of the last round carried differential-privacy noise.
+    pub fn noisy(&self) -> bool {
+        self.last.iter().any(|o| {
+            o.partial
+                .as_ref()
+                .and_then(|p| p.model.as_ref())
+                .is_some_and(|m| matches!(m.numbers, Some(verbund_proto::v1::model_part::Numbers::NoisySufficient(_))))
+        })
     }
 
     /// The network's floor on the pooled rows (`[network] min_total`).

@@ -44,6 +44,11 @@ pub enum ModelError {
     TooFewRows { min: u64 },
     #[error("{0}")]
     Fit(FitError),
+    #[error(
+        "the noisy statistics do not determine a fit (too few rows for this many covariates at this privacy \
+         budget per model); use fewer covariates or a larger population"
+    )]
+    NoisyUndetermined,
     #[error("the fit did not finish before its deadline; raise the timeout (timeout_ms) or ask fewer sites")]
     TimedOut,
     #[error("the fit was cancelled by the researcher")]
@@ -120,6 +125,15 @@ impl Coordinator {
         started: std::time::Instant,
     ) -> Result<pb::ModelResponse, Error> {
         let admitted = self.admit(claims, &request.project, &request.query_id, &request.sites)?;
+        // Before any levels are looked for (a query that costs): some site must fit the family.
+        let asked_family = pb::ModelFamily::try_from(request.family).unwrap_or_default();
+        if asked_family != pb::ModelFamily::Unspecified {
+            let (members, left_out) = self.members(&admitted, asked_family);
+            if members.is_empty() {
+                let family = family_name(asked_family);
+                return Err(ModelError::NoSiteFits { family, why: describe(&left_out) }.into());
+            }
+        }
         let planned = self.plan_model(request, &admitted, claims, token).await?;
         if let Some(audit) = self.audit() {
             audit.received(asked, &planned.query).await?;
@@ -260,5 +274,13 @@ fn fit_notes(drive: &Drive<'_>) -> Vec<String> {
         "complete cases only: rows with a missing outcome or covariate are dropped at each site; one row per patient"
             .into(),
     );
+    if drive.noisy() {
+        notes.push(
+            "differentially private sites released their statistics with noise, once per model: values are clipped \
+             to the bounds each site declares, n and 'dropped' include noise or are not released, and the standard \
+             errors do not include the privacy noise"
+                .into(),
+        );
+    }
     notes
 }

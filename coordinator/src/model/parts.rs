@@ -74,6 +74,7 @@ pub(crate) fn sufficient(part: &pb::ModelPart, e: &Expected<'_>) -> Result<Suffi
     let p = e.names.len();
     let s = match &part.numbers {
         Some(Numbers::Sufficient(s)) => s,
+        Some(Numbers::NoisySufficient(z)) => return noisy(z, e),
         _ => return Err("it holds no sufficient statistics".into()),
     };
     if s.n == 0 {
@@ -95,6 +96,22 @@ pub(crate) fn sufficient(part: &pb::ModelPart, e: &Expected<'_>) -> Result<Suffi
         sum_y: s.sum_y,
         levels: Vec::new(),
     })
+}
+
+/// A differentially private site's noisy Z'Z (Z = [1, the design's columns without the
+/// intercept, y], in integer units), un-centred into its sufficient statistics.
+fn noisy(z: &pb::NoisySufficientPart, e: &Expected<'_>) -> Result<Sufficient, String> {
+    let q = e.names.len() - usize::from(e.intercept) + 2;
+    if z.centre.len() != q || z.unit.len() != q || z.zz.len() != q * (q + 1) / 2 || z.scale.len() != z.zz.len() {
+        return Err(format!(
+            "its noisy statistics have {} centres, {} units, {} entries and {} scales for {q} columns",
+            z.centre.len(),
+            z.unit.len(),
+            z.zz.len(),
+            z.scale.len()
+        ));
+    }
+    verbund_regression::sufficient_from_noisy(&z.zz, &z.centre, &z.unit, e.intercept).map_err(|e| e.to_string())
 }
 
 /// One IRLS round's contribution of one site.

@@ -218,6 +218,14 @@ impl Coordinator {
             Err(e @ Error::Query(_)) => return Err(e),
             Err(e) => return Err(levels_error(e.to_string()).into()),
         };
+        if !response.sites.iter().any(|s| s.outcome() == pb::SiteOutcome::Answered) {
+            let why: Vec<String> = response.sites.iter().map(|s| format!("{}: {}", s.site, s.message)).collect();
+            return Err(levels_error(format!(
+                "no site answered the grouped count ({}); declare the levels in the sites' policies",
+                why.join("; ")
+            ))
+            .into());
+        }
         let batch = crate::api::decode_ipc(&response.arrow_ipc).map_err(|e| levels_error(e.to_string()))?;
         let values = batch.column(0);
         let mut levels = Vec::new();

@@ -255,3 +255,69 @@ async fn the_rounds_of_a_fit_reconcile_between_coordinator_and_sites() {
         .find(|r| r.decision == Decision::Answered && !r.query_id.contains('.'));
     assert!(fit.is_some_and(|r| r.release_hash.is_some()), "the fit's answer is on record with its hash");
 }
+
+/// A dp site's policy: the model's numeric columns have declared bounds; ε 10 per project.
+fn dp_policy() -> Policy {
+    let mut policy = Policy::default().allowing(verbund_tests::PROJECT);
+    policy.budget.epsilon = 10.0;
+    policy.budget.delta = 1e-5;
+    let bounds = [("age", [0.0, 110.0]), ("bmi", [10.0, 60.0]), ("y", [-10.0, 50.0])];
+    let levels = BTreeMap::from([("sex".to_string(), vec![Level::Text("female".into()), Level::Text("male".into())])]);
+    policy.datasets.push(DatasetRule {
+        name: DATASET.into(),
+        one_row_per_patient: true,
+        bounds: bounds.into_iter().map(|(c, b)| (c.to_string(), b)).collect(),
+        levels,
+        ..Default::default()
+    });
+    policy.validate().unwrap();
+    policy
+}
+
+/// Under dp a site releases its linear model's statistics once, with noise: the same model
+/// again gets the same numbers at no cost; the fit is near the exact one; GLMs are not
+/// fitted by dp sites, and asking costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_sites_release_noisy_statistics_once_per_model() {
+    let mut network = Network::start(&SITES).await;
+    let mut all = Vec::new();
+    for (i, site) in SITES.iter().enumerate() {
+        let patients = models::patients(site, 30_000, 100 + i as u64);
+        let node = network.node_with_noise_key(site, models::catalogue(&patients), dp_policy(), 60 + i as u8);
+        network.add_node(node).await;
+        all.extend(patients);
+    }
+    let mut asked = request(pb::ModelFamily::Gaussian, "y");
+    asked.covariates.truncate(3); // age, bmi, sex: region's levels would need a grouped count
+    let first = network.model(asked.clone()).await.unwrap();
+    for s in &first.sites {
+        let cost = s.cost.unwrap_or_else(|| panic!("{s:?}"));
+        assert_eq!((s.profile.as_str(), cost.repeat), ("dp", false), "{s:?}");
+        assert!((cost.epsilon - 1.0).abs() < 1e-12, "epsilon_per_model once: {cost:?}");
+    }
+    assert!(first.notes.iter().any(|n| n.contains("standard errors do not include the privacy noise")));
+    let again = network.model(asked).await.unwrap();
+    assert_eq!(coefficients(&again), coefficients(&first), "the same model gets the same numbers");
+    assert!(again.sites.iter().all(|s| s.cost.is_some_and(|c| c.repeat && c.epsilon == 0.0)), "{:?}", again.sites);
+
+    // Near the exact pooled fit, and not equal to it (the noise is there).
+    let (x, y, _) = models::design(&all, |p| p.y);
+    let x = x.columns(0, 4).into_owned();
+    let exact = models::ols(&x, &y);
+    let (beta, _, names) = coefficients(&first);
+    assert_eq!(names, ["(Intercept)", "age", "bmi", "sexmale"]);
+    for j in 1..4 {
+        let relative = (beta[j] - exact.beta[j]).abs() / exact.beta[j].abs();
+        assert!(relative < 0.25 && relative > 0.0, "{}: {} vs {}", names[j], beta[j], exact.beta[j]);
+    }
+
+    let error = network.model(request(pb::ModelFamily::Binomial, "event")).await.unwrap_err();
+    assert!(error.message().contains("does not fit binomial models (profile dp)"), "{}", error.message());
+    // A categorical covariate without declared levels under dp: the grouped count is refused.
+    let mut region = request(pb::ModelFamily::Gaussian, "y");
+    region.covariates.remove(2);
+    let error = network.model(region).await.unwrap_err();
+    assert!(error.message().contains("no site answered the grouped count"), "{}", error.message());
+    let budgets = network.list_sites().await.sites;
+    assert!(budgets.iter().all(|s| s.budgets.iter().all(|b| (b.epsilon_left - 9.0).abs() < 1e-9)), "{budgets:?}");
+}
