@@ -8,6 +8,9 @@
 //! 6. The privacy engine (`--only privacy`): utility and time of the dp profile.
 //! 7. Clinical data (`--only clinical`): FHIR import throughput and peak memory, CCDL
 //!    feasibility latency, on at least 100,000 generated patients.
+//! 8. Models (`--only model`): a logistic model with 10 covariates across 10 sites of 100,000
+//!    patients each, fitted through the coordinator; rounds, per-round times, and the same
+//!    computation by `verbund_regression` in-process.
 //!
 //! Prints Markdown tables to stdout (progress to stderr) and writes the figures as JSON to
 //! `bench/results/latest.json` (`quick.json` with `--quick`). See BENCHMARKS.md.
@@ -16,6 +19,7 @@ mod audit;
 mod clinical;
 mod data;
 mod exec;
+mod model;
 mod net;
 mod privacy;
 mod sys;
@@ -39,7 +43,10 @@ const USAGE: &str = "cargo bench -p verbund-bench [-- OPTIONS]
   --audit-records N    records each appender appends in the audit runs (default 2000)
   --audit-runs N       Node::handle runs with and without the audit log (default 400)
   --patients N         patients of the clinical section (default 100000)
-  --only LIST          comma-separated sections: exec, privacy, latency, load, audit, clinical
+  --model-sites N      sites of the model section (default 10; --quick 3)
+  --model-rows N       patients per site of the model section (default 100000; --quick 20000)
+  --only LIST          comma-separated sections: exec, privacy, latency, load, audit, clinical,
+                       model
                        (default: exec, latency, load, audit)
   --exec-filter TEXT   run only the execution queries whose id contains TEXT (e.g. b_grouped)
   --exec-side SIDE     both (default), node or raw: time one side only (for profiling)
@@ -61,6 +68,8 @@ struct Options {
     audit_records: usize,
     audit_runs: usize,
     patients: usize,
+    model_sites: usize,
+    model_rows: usize,
     sections: Vec<String>,
     exec_filter: Option<String>,
     exec_side: exec::Side,
@@ -97,6 +106,8 @@ impl Options {
             audit_records: if quick { 200 } else { 2000 },
             audit_runs: if quick { 40 } else { 400 },
             patients: if quick { 5_000 } else { 100_000 },
+            model_sites: if quick { 3 } else { 10 },
+            model_rows: if quick { 20_000 } else { 100_000 },
             sections: vec!["exec".into(), "latency".into(), "load".into(), "audit".into()],
             exec_filter: None,
             exec_side: exec::Side::Both,
@@ -133,6 +144,8 @@ impl Options {
                 "--audit-records" => o.audit_records = value()?.parse()?,
                 "--audit-runs" => o.audit_runs = value()?.parse()?,
                 "--patients" => o.patients = value()?.parse()?,
+                "--model-sites" => o.model_sites = value()?.parse()?,
+                "--model-rows" => o.model_rows = value()?.parse()?,
                 "--only" => o.sections = value()?.split(',').map(|s| s.trim().to_string()).collect(),
                 "--exec-filter" => o.exec_filter = Some(value()?.clone()),
                 "--data-dir" => o.data_dir = PathBuf::from(value()?),
@@ -145,8 +158,8 @@ impl Options {
             }
         }
         for s in &o.sections {
-            if !["exec", "privacy", "latency", "load", "audit", "clinical"].contains(&s.as_str()) {
-                bail!("unknown section '{s}' (exec, privacy, latency, load, audit, clinical)");
+            if !["exec", "privacy", "latency", "load", "audit", "clinical", "model"].contains(&s.as_str()) {
+                bail!("unknown section '{s}' (exec, privacy, latency, load, audit, clinical, model)");
             }
         }
         if o.rows == 0
@@ -157,6 +170,8 @@ impl Options {
             || o.audit_records == 0
             || o.audit_runs == 0
             || o.patients == 0
+            || o.model_sites == 0
+            || o.model_rows == 0
         {
             bail!("counts must be at least 1");
         }
@@ -243,6 +258,14 @@ async fn run(o: Options) -> anyhow::Result<()> {
         println!("{}", section.0);
         report.push_str(&section.0);
         results["clinical"] = section.1;
+    }
+
+    if o.runs("model") {
+        let repeats = if o.quick { 2 } else { 5 };
+        let section = model::section(o.model_sites, o.model_rows, o.seed, repeats, machine.cores).await?;
+        println!("{}", section.0);
+        report.push_str(&section.0);
+        results["model"] = section.1;
     }
 
     if o.runs("privacy") {
