@@ -118,17 +118,27 @@ impl Coordinator {
             query.covariates.push(pb::ModelCovariate { column: term.column.clone(), levels: vec![] });
         }
         let mut notes = Vec::new();
+        let declared_levels = |column: &str| {
+            dataset.columns.iter().find(|c| c.name == column).map(|c| c.levels.clone()).unwrap_or_default()
+        };
+        // Columns without declared levels are counted at the sites, all at once.
+        let undeclared: Vec<String> = categorical
+            .iter()
+            .map(|&i| query.covariates[i].column.clone())
+            .filter(|c| declared_levels(c).is_empty())
+            .collect();
+        let asks = undeclared.iter().map(|column| self.discover_levels(request, &query, column, admitted, claims, token));
+        let mut found: Vec<Vec<pb::Literal>> = futures::future::try_join_all(asks).await?;
         for &i in &categorical {
             let column = query.covariates[i].column.clone();
-            let declared =
-                dataset.columns.iter().find(|c| c.name == column).map(|c| c.levels.clone()).unwrap_or_default();
+            let declared = declared_levels(&column);
             let mut levels = if declared.is_empty() {
-                let found = self.discover_levels(request, &query, &column, admitted, claims, token).await?;
                 notes.push(format!(
                     "levels of '{column}' found by a grouped patient count at the sites (levels with fewer than k \
                      patients at every site are not among them; a site with such rows refuses)"
                 ));
-                found
+                let at = undeclared.iter().position(|c| *c == column).unwrap_or_default();
+                found.get_mut(at).map(std::mem::take).unwrap_or_default()
             } else {
                 notes.push(format!("levels of '{column}' as the sites declare them"));
                 declared.clone()

@@ -51,10 +51,11 @@ pub(crate) fn rows_query(m: &CheckedModel) -> CheckedQuery {
     }
 }
 
-/// One covariate's values as read, before the design drops incomplete rows.
+/// One covariate's values as read, before the design drops incomplete rows; categorical ones
+/// are read from the batches in place (`texts_of`).
 enum Values {
     Numeric(Vec<Option<f64>>),
-    Text(Vec<Option<String>>),
+    Text,
 }
 
 fn covariate_alias(i: usize) -> String {
@@ -78,7 +79,7 @@ impl Engine {
             // Levels are compared as text, as `level_text` writes them (booleans "true", integers "12").
             let (as_type, empty) = match c {
                 CheckedCovariate::Numeric { .. } => (DataType::Float64, Values::Numeric(Vec::new())),
-                CheckedCovariate::Categorical { .. } => (DataType::Utf8, Values::Text(Vec::new())),
+                CheckedCovariate::Categorical { .. } => (DataType::Utf8, Values::Text),
             };
             select.push(cast(ident(c.column()), as_type).alias(covariate_alias(i)));
             values.push(empty);
@@ -90,22 +91,24 @@ impl Engine {
         let limit = (self.policy().max_query_memory_mb as usize).saturating_mul(1024 * 1024);
         let row_bytes = (m.p() + m.covariates.len() + 2) * 8 * 2;
         let mut y: Vec<Option<f64>> = Vec::new();
-        let mut previous: Option<String> = None;
+        let mut previous = String::new();
+        // The batches stay until the design is built: categorical values are read in place.
+        let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(internal)?;
             if (y.len() + batch.num_rows()).saturating_mul(row_bytes) > limit {
                 return Err(Exhausted::Memory.into());
             }
             read_batch(&batch, m, &mut previous, &mut y, &mut values)?;
+            batches.push(batch);
         }
 
         let mut builder = DesignBuilder::new(m.intercept);
-        for (c, v) in m.covariates.iter().zip(&values) {
+        for (i, (c, v)) in m.covariates.iter().zip(&values).enumerate() {
             builder = match (c, v) {
                 (CheckedCovariate::Numeric { column, .. }, Values::Numeric(v)) => builder.numeric(column, v),
-                (CheckedCovariate::Categorical { column, texts, .. }, Values::Text(v)) => {
-                    let v: Vec<Option<&str>> = v.iter().map(Option::as_deref).collect();
-                    builder.categorical(column, &v, texts)
+                (CheckedCovariate::Categorical { column, texts, .. }, Values::Text) => {
+                    builder.categorical(column, &texts_of(&batches, i + 2)?, texts)
                 }
                 _ => return Err(Refusal::internal("a covariate's values were read as the wrong kind")),
             };
@@ -128,35 +131,43 @@ impl Engine {
 fn read_batch(
     batch: &RecordBatch,
     m: &CheckedModel,
-    previous: &mut Option<String>,
+    previous: &mut String,
     y: &mut Vec<Option<f64>>,
     values: &mut [Values],
 ) -> Result<(), Refusal> {
-    let wrong = || Refusal::internal("a model's rows came back with unexpected column types");
-    let keys = batch.column(0).as_string_opt::<i32>().ok_or_else(wrong)?;
-    let outcome = batch.column(1).as_primitive_opt::<Float64Type>().ok_or_else(wrong)?;
+    let keys = batch.column(0).as_string_opt::<i32>().ok_or_else(wrong_types)?;
+    let outcome = batch.column(1).as_primitive_opt::<Float64Type>().ok_or_else(wrong_types)?;
     for row in 0..batch.num_rows() {
         let key = if keys.is_valid(row) { Some(keys.value(row)).filter(|k| !k.is_empty()) } else { None };
         if let Some(key) = key {
-            if previous.as_deref() == Some(key) {
+            // `previous` is empty before the first keyed row, and keys here are not empty.
+            if previous == key {
                 return Err(ModelError::RowsPerPatient { dataset: m.dataset.clone() }.into());
             }
-            *previous = Some(key.to_string());
+            previous.clear();
+            previous.push_str(key);
         }
         y.push(if key.is_some() && outcome.is_valid(row) { Some(outcome.value(row)) } else { None });
     }
     for (i, v) in values.iter_mut().enumerate() {
-        let array = batch.column(i + 2);
-        match v {
-            Values::Numeric(out) => {
-                let a = array.as_primitive_opt::<Float64Type>().ok_or_else(wrong)?;
-                out.extend((0..a.len()).map(|r| a.is_valid(r).then(|| a.value(r))));
-            }
-            Values::Text(out) => {
-                let a = array.as_string_opt::<i32>().ok_or_else(wrong)?;
-                out.extend((0..a.len()).map(|r| a.is_valid(r).then(|| a.value(r).to_string())));
-            }
+        if let Values::Numeric(out) = v {
+            let a = batch.column(i + 2).as_primitive_opt::<Float64Type>().ok_or_else(wrong_types)?;
+            out.extend((0..a.len()).map(|r| a.is_valid(r).then(|| a.value(r))));
         }
     }
     Ok(())
+}
+
+/// Column `index` of every batch as text values, borrowed from the batches.
+fn texts_of(batches: &[RecordBatch], index: usize) -> Result<Vec<Option<&str>>, Refusal> {
+    let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for batch in batches {
+        let a = batch.column(index).as_string_opt::<i32>().ok_or_else(wrong_types)?;
+        out.extend(a.iter());
+    }
+    Ok(out)
+}
+
+fn wrong_types() -> Refusal {
+    Refusal::internal("a model's rows came back with unexpected column types")
 }
