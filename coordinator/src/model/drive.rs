@@ -70,6 +70,9 @@ pub(crate) struct Drive<'a> {
     pub left_out: Vec<LeftOut>,
     /// The members' outcomes in the last round.
     pub last: Vec<SiteOutcome>,
+    /// What each site's answers cost its privacy budget over the whole fit, every attempt
+    /// included (a restart's first round is a repeat at a dp site: same model, same data).
+    pub spent: std::collections::HashMap<String, pb::PrivacyCost>,
 }
 
 fn family(f: pb::ModelFamily) -> Family {
@@ -254,6 +257,13 @@ impl Drive<'_> {
                     &self.asked.requester.project.clone().unwrap_or_default(),
                     cost,
                 );
+                let total =
+                    self.spent.entry(o.site.clone()).or_insert(pb::PrivacyCost { repeat: true, ..Default::default() });
+                total.epsilon += cost.epsilon;
+                total.delta += cost.delta;
+                total.repeat &= cost.repeat;
+                (total.epsilon_left, total.delta_left, total.renews_at) =
+                    (cost.epsilon_left, cost.delta_left, cost.renews_at);
             }
             self.coordinator.metrics().site_result(&o.site, crate::api::site_outcome_label(o.outcome), 0);
         }

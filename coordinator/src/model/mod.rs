@@ -188,6 +188,7 @@ impl Coordinator {
             rounds: 0,
             left_out,
             last: Vec::new(),
+            spent: Default::default(),
         };
         let fitted = drive.run().await?;
         let (summary, fit_json, rows) = match &fitted {
@@ -195,11 +196,22 @@ impl Coordinator {
             Fitted::Glm(f) => (f.to_string(), serde_json::to_string(f), f.coefficients.len()),
         };
         let fit_json = fit_json.map_err(|e| ModelError::Fit(FitError::Mismatch(format!("encoding the fit: {e}"))))?;
+        // What each site's answers cost over the whole fit, not only its last round.
+        for o in &mut drive.last {
+            if let (Some(p), Some(total)) = (o.partial.as_mut(), drive.spent.get(&o.site)) {
+                p.cost = Some(*total);
+            }
+        }
         let mut notes = planned.notes.clone();
         notes.extend(fit_notes(&drive));
         notes.extend(profile_notes(&drive.last));
         let mut sites: Vec<pb::SiteStatus> = drive.last.iter().map(status_of).collect();
-        sites.extend(drive.left_out.iter().map(|l| status_of(&l.outcome)));
+        sites.extend(
+            drive
+                .left_out
+                .iter()
+                .map(|l| pb::SiteStatus { cost: drive.spent.get(&l.outcome.site).copied(), ..status_of(&l.outcome) }),
+        );
         sites.sort_by(|a, b| a.site.cmp(&b.site));
         let response = pb::ModelResponse {
             query_id: admitted.query_id,

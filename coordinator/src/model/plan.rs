@@ -127,7 +127,8 @@ impl Coordinator {
             .map(|&i| query.covariates[i].column.clone())
             .filter(|c| declared_levels(c).is_empty())
             .collect();
-        let asks = undeclared.iter().map(|column| self.discover_levels(request, &query, column, admitted, claims, token));
+        let asks =
+            undeclared.iter().map(|column| self.discover_levels(request, &query, column, admitted, claims, token));
         let mut found: Vec<Vec<pb::Literal>> = futures::future::try_join_all(asks).await?;
         for &i in &categorical {
             let column = query.covariates[i].column.clone();
