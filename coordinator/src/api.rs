@@ -416,33 +416,79 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
+/// A researcher's request that runs at the sites: a query or a model fit.
+trait ResearchRequest {
+    fn asking(&self) -> crate::audit::Asking<'_>;
+}
+
+impl ResearchRequest for pb::ResearchQuery {
+    fn asking(&self) -> crate::audit::Asking<'_> {
+        crate::audit::Asking::Query(self)
+    }
+}
+
+impl ResearchRequest for pb::ResearchModel {
+    fn asking(&self) -> crate::audit::Asking<'_> {
+        crate::audit::Asking::Model(self)
+    }
+}
+
+/// An answer with a status per site.
+trait PerSite {
+    fn site_statuses(&self) -> &[pb::SiteStatus];
+}
+
+impl PerSite for pb::QueryResponse {
+    fn site_statuses(&self) -> &[pb::SiteStatus] {
+        &self.sites
+    }
+}
+
+impl PerSite for pb::ModelResponse {
+    fn site_statuses(&self) -> &[pb::SiteStatus] {
+        &self.sites
+    }
+}
+
+/// The frame of every request that runs at the sites: the token checked (a refused token is
+/// audited too), no new work while draining, the running count and the outcome in the metrics.
+async fn serve<T, R, F, Fut>(c: &Coordinator, request: Request<T>, run: F) -> Result<Response<R>, Status>
+where
+    T: ResearchRequest,
+    R: PerSite,
+    F: FnOnce(T, Claims, String) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+{
+    let started = std::time::Instant::now();
+    let _running = c.metrics().query_started();
+    let result = match authenticate(c, &request) {
+        Err(e) => {
+            if let Some(audit) = c.audit() {
+                let wire_id = uuid::Uuid::new_v4().to_string();
+                audit.refused(&Asked::of(&wire_id, request.get_ref().asking(), None), &e, started.elapsed()).await;
+            }
+            Err(e)
+        }
+        Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
+        Ok((claims, token)) => {
+            let _tracked = c.track_query();
+            run(request.into_inner(), claims, token).await
+        }
+    };
+    let outcome = match &result {
+        Ok(r) if r.site_statuses().iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
+        Ok(_) => "partial",
+        Err(e) => e.outcome(),
+    };
+    c.metrics().query_finished(outcome, started.elapsed());
+    Ok(Response::new(result?))
+}
+
 #[tonic::async_trait]
 impl Researcher for ResearcherService {
     async fn query(&self, request: Request<pb::ResearchQuery>) -> Result<Response<pb::QueryResponse>, Status> {
-        let c = &self.coordinator;
-        let started = std::time::Instant::now();
-        let _running = c.metrics().query_started();
-        let result = match authenticate(c, &request) {
-            Err(e) => {
-                if let Some(audit) = c.audit() {
-                    let wire_id = uuid::Uuid::new_v4().to_string();
-                    audit.refused(&Asked::new(&wire_id, request.get_ref(), None), &e, started.elapsed()).await;
-                }
-                Err(e)
-            }
-            Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
-            Ok((claims, token)) => {
-                let _tracked = c.track_query();
-                c.query(request.into_inner(), &claims, &token).await
-            }
-        };
-        let outcome = match &result {
-            Ok(r) if r.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
-            Ok(_) => "partial",
-            Err(e) => e.outcome(),
-        };
-        c.metrics().query_finished(outcome, started.elapsed());
-        Ok(Response::new(result?))
+        let c = &*self.coordinator;
+        serve(c, request, |r, claims, token| async move { c.query(r, &claims, &token).await }).await
     }
 
     async fn read_audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
@@ -451,30 +497,8 @@ impl Researcher for ResearcherService {
     }
 
     async fn model(&self, request: Request<pb::ResearchModel>) -> Result<Response<pb::ModelResponse>, Status> {
-        let c = &self.coordinator;
-        let started = std::time::Instant::now();
-        let _running = c.metrics().query_started();
-        let result = match authenticate(c, &request) {
-            Err(e) => {
-                if let Some(audit) = c.audit() {
-                    let wire_id = uuid::Uuid::new_v4().to_string();
-                    audit.refused(&Asked::for_model(&wire_id, request.get_ref(), None), &e, started.elapsed()).await;
-                }
-                Err(e)
-            }
-            Ok(_) if c.is_draining() => Err(Error::ShuttingDown),
-            Ok((claims, token)) => {
-                let _tracked = c.track_query();
-                c.model(request.into_inner(), &claims, &token).await
-            }
-        };
-        let outcome = match &result {
-            Ok(r) if r.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
-            Ok(_) => "partial",
-            Err(e) => e.outcome(),
-        };
-        c.metrics().query_finished(outcome, started.elapsed());
-        Ok(Response::new(result?))
+        let c = &*self.coordinator;
+        serve(c, request, |r, claims, token| async move { c.model(r, &claims, &token).await }).await
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {

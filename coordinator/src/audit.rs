@@ -43,7 +43,7 @@ impl<'a> Asked<'a> {
         Self::of(wire_id, Asking::Model(request), claims)
     }
 
-    fn of(wire_id: &'a str, asking: Asking<'a>, claims: Option<&Claims>) -> Self {
+    pub fn of(wire_id: &'a str, asking: Asking<'a>, claims: Option<&Claims>) -> Self {
         let project = match asking {
             Asking::Query(q) => &q.project,
             Asking::Model(m) => &m.project,
