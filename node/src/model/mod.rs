@@ -76,6 +76,13 @@ pub enum ModelError {
     RowsPerPatient { dataset: String },
 }
 
+/// A model round admitted: what it reads, and the key of its design.
+struct Admitted {
+    population: Population,
+    rows: CheckedQuery,
+    key: DesignKey,
+}
+
 /// Exactly one of `query` and `model` is set.
 pub(crate) fn one_request(q: &pb::NodeQuery) -> Result<(), ModelError> {
     match (&q.query, &q.model) {
@@ -191,6 +198,29 @@ impl Engine {
         Ok(built)
     }
 
+    /// The round's population (consent on the day), rows and design key, and the round
+    /// admitted by the fit's state (rule R8): the same for every profile.
+    async fn admit_round(
+        &self,
+        request: &pb::ModelRequest,
+        model: &pb::ModelQuery,
+        checked: &CheckedModel,
+        access: &Access<'_>,
+    ) -> Result<Admitted, Refusal> {
+        let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
+        let population = self.population(access.project, day).await?;
+        let rows = design::rows_query(checked);
+        let key = DesignKey {
+            project: access.project.to_string(),
+            model: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &model.encode_to_vec()).as_ref().to_vec(),
+            version: self.data_version(&rows, &population),
+        };
+        let settings = &self.policy().regression;
+        let idle = std::time::Duration::from_secs(settings.cache_seconds);
+        self.models.admit_round(&key, request, settings.max_rounds, idle)?;
+        Ok(Admitted { population, rows, key })
+    }
+
     /// A linear model under dp (docs/regression-plan.md §4): planned (bounds) and R9 checked
     /// before anything runs, the round admitted (R8), the budget debited once per model and data
     /// version (a repeat costs nothing and gets the same numbers), then the noisy Z'Z as the
@@ -208,18 +238,8 @@ impl Engine {
         let privacy = self.privacy().ok_or(Refusal::PrivacyUnconfigured)?;
         let _permit = self.slot().await?;
 
-        let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
-        let population = self.population(access.project, day).await?;
-        let rows = design::rows_query(checked);
-        let key = DesignKey {
-            project: access.project.to_string(),
-            model: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &model.encode_to_vec()).as_ref().to_vec(),
-            version: self.data_version(&rows, &population),
-        };
-        let settings = &policy.regression;
-        let idle = std::time::Duration::from_secs(settings.cache_seconds);
         // R8 before anything is charged or computed.
-        self.models.admit_round(&key, request, settings.max_rounds, idle)?;
+        let Admitted { population, rows, key } = self.admit_round(request, model, checked, access).await?;
         let encoded = canonical_model_request(request).encode_to_vec();
         let seed = model_seed(policy, &privacy.key, &encoded, &checked.dataset, &key.version);
         // Charged before a row is read: every outcome from here on (a part, or a refusal on a
@@ -278,18 +298,9 @@ impl Engine {
         }
         let _permit = self.slot().await?;
 
-        let day = (unix_seconds(std::time::SystemTime::now()) / 86_400) as i32;
-        let population = self.population(access.project, day).await?;
-        let rows = design::rows_query(&checked);
-        let key = DesignKey {
-            project: access.project.to_string(),
-            model: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &model.encode_to_vec()).as_ref().to_vec(),
-            version: self.data_version(&rows, &population),
-        };
-        let settings = &policy.regression;
-        let idle = std::time::Duration::from_secs(settings.cache_seconds);
         // R8 before anything is computed: a refused round costs nothing and reveals nothing.
-        self.models.admit_round(&key, request, settings.max_rounds, idle)?;
+        let Admitted { population, rows, key } = self.admit_round(request, model, &checked, access).await?;
+        let settings = &policy.regression;
 
         let floor = settings.min_rows_per_site.max(u64::from(policy.min_cell_size));
         let built = self.cached_design(&checked, &rows, key, population).await?;
