@@ -48,7 +48,7 @@ fn valid_query_id(id: &str) -> bool {
 }
 
 /// The researcher's verified claims, from `authorization: Bearer <token>`.
-fn authenticate<T>(coordinator: &Coordinator, request: &Request<T>) -> Result<(Claims, String), Error> {
+pub(crate) fn authenticate<T>(coordinator: &Coordinator, request: &Request<T>) -> Result<(Claims, String), Error> {
     let header = request.metadata().get("authorization").ok_or(TokenError::Missing)?;
     let value = header.to_str().map_err(|_| TokenError::Malformed("the authorization header is not text".into()))?;
     let token = value
@@ -188,6 +188,13 @@ impl Coordinator {
         query_id: &str,
         sites: &[String],
     ) -> Result<Admitted, Error> {
+        self.check_access(claims, project)?;
+        self.quotas().admit(&claims.sub, std::time::Instant::now())?;
+        self.admit_unmetered(claims, project, query_id, sites)
+    }
+
+    /// Role and project: may this token ask anything of `project`?
+    fn check_access(&self, claims: &Claims, project: &str) -> Result<(), Error> {
         if claims.roles.iter().any(|r| r == verbund_audit::remote::AUDITOR_ROLE) {
             return Err(Forbidden::AuditorsCannotQuery.into());
         }
@@ -201,7 +208,19 @@ impl Coordinator {
             }
             .into());
         }
-        self.quotas().admit(&claims.sub, std::time::Instant::now())?;
+        Ok(())
+    }
+
+    /// [`Coordinator::admit`] without charging the researcher's quota: for describing a
+    /// query (its result schema) without running it.
+    pub(crate) fn admit_unmetered(
+        &self,
+        claims: &Claims,
+        project: &str,
+        query_id: &str,
+        sites: &[String],
+    ) -> Result<Admitted, Error> {
+        self.check_access(claims, project)?;
         let query_id = if query_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { query_id.to_string() };
         if !valid_query_id(&query_id) {
             return Err(Error::InvalidQueryId);
@@ -231,6 +250,18 @@ impl Coordinator {
             return Err(Forbidden::NoDatasetsForProject { project }.into());
         }
         Ok(Admitted { query_id, known, targets, catalogue })
+    }
+
+    /// The schema a query's answer would have, planned as the query would be but not sent
+    /// to any site and not charged to the quota (Flight SQL's prepared statements).
+    pub async fn describe_query(
+        &self,
+        request: &pb::ResearchQuery,
+        claims: &Claims,
+    ) -> Result<datafusion::arrow::datatypes::SchemaRef, Error> {
+        let Admitted { catalogue, .. } =
+            self.admit_unmetered(claims, &request.project, &request.query_id, &request.sites)?;
+        Ok(self.plan(request, &catalogue).await?.schema)
     }
 
     /// The typed request for a researcher's query: SQL, a cohort (typed or as CCDL), or both
