@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod jobs;
 pub mod model;
 pub mod render;
 pub mod setup;
@@ -47,27 +48,35 @@ pub enum Command {
     },
     /// Send an aggregate SQL query, a cohort (an MII CCDL feasibility query) or both (the
     /// cohort is then the SQL query's population) to the network and print the merged answer.
-    Query {
+    /// Shows each site's progress on stderr while it waits; Ctrl-C cancels the query.
+    Query(QueryArgs),
+    /// Submit a query and return at once with its id: it runs at the coordinator whether or
+    /// not you stay (fetch it with `status` and `result`; a model: `verbund model --submit`).
+    Submit(QueryArgs),
+    /// A submitted query's state and each site's progress.
+    Status {
+        #[command(flatten)]
+        query: jobs::QueryRef,
+        /// Follow it until it is finished (Ctrl-C stops watching, not the query).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A finished query's answer (kept at the coordinator for a while, see `list`).
+    Result(jobs::QueryRef),
+    /// Your stored queries, newest first: state, sites, when they expire.
+    List {
         #[command(flatten)]
         connection: ResearcherConnection,
-        /// The research project the query belongs to (one your token grants).
-        #[arg(long, env = "VERBUND_PROJECT")]
+        /// Only this project's.
+        #[arg(long, env = "VERBUND_PROJECT", default_value = "")]
         project: String,
-        /// Ask only these sites (repeatable); all connected sites by default.
-        #[arg(long = "site")]
-        sites: Vec<String>,
-        /// Deadline in milliseconds (0: the coordinator's default).
-        #[arg(long, default_value_t = 0)]
-        timeout_ms: u32,
+        /// Also other members' queries of your projects (where the network shares them).
+        #[arg(long)]
+        all_members: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
-        /// A CCDL (structured query) JSON file ("-": standard input): without SQL, how many
-        /// patients match; with SQL, only its patients count.
-        #[arg(long)]
-        ccdl: Option<PathBuf>,
-        /// e.g. "SELECT sex, count(DISTINCT patient_id) FROM patients GROUP BY sex"
-        #[arg(required_unless_present = "ccdl")]
-        sql: Option<String>,
     },
     /// Fit a linear, logistic or Poisson model across the sites (docs/regression.md) and print
     /// it as R's summary() does, with each site's outcome: e.g. `--family logistic --outcome
@@ -148,6 +157,53 @@ pub enum Command {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+}
+
+/// What `query` and `submit` send.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub connection: ResearcherConnection,
+    /// The research project the query belongs to (one your token grants).
+    #[arg(long, env = "VERBUND_PROJECT")]
+    pub project: String,
+    /// Ask only these sites (repeatable); all connected sites by default.
+    #[arg(long = "site")]
+    pub sites: Vec<String>,
+    /// Deadline in milliseconds (0: the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    pub timeout_ms: u32,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// A CCDL (structured query) JSON file ("-": standard input): without SQL, how many
+    /// patients match; with SQL, only its patients count.
+    #[arg(long)]
+    pub ccdl: Option<PathBuf>,
+    /// The query's id (yours alone; one is made when absent).
+    #[arg(long, default_value = "")]
+    pub id: String,
+    /// e.g. "SELECT sex, count(DISTINCT patient_id) FROM patients GROUP BY sex"
+    #[arg(required_unless_present = "ccdl")]
+    pub sql: Option<String>,
+}
+
+impl QueryArgs {
+    fn request(&self) -> anyhow::Result<pb::SubmitRequest> {
+        let ccdl = match &self.ccdl {
+            Some(path) => read_ccdl(path)?,
+            None => String::new(),
+        };
+        let query = pb::ResearchQuery {
+            query_id: self.id.clone(),
+            sql: self.sql.clone().unwrap_or_default(),
+            sites: self.sites.clone(),
+            timeout_ms: self.timeout_ms,
+            project: self.project.clone(),
+            ccdl,
+            ..Default::default()
+        };
+        Ok(pb::SubmitRequest { request: Some(pb::submit_request::Request::Query(query)) })
+    }
 }
 
 /// How a researcher's tool reaches the coordinator.
@@ -239,7 +295,11 @@ pub fn init_tracing(cli: &Cli) {
     // Commands that print results keep their logs quiet unless asked for (RUST_LOG).
     let default = match cli.command {
         Command::Demo { .. } => "error",
-        Command::Query { .. }
+        Command::Query(_)
+        | Command::Submit(_)
+        | Command::Status { .. }
+        | Command::Result(_)
+        | Command::List { .. }
         | Command::Model(_)
         | Command::Import { .. }
         | Command::Sites { .. }
@@ -263,16 +323,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node { config } => run_node(config).await,
         Command::Coordinator { config } => run_coordinator(config).await,
-        Command::Query { connection, project, sites, timeout_ms, format, ccdl, sql } => {
-            let ccdl = match ccdl {
-                Some(path) => read_ccdl(&path)?,
-                None => String::new(),
-            };
-            let (mut client, token) = connect(&connection).await?;
-            let sql = sql.unwrap_or_default();
-            let request = pb::ResearchQuery { sql, sites, timeout_ms, project, ccdl, ..Default::default() };
-            let response = client.query(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
-            print(&render::response(&response, format)?)
+        Command::Query(args) => {
+            let request = args.request()?;
+            let (mut client, token) = connect(&args.connection).await?;
+            let quiet = args.format == OutputFormat::Json;
+            let response = jobs::run_to_end(&mut client, &token, request, quiet).await?;
+            print(&jobs::render_result(&response, args.format)?)
+        }
+        Command::Submit(args) => jobs::submit(&args.connection, args.request()?, args.format).await,
+        Command::Status { query, wait } => jobs::status(&query, wait).await,
+        Command::Result(query) => jobs::result(&query).await,
+        Command::List { connection, project, all_members, limit, format } => {
+            let request = pb::ListRequest { project, project_members: all_members, limit };
+            jobs::list(&connection, request, format).await
         }
         Command::Model(args) => model::run(args).await,
         Command::Import { out, memory_mb, inputs } => {

@@ -1,7 +1,7 @@
 //! `verbund model`: fits a linear, logistic or Poisson model across the sites
 //! (docs/regression.md) and prints it as R's `summary()` does, with the sites' outcomes.
 
-use crate::{ResearcherConnection, authorized, connect, print, read_ccdl, render, status_error};
+use crate::{ResearcherConnection, connect, print, read_ccdl, render};
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use serde_json::json;
@@ -60,6 +60,12 @@ pub struct ModelArgs {
     /// Print one JSON object: {"fit", "sites", "notes", "rounds", "attempts"}.
     #[arg(long)]
     pub json: bool,
+    /// Submit the fit and return at once with its id (`verbund status`, `verbund result`).
+    #[arg(long)]
+    pub submit: bool,
+    /// The fit's id (yours alone; one is made when absent).
+    #[arg(long, default_value = "")]
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,10 +173,16 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
         Some(path) => read_ccdl(path)?,
         None => String::new(),
     };
-    let request = request(&args, ccdl)?;
+    let mut request = request(&args, ccdl)?;
+    request.query_id = args.id.clone();
+    let submit = pb::SubmitRequest { request: Some(pb::submit_request::Request::Model(request)) };
+    let format = if args.json { crate::OutputFormat::Json } else { crate::OutputFormat::Table };
+    if args.submit {
+        return crate::jobs::submit(&args.connection, submit, format).await;
+    }
     let (mut client, token) = connect(&args.connection).await?;
-    let response = client.model(authorized(request, &token)?).await.map_err(status_error)?.into_inner();
-    print(&render(&response, args.json)?)
+    let response = crate::jobs::run_to_end(&mut client, &token, submit, args.json).await?;
+    print(&crate::jobs::render_result(&response, format)?)
 }
 
 /// A fit for people (R's summary, the sites, the notes, rounds and attempts) or, with `json`,

@@ -255,11 +255,8 @@ impl Coordinator {
                     s.started_unix_ms = now_ms();
                     s.version += 1;
                 });
-                stored.status = Some(tx.borrow().clone());
-                let running = stored.clone();
-                if let Err(e) = self.blocking_store(move |store| store.update(&running, None)).await {
-                    tracing::warn!(error = %e, "the query's start could not be stored");
-                }
+                // Not written to the store: a restart fails queued and running queries alike,
+                // and one write fewer keeps a small query fast.
                 let ctl = Ctl { cancel: cancel.clone(), progress: Some(tx.clone()) };
                 match work {
                     Work::Query(q) => {
