@@ -267,6 +267,9 @@ pub fn coordinator_config(
     config.api_listen = api_listen;
     config.audit.dir = PathBuf::from("audit").join("coordinator");
     config.audit.key = PathBuf::from("audit").join("coordinator-signing.key");
+    // Beside the audit log: the one writable place of every deployment form (compose mounts
+    // a volume at audit/).
+    config.queries.store = PathBuf::from("audit").join("coordinator-queries").join("queries.redb");
     config
 }
 
