@@ -139,11 +139,14 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 impl Coordinator {
     /// Admits `work` (access, quota, id, sites and, for queries, the plan), stores it as
     /// queued and starts it. Errors here are the researcher's to fix and are not stored.
+    /// `submitted`: the caller leaves and comes back, so the query's records are durable
+    /// before its id is returned; a blocking caller waits for the answer itself.
     pub(crate) async fn launch(
         self: &Arc<Self>,
         mut work: Work,
         claims: &Claims,
         token: &str,
+        submitted: bool,
     ) -> Result<Launched, Error> {
         let wire_id = uuid::Uuid::new_v4().to_string();
         let started = std::time::Instant::now();
@@ -193,7 +196,7 @@ impl Coordinator {
         let max = u64::from(self.config().queries.max_stored_per_researcher);
         let inserted = self.blocking_store({
             let stored = stored.clone();
-            move |store| store.insert_new(&stored, max)
+            move |store| store.insert_new(&stored, max, submitted)
         });
         let refused = match inserted.await {
             Ok(Ok(())) => None,
@@ -209,8 +212,8 @@ impl Coordinator {
         }
         let (done_tx, done) = oneshot::channel();
         let span = tracing::info_span!("query", query_id = %wire_id);
-        let task =
-            self.clone().run_stored(stored, work, claims.clone(), token.to_string(), cancel.clone(), tx, done_tx);
+        let (claims, token) = (claims.clone(), token.to_string());
+        let task = self.clone().run_stored(stored, work, claims, token, cancel.clone(), tx, done_tx, submitted);
         self.spawn_query(task.instrument(span));
         Ok(Launched { status, cancel, done })
     }
@@ -240,6 +243,7 @@ impl Coordinator {
         cancel: CancellationToken,
         tx: watch::Sender<pb::QueryStatus>,
         done: oneshot::Sender<Result<Answer, Error>>,
+        durable: bool,
     ) {
         let slot = tokio::select! {
             biased;
@@ -301,7 +305,7 @@ impl Coordinator {
         });
         stored.status = Some(tx.borrow().clone());
         let finished = stored.clone();
-        let written = self.blocking_store(move |store| store.update(&finished, encoded.as_deref())).await;
+        let written = self.blocking_store(move |store| store.update(&finished, encoded.as_deref(), durable)).await;
         if let Err(e) = written {
             tracing::error!(error = %e, "the query's answer could not be stored; only a waiting caller gets it");
             tx.send_modify(|s| {
@@ -343,7 +347,7 @@ impl Coordinator {
     }
 
     async fn launch_and_wait(self: &Arc<Self>, work: Work, claims: &Claims, token: &str) -> Result<Answer, Error> {
-        let launched = self.launch(work, claims, token).await?;
+        let launched = self.launch(work, claims, token, false).await?;
         let hang_up = launched.cancel.drop_guard();
         let answer = launched.done.await.map_err(|_| Error::ShuttingDown);
         hang_up.disarm();
@@ -352,7 +356,7 @@ impl Coordinator {
 
     /// Submits `work`: stored and started; returns at once.
     pub async fn submit(self: &Arc<Self>, work: Work, claims: &Claims, token: &str) -> Result<pb::QueryStatus, Error> {
-        Ok(self.launch(work, claims, token).await?.status)
+        Ok(self.launch(work, claims, token, true).await?.status)
     }
 
     /// Cancels the caller's own queued or running query; false if it has none by that id.

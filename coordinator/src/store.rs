@@ -141,11 +141,27 @@ impl Store {
         tx.commit().map_err(storage)
     }
 
+    /// A write transaction; a `durable` one is on disk when its commit returns, the others
+    /// with the next durable commit (a blocking caller gets its answer over the connection:
+    /// its record need not cost an fsync, and the sweep's commits persist it soon after).
+    fn begin_write(&self, durable: bool) -> Result<redb::WriteTransaction, StoreError> {
+        let mut tx = self.db()?.begin_write().map_err(storage)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None).map_err(storage)?;
+        }
+        Ok(tx)
+    }
+
     /// Stores a new query, unless its owner has one with this id or has `max_per_owner`
     /// stored already.
-    pub fn insert_new(&self, stored: &Stored, max_per_owner: u64) -> Result<Result<(), Refused>, StoreError> {
+    pub fn insert_new(
+        &self,
+        stored: &Stored,
+        max_per_owner: u64,
+        durable: bool,
+    ) -> Result<Result<(), Refused>, StoreError> {
         let s = stored.status();
-        let tx = self.db()?.begin_write().map_err(storage)?;
+        let tx = self.begin_write(durable)?;
         {
             let mut queries = tx.open_table(QUERIES).map_err(storage)?;
             if let Some(old) = queries.get((s.owner.as_str(), s.query_id.as_str())).map_err(storage)? {
@@ -168,10 +184,10 @@ impl Store {
     }
 
     /// Writes a query's new state; with `result`, also its answer and its expiry.
-    pub fn update(&self, stored: &Stored, result: Option<&[u8]>) -> Result<(), StoreError> {
+    pub fn update(&self, stored: &Stored, result: Option<&[u8]>, durable: bool) -> Result<(), StoreError> {
         let s = stored.status();
         let key = (s.owner.as_str(), s.query_id.as_str());
-        let tx = self.db()?.begin_write().map_err(storage)?;
+        let tx = self.begin_write(durable)?;
         {
             let mut queries = tx.open_table(QUERIES).map_err(storage)?;
             queries.insert(key, prost::Message::encode_to_vec(stored).as_slice()).map_err(storage)?;
@@ -246,7 +262,7 @@ impl Store {
                 s.sites.iter_mut().for_each(|p| p.finished = true);
                 s.version += 1;
             }
-            self.update(stored, None)?;
+            self.update(stored, None, true)?;
         }
         Ok(unfinished)
     }
@@ -337,15 +353,15 @@ mod tests {
     fn ids_are_per_owner_and_capped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("q/queries.redb")).unwrap();
-        assert!(store.insert_new(&stored("alice", "a", pb::QueryState::Queued), 2).unwrap().is_ok());
-        assert!(store.insert_new(&stored("bob", "a", pb::QueryState::Queued), 2).unwrap().is_ok());
-        let again = store.insert_new(&stored("alice", "a", pb::QueryState::Queued), 2).unwrap();
+        assert!(store.insert_new(&stored("alice", "a", pb::QueryState::Queued), 2, true).unwrap().is_ok());
+        assert!(store.insert_new(&stored("bob", "a", pb::QueryState::Queued), 2, true).unwrap().is_ok());
+        let again = store.insert_new(&stored("alice", "a", pb::QueryState::Queued), 2, true).unwrap();
         assert!(matches!(again, Err(Refused::Duplicate(s)) if s.owner == "alice"));
-        assert!(store.insert_new(&stored("alice", "b", pb::QueryState::Queued), 2).unwrap().is_ok());
-        let full = store.insert_new(&stored("alice", "c", pb::QueryState::Queued), 2).unwrap();
+        assert!(store.insert_new(&stored("alice", "b", pb::QueryState::Queued), 2, true).unwrap().is_ok());
+        let full = store.insert_new(&stored("alice", "c", pb::QueryState::Queued), 2, true).unwrap();
         assert!(matches!(full, Err(Refused::Full(2))), "{full:?}");
         // "alice" and "alice2" are different owners.
-        assert!(store.insert_new(&stored("alice2", "c", pb::QueryState::Queued), 2).unwrap().is_ok());
+        assert!(store.insert_new(&stored("alice2", "c", pb::QueryState::Queued), 2, true).unwrap().is_ok());
         assert_eq!(store.len().unwrap(), 4);
         #[cfg(unix)]
         {
@@ -361,11 +377,11 @@ mod tests {
         let path = dir.path().join("queries.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.insert_new(&stored("alice", "running", pb::QueryState::Running), 10).unwrap().unwrap();
+            store.insert_new(&stored("alice", "running", pb::QueryState::Running), 10, true).unwrap().unwrap();
             let mut done = stored("alice", "done", pb::QueryState::Done);
             done.status.as_mut().unwrap().expires_unix_ms = 1_000;
-            store.insert_new(&done, 10).unwrap().unwrap();
-            store.update(&done, Some(b"answer")).unwrap();
+            store.insert_new(&done, 10, true).unwrap().unwrap();
+            store.update(&done, Some(b"answer"), false).unwrap();
         }
         let store = Store::open(&path).unwrap();
         let failed = store.fail_unfinished(500, Duration::from_millis(10_000), "restarted").unwrap();
