@@ -281,3 +281,34 @@ async fn a_long_poll_returns_at_the_next_change_not_before() {
     let still = result(&network, &token, "", "q-poll").await.unwrap();
     assert_eq!(still.status.unwrap().state(), pb::QueryState::Done);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_model_fit_shows_its_rounds_and_is_fetched_later() {
+    let synthetic = verbund_tests::Synthetic::new(11, 0.3).await.unwrap();
+    let network = synthetic.network(verbund_tests::open_policy(5), &[]).await.unwrap();
+    let token = network.pki.token();
+    let model = pb::ResearchModel { query_id: "fit-1".into(), ..fit_request() };
+    let submitted = submit(&network, pb::SubmitRequest { request: Some(pb::submit_request::Request::Model(model)) });
+    let submitted = submitted.await.unwrap();
+    assert_eq!(submitted.kind, "model");
+    assert!(submitted.summary.starts_with("binomial deceased ~ age + bmi"), "{}", submitted.summary);
+    let status = finished(&network, &token, "fit-1").await;
+    assert_eq!(status.state(), pb::QueryState::Done, "{status:?}");
+    assert!(status.round >= 2, "IRLS takes rounds; the status shows the last: {status:?}");
+    let fetched = result(&network, &token, "", "fit-1").await.unwrap();
+    let Some(pb::result_response::Result::Model(fit)) = fetched.result else { panic!("not a fit") };
+    assert_eq!(fit.rounds, status.round + 1);
+    let blocking = network.model(fit_request()).await.unwrap();
+    assert_eq!(fit.fit_json, blocking.fit_json, "the stored fit is the blocking call's");
+}
+
+fn fit_request() -> pb::ResearchModel {
+    pb::ResearchModel {
+        project: PROJECT.into(),
+        dataset: "patients".into(),
+        outcome: "deceased".into(),
+        covariates: ["age", "bmi"].map(|c| pb::ModelTerm { column: c.into(), ..Default::default() }).to_vec(),
+        family: pb::ModelFamily::Binomial as i32,
+        ..Default::default()
+    }
+}
