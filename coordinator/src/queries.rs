@@ -245,11 +245,13 @@ impl Coordinator {
         done: oneshot::Sender<Result<Answer, Error>>,
         durable: bool,
     ) {
+        let waiting = self.metrics().query_queued();
         let slot = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
             slot = self.slots.clone().acquire_owned() => slot.ok(),
         };
+        drop(waiting);
         let result = match slot {
             None => Err(Error::CancelledWhileQueued),
             Some(_slot) if claims.exp <= now_ms() / 1000 => Err(Error::ExpiredWhileQueued),
@@ -467,9 +469,13 @@ impl Coordinator {
                 _ = every.tick() => {}
             }
             let now = now_ms();
-            match self.blocking_store(move |store| store.sweep(now)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "expired query results deleted"),
+            match self.blocking_store(move |store| Ok((store.sweep(now)?, store.len()?))).await {
+                Ok((deleted, stored)) => {
+                    self.metrics().stored_queries(stored, deleted);
+                    if deleted > 0 {
+                        tracing::info!(deleted, "expired query results deleted");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "expired query results could not be deleted"),
             }
         }

@@ -204,6 +204,9 @@ pub struct CoordinatorMetrics {
     withheld_cells: Counter,
     sites_connected: Gauge,
     sites_configured: Gauge,
+    queued: Gauge,
+    stored: Gauge,
+    expired: Counter,
 }
 
 impl CoordinatorMetrics {
@@ -253,6 +256,24 @@ impl CoordinatorMetrics {
                 "Sites this coordinator accepts",
                 Gauge::default(),
             ),
+            queued: registered(
+                registry,
+                "verbund_coordinator_queries_queued",
+                "Researchers' queries waiting for a slot ([queries] max_running)",
+                Gauge::default(),
+            ),
+            stored: registered(
+                registry,
+                "verbund_coordinator_stored_queries",
+                "Queries and answers in the query store",
+                Gauge::default(),
+            ),
+            expired: registered(
+                registry,
+                "verbund_coordinator_stored_queries_expired",
+                "Stored queries deleted because their answers expired",
+                Counter::default(),
+            ),
         };
         m.sites_configured.set(i64::try_from(sites_configured).unwrap_or(i64::MAX));
         m
@@ -271,6 +292,18 @@ impl CoordinatorMetrics {
     pub fn site_result(&self, site: &str, status: &'static str, withheld_cells: u32) {
         self.site_results.get_or_create(&[("site", site.to_string()), ("status", status.to_string())]).inc();
         self.withheld_cells.inc_by(u64::from(withheld_cells));
+    }
+
+    /// Counts a query as waiting for a slot until the returned guard is dropped.
+    pub fn query_queued(&self) -> RunningGuard {
+        self.queued.inc();
+        RunningGuard(self.queued.clone())
+    }
+
+    /// How many queries the store holds, and how many the last sweep deleted.
+    pub fn stored_queries(&self, stored: u64, expired: u64) {
+        self.stored.set(i64::try_from(stored).unwrap_or(i64::MAX));
+        self.expired.inc_by(expired);
     }
 
     /// The gauge of connected sites (the site registry keeps it current).

@@ -66,6 +66,10 @@ async fn metrics_and_probes_report_queries_sites_and_withheld_cells() {
     assert_eq!(value("verbund_coordinator_sites_connected"), 2.0);
     assert_eq!(value("verbund_coordinator_sites_configured"), 2.0);
     assert_eq!(value("verbund_coordinator_queries_running"), 0.0);
+    assert_eq!(value("verbund_coordinator_queries_queued"), 0.0);
+    // The sweep (every 60 s, and once at start) counts what the store holds.
+    assert!(sample(&text, "verbund_coordinator_stored_queries").is_some(), "{text}");
+    assert_eq!(value("verbund_coordinator_stored_queries_expired_total"), 0.0);
 
     let (_, text) = get(&format!("{site_b}/metrics")).await;
     let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
