@@ -60,8 +60,18 @@ impl Coordinator {
         let started = std::time::Instant::now();
         let asked = Asked::new(wire_id, request, Some(claims));
         let result = self.answer_query(request, &asked, claims, token, ctl, started).await;
+        self.audit_refusal(&asked, started, result).await
+    }
+
+    /// `result`, its refusal on record (best effort: a refusal releases nothing).
+    pub(crate) async fn audit_refusal<T>(
+        &self,
+        asked: &Asked<'_>,
+        started: std::time::Instant,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
         if let (Err(error), Some(audit)) = (&result, self.audit()) {
-            audit.refused(&asked, error, started.elapsed()).await;
+            audit.refused(asked, error, started.elapsed()).await;
         }
         result
     }
@@ -181,9 +191,10 @@ impl Coordinator {
         query_id: &str,
         sites: &[String],
     ) -> Result<Admitted, Error> {
-        self.check_access(claims, project)?;
+        let admitted = self.admit_unmetered(claims, project, query_id, sites)?;
+        // Charged only for a request that may go ahead.
         self.quotas().admit(&claims.sub, std::time::Instant::now())?;
-        self.admit_unmetered(claims, project, query_id, sites)
+        Ok(admitted)
     }
 
     /// Role and project: may this token ask anything of `project`?

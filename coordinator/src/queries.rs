@@ -151,10 +151,8 @@ impl Coordinator {
         let wire_id = uuid::Uuid::new_v4().to_string();
         let started = std::time::Instant::now();
         let admitted = self.check_work(&mut work, claims).await;
-        if let (Err(error), Some(audit)) = (&admitted, self.audit()) {
-            audit.refused(&Asked::of(&wire_id, work.asking(), Some(claims)), error, started.elapsed()).await;
-        }
-        let targets = admitted?;
+        let asked = Asked::of(&wire_id, work.asking(), Some(claims));
+        let targets = self.audit_refusal(&asked, started, admitted).await?;
         let (query_id, project) = {
             let (id, project, _) = work.ids();
             (id.clone(), project.to_string())

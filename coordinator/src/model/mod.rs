@@ -95,10 +95,7 @@ impl Coordinator {
         let started = std::time::Instant::now();
         let asked = Asked::for_model(wire_id, request, Some(claims));
         let result = self.run_model(request, &asked, claims, token, ctl, started).await;
-        if let (Err(error), Some(audit)) = (&result, self.audit()) {
-            audit.refused(&asked, error, started.elapsed()).await;
-        }
-        result
+        self.audit_refusal(&asked, started, result).await
     }
 
     async fn run_model(
