@@ -4,13 +4,13 @@
 use crate::audit::Asked;
 use crate::fanout::{SiteOutcome, fan_out};
 use crate::merge::Merger;
+use crate::queries::{Ctl, Work};
 use crate::sites::View;
 use crate::{Coordinator, Forbidden, RequestError as Error};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info};
 use verbund_proto::v1 as pb;
@@ -24,19 +24,6 @@ pub struct ResearcherService {
 impl ResearcherService {
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
         Self { coordinator }
-    }
-}
-
-/// Removes a running query's cancel handle when the query ends in any way.
-struct Running<'a> {
-    coordinator: &'a Coordinator,
-    owner: &'a str,
-    query_id: String,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.coordinator.running().remove(self.owner, &self.query_id);
     }
 }
 
@@ -60,41 +47,51 @@ pub(crate) fn authenticate<T>(coordinator: &Coordinator, request: &Request<T>) -
 }
 
 impl Coordinator {
-    /// Runs one researcher query end to end, for a researcher whose token was verified. Its
-    /// log events carry the id the sites see, in a `query` span.
-    pub async fn query(
+    /// Runs one admitted query at the sites under `wire_id` (the id the sites see) and merges
+    /// the answers; a failure is audited as refused. The quota was charged at admission.
+    pub(crate) async fn run_query(
         &self,
-        request: pb::ResearchQuery,
+        request: &pb::ResearchQuery,
+        wire_id: &str,
         claims: &Claims,
         token: &str,
+        ctl: &Ctl,
     ) -> Result<pb::QueryResponse, Error> {
-        // The sites see an id of the coordinator's own: a researcher's id is theirs alone.
-        let wire_id = uuid::Uuid::new_v4().to_string();
-        let span = tracing::info_span!("query", query_id = %wire_id);
-        async {
-            let started = std::time::Instant::now();
-            let asked = Asked::new(&wire_id, &request, Some(claims));
-            let result = self.run_query(&request, &asked, claims, token, started).await;
-            if let (Err(error), Some(audit)) = (&result, self.audit()) {
-                audit.refused(&asked, error, started.elapsed()).await;
-            }
-            result
+        let started = std::time::Instant::now();
+        let asked = Asked::new(wire_id, request, Some(claims));
+        let result = self.answer_query(request, &asked, claims, token, ctl, started).await;
+        if let (Err(error), Some(audit)) = (&result, self.audit()) {
+            audit.refused(&asked, error, started.elapsed()).await;
         }
-        .instrument(span)
-        .await
+        result
     }
 
-    async fn run_query(
+    /// A query the researcher does not see on its own (a model fit's levels count): run at
+    /// once under an id of its own, audited as any other, not stored.
+    pub(crate) async fn query_direct(
+        &self,
+        request: &pb::ResearchQuery,
+        claims: &Claims,
+        token: &str,
+        ctl: &Ctl,
+    ) -> Result<pb::QueryResponse, Error> {
+        let wire_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("query", query_id = %wire_id);
+        self.run_query(request, &wire_id, claims, token, ctl).instrument(span).await
+    }
+
+    async fn answer_query(
         &self,
         request: &pb::ResearchQuery,
         asked: &Asked<'_>,
         claims: &Claims,
         token: &str,
+        ctl: &Ctl,
         started: std::time::Instant,
     ) -> Result<pb::QueryResponse, Error> {
         let wire_id = asked.wire_id.to_string();
         let Admitted { query_id, targets, catalogue, .. } =
-            self.admit(claims, &request.project, &request.query_id, &request.sites)?;
+            self.admit_unmetered(claims, &request.project, &request.query_id, &request.sites)?;
         let plan = self.plan(request, &catalogue).await?;
         if let Some(audit) = self.audit() {
             audit.received(asked, &plan.request).await?;
@@ -104,12 +101,6 @@ impl Coordinator {
             0 => self.config().default_timeout,
             ms => Duration::from_millis(u64::from(ms)).min(self.config().max_timeout),
         };
-        let cancel = CancellationToken::new();
-        if !self.running().insert(&claims.sub, &query_id, cancel.clone()) {
-            return Err(Error::DuplicateQueryId(query_id));
-        }
-        let _running = Running { coordinator: self, owner: &claims.sub, query_id: query_id.clone() };
-
         info!(client_query_id = %query_id, researcher = %claims.sub, project = %request.project, sites = targets.len(), dataset = %plan.request.dataset, "federated query started");
         let node_query = pb::NodeQuery {
             query_id: wire_id.clone(),
@@ -123,7 +114,9 @@ impl Coordinator {
             model: None,
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut outcomes = fan_out(&self.sites_arc(), &targets, node_query, deadline, &cancel).await;
+        ctl.round(0, 0, &targets);
+        let mut outcomes =
+            fan_out(&self.sites_arc(), &targets, node_query, deadline, &ctl.cancel, &|o| ctl.site_done(o)).await;
 
         let mut merger = Merger::new(&plan);
         for o in &mut outcomes {
@@ -266,7 +259,7 @@ impl Coordinator {
 
     /// The typed request for a researcher's query: SQL, a cohort (typed or as CCDL), or both
     /// (the cohort is then the SQL query's population).
-    async fn plan(
+    pub(crate) async fn plan(
         &self,
         request: &pb::ResearchQuery,
         catalogue: &pb::Catalogue,
@@ -464,20 +457,42 @@ impl ResearchRequest for pb::ResearchModel {
     }
 }
 
-/// An answer with a status per site.
-pub(crate) trait PerSite {
-    fn site_statuses(&self) -> &[pb::SiteStatus];
-}
-
-impl PerSite for pb::QueryResponse {
-    fn site_statuses(&self) -> &[pb::SiteStatus] {
-        &self.sites
+impl ResearchRequest for pb::SubmitRequest {
+    fn asking(&self) -> crate::audit::Asking<'_> {
+        static NOTHING: std::sync::LazyLock<pb::ResearchQuery> = std::sync::LazyLock::new(Default::default);
+        match &self.request {
+            Some(pb::submit_request::Request::Query(q)) => crate::audit::Asking::Query(q),
+            Some(pb::submit_request::Request::Model(m)) => crate::audit::Asking::Model(m),
+            None => crate::audit::Asking::Query(&NOTHING),
+        }
     }
 }
 
-impl PerSite for pb::ModelResponse {
-    fn site_statuses(&self) -> &[pb::SiteStatus] {
-        &self.sites
+/// The `outcome` label of an answered request in the metrics.
+pub(crate) trait Outcome {
+    fn outcome(&self) -> &'static str;
+}
+
+pub(crate) fn per_site(sites: &[pb::SiteStatus]) -> &'static str {
+    if sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) { "answered" } else { "partial" }
+}
+
+impl Outcome for pb::QueryResponse {
+    fn outcome(&self) -> &'static str {
+        per_site(&self.sites)
+    }
+}
+
+impl Outcome for pb::ModelResponse {
+    fn outcome(&self) -> &'static str {
+        per_site(&self.sites)
+    }
+}
+
+/// A submitted query's own outcome is counted when its researcher fetches it.
+impl Outcome for pb::QueryStatus {
+    fn outcome(&self) -> &'static str {
+        "submitted"
     }
 }
 
@@ -486,7 +501,7 @@ impl PerSite for pb::ModelResponse {
 pub(crate) async fn serve<T, R, F, Fut>(c: &Coordinator, request: Request<T>, run: F) -> Result<Response<R>, Status>
 where
     T: ResearchRequest,
-    R: PerSite,
+    R: Outcome,
     F: FnOnce(T, Claims, String) -> Fut,
     Fut: std::future::Future<Output = Result<R, Error>>,
 {
@@ -507,8 +522,7 @@ where
         }
     };
     let outcome = match &result {
-        Ok(r) if r.site_statuses().iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) => "answered",
-        Ok(_) => "partial",
+        Ok(r) => r.outcome(),
         Err(e) => e.outcome(),
     };
     c.metrics().query_finished(outcome, started.elapsed());
@@ -518,8 +532,37 @@ where
 #[tonic::async_trait]
 impl Researcher for ResearcherService {
     async fn query(&self, request: Request<pb::ResearchQuery>) -> Result<Response<pb::QueryResponse>, Status> {
-        let c = &*self.coordinator;
+        let c = &self.coordinator;
         serve(c, request, |r, claims, token| async move { c.query(r, &claims, &token).await }).await
+    }
+
+    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::QueryStatus>, Status> {
+        let c = &self.coordinator;
+        serve(c, request, |r, claims, token| async move {
+            let work = match r.request {
+                Some(pb::submit_request::Request::Query(q)) => Work::Query(q),
+                Some(pb::submit_request::Request::Model(m)) => Work::Model(m),
+                None => return Err(Error::BadRequest("a submission holds a query or a model".into())),
+            };
+            c.submit(work, &claims, &token).await
+        })
+        .await
+    }
+
+    async fn get_status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::QueryStatus>, Status> {
+        let (claims, _) = authenticate(&self.coordinator, &request)?;
+        Ok(Response::new(self.coordinator.status(&claims, request.into_inner()).await?))
+    }
+
+    async fn get_result(&self, request: Request<pb::ResultRequest>) -> Result<Response<pb::ResultResponse>, Status> {
+        let (claims, _) = authenticate(&self.coordinator, &request)?;
+        let r = request.into_inner();
+        Ok(Response::new(self.coordinator.result(&claims, &r.owner, &r.query_id).await?))
+    }
+
+    async fn list_queries(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let (claims, _) = authenticate(&self.coordinator, &request)?;
+        Ok(Response::new(self.coordinator.list_queries(&claims, request.into_inner()).await?))
     }
 
     async fn read_audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
@@ -528,21 +571,14 @@ impl Researcher for ResearcherService {
     }
 
     async fn model(&self, request: Request<pb::ResearchModel>) -> Result<Response<pb::ModelResponse>, Status> {
-        let c = &*self.coordinator;
+        let c = &self.coordinator;
         serve(c, request, |r, claims, token| async move { c.model(r, &claims, &token).await }).await
     }
 
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let (claims, _) = authenticate(&self.coordinator, &request)?;
-        let id = request.into_inner().query_id;
         // A researcher's query ids are their own: only they can find (and cancel) them.
-        let found = match self.coordinator.running().get(&claims.sub, &id) {
-            Some(token) => {
-                token.cancel();
-                true
-            }
-            None => false,
-        };
+        let found = self.coordinator.cancel(&claims, &request.into_inner().query_id);
         Ok(Response::new(pb::CancelResponse { found }))
     }
 

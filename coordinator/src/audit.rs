@@ -177,6 +177,24 @@ impl CoordinatorAudit {
     }
 }
 
+impl CoordinatorAudit {
+    /// A stored query the coordinator's restart interrupted: its end, so that reconciling
+    /// finds no query without one. Best effort, as a refusal: nothing was released.
+    pub async fn failed_at_restart(&self, stored: &crate::store::Stored) {
+        let s = stored.status();
+        let project = (!s.project.is_empty()).then(|| s.project.clone());
+        let requester = Requester { subject: s.owner.clone(), project, roles: stored.roles.clone() };
+        let request = serde_json::from_str(&stored.request_json).unwrap_or_default();
+        let record = Record::new(SERVICE, &stored.wire_id, Decision::Failed, requester, request)
+            .with_client_query_id(&s.query_id)
+            .with_refusal("failed", &s.error_message);
+        if let Err(error) = self.log.append(&record).await {
+            self.metrics.write_failed();
+            tracing::error!(%error, "cannot write the audit record of a query the restart interrupted");
+        }
+    }
+}
+
 /// How long the coordinator waits for a site's answer to an audit read.
 const SITE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use verbund_audit::AuditSettings;
 use verbund_security::settings::{self, ConfigError};
@@ -57,6 +57,65 @@ pub struct CoordinatorConfig {
     /// How model fits run across the sites (`[regression]`).
     #[serde(default)]
     pub regression: ModelSettings,
+    /// Where queries and their results are kept for researchers to fetch later (`[queries]`).
+    #[serde(default)]
+    pub queries: QuerySettings,
+}
+
+/// `[queries]`: the store of researchers' queries and results (docs/queries.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySettings {
+    /// The store file (redb, 0600; its directory 0700), by default `queries/queries.redb`
+    /// beside this file. It holds the SQL and the merged results: aggregates only.
+    pub store: PathBuf,
+    /// How long a finished query's result is kept (`keep_hours`), then deleted.
+    #[serde(rename = "keep_hours", with = "hours")]
+    pub keep: Duration,
+    /// Members of a project may read (not cancel) each other's queries of that project.
+    pub share_with_project: bool,
+    /// Queries (and fits) running at once over the whole network; more wait as queued.
+    pub max_running: u32,
+    /// Queries one researcher may have stored; beyond, submitting is refused until older
+    /// results expire.
+    pub max_stored_per_researcher: u32,
+    /// How often expired results are deleted (`sweep_seconds`).
+    #[serde(rename = "sweep_seconds", with = "settings::seconds")]
+    pub sweep: Duration,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            store: PathBuf::from("queries/queries.redb"),
+            keep: Duration::from_secs(168 * 3600),
+            share_with_project: false,
+            max_running: 32,
+            max_stored_per_researcher: 500,
+            sweep: Duration::from_secs(60),
+        }
+    }
+}
+
+impl QuerySettings {
+    /// The defaults, with the store in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self { store: dir.join("queries.redb"), ..Self::default() }
+    }
+}
+
+/// Whole hours in the file; tests may set any duration in code.
+mod hours {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs().div_ceil(3600))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?.saturating_mul(3600)))
+    }
 }
 
 /// What the network does when a site of a model fit refuses or is lost.
@@ -144,6 +203,7 @@ impl CoordinatorConfig {
             max_timeout: max_timeout(),
             network: NetworkRules::default(),
             regression: ModelSettings::default(),
+            queries: QuerySettings::default(),
             tls_reload: tls_reload(),
             ops_listen: None,
             drain: drain(),
@@ -161,6 +221,9 @@ impl CoordinatorConfig {
         config.tls.resolve(base);
         config.auth.resolve(base);
         config.audit.resolve_paths(base);
+        if config.queries.store.is_relative() {
+            config.queries.store = base.join(&config.queries.store);
+        }
         Ok(config)
     }
 
@@ -200,6 +263,8 @@ impl CoordinatorConfig {
             ("drain_seconds", self.drain),
             ("[regression] default_timeout_seconds", self.regression.default_timeout),
             ("[regression] round_timeout_seconds", self.regression.round_timeout),
+            ("[queries] keep_hours", self.queries.keep),
+            ("[queries] sweep_seconds", self.queries.sweep),
         ] {
             if duration.is_zero() {
                 return Err(format!("{setting} must be at least 1 second"));
@@ -207,6 +272,9 @@ impl CoordinatorConfig {
         }
         if self.regression.max_restarts > 3 {
             return Err("[regression] max_restarts is at most 3: sites answer attempts 0 to 3 of a fit".into());
+        }
+        if self.queries.max_running == 0 || self.queries.max_stored_per_researcher == 0 {
+            return Err("[queries] max_running and max_stored_per_researcher must be at least 1".into());
         }
         self.auth.validate().map_err(|e| format!("[auth]: {e}"))?;
         self.audit.validate()
@@ -247,6 +315,12 @@ jwks_file = "jwks.json"
         assert!(e.to_string().contains("default_timeout_seconds must be at least 1"), "{e}");
         let e = CoordinatorConfig::from_toml("sites = 3", Path::new(".")).unwrap_err();
         assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+        assert_eq!(c.queries.store, Path::new("/etc/verbund/queries/queries.redb"));
+        assert_eq!(c.queries.keep, Duration::from_secs(168 * 3600));
+        let e = CoordinatorConfig::from_toml(&format!("{GOOD}\n[queries]\nkeep_hours = 0\n"), Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("keep_hours must be at least 1"));
+        let e = CoordinatorConfig::from_toml(&format!("{GOOD}\n[queries]\nkeep_days = 3\n"), Path::new("."));
+        assert!(matches!(e, Err(ConfigError::Syntax(m)) if m.contains("keep_days")));
         let e = CoordinatorConfig::load(Path::new("/nonexistent/coordinator.toml")).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
         assert!(e.to_string().starts_with("cannot read coordinator config /nonexistent/coordinator.toml"), "{e}");
@@ -256,6 +330,8 @@ jwks_file = "jwks.json"
     fn what_is_written_reads_back_the_same() {
         let mut c = CoordinatorConfig::from_toml(GOOD, Path::new("")).unwrap();
         c.ops_listen = Some("[::]:9090".parse().unwrap());
+        c.queries.keep = Duration::from_secs(48 * 3600);
+        c.queries.share_with_project = true;
         let text = c.to_toml().unwrap();
         assert!(text.contains("default_timeout_seconds = 20\n") && text.contains("key = \"pki/coordinator.key\"\n"));
         assert_eq!(CoordinatorConfig::from_toml(&text, Path::new("")).unwrap(), c, "{text}");

@@ -48,15 +48,31 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
+/// Asks every site in `sites`; `on_site` hears of each site as it ends (for the researcher's
+/// progress). The outcomes come back in the order of `sites`.
 pub async fn fan_out(
     registry: &Arc<SiteRegistry>,
     sites: &[String],
     query: pb::NodeQuery,
     deadline: tokio::time::Instant,
     cancel: &CancellationToken,
+    on_site: &(dyn Fn(&SiteOutcome) + Sync),
 ) -> Vec<SiteOutcome> {
-    let futures = sites.iter().map(|site| ask(registry, site, query.clone(), deadline, cancel));
-    futures::future::join_all(futures).await
+    use futures::StreamExt;
+    let mut pending: futures::stream::FuturesUnordered<_> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| {
+            let query = query.clone();
+            async move { (i, ask(registry, site, query, deadline, cancel).await) }
+        })
+        .collect();
+    let mut outcomes: Vec<Option<SiteOutcome>> = vec![None; sites.len()];
+    while let Some((i, outcome)) = pending.next().await {
+        on_site(&outcome);
+        outcomes[i] = Some(outcome);
+    }
+    outcomes.into_iter().flatten().collect()
 }
 
 async fn ask(

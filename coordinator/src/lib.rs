@@ -11,8 +11,10 @@ pub mod frontend;
 pub mod link;
 pub mod merge;
 pub mod model;
+pub mod queries;
 pub mod quota;
 pub mod sites;
+pub mod store;
 
 use parking_lot::Mutex;
 use sites::SiteRegistry;
@@ -44,7 +46,40 @@ pub enum Error {
     Audit(#[from] verbund_audit::AuditError),
     #[error("Flight SQL: {0}")]
     FlightSql(#[from] arrow_flight::error::FlightError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
+
+/// Opens the query store; queries a restart caught queued or running are failed, and their
+/// audit trail closed, so that reconciling finds no query without an end.
+async fn open_store(
+    config: &CoordinatorConfig,
+    audit: Option<&audit::CoordinatorAudit>,
+) -> Result<Arc<store::Store>, Error> {
+    let path = config.queries.store.clone();
+    let keep = config.queries.keep;
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = store::Store::open(&path)?;
+        let failed = store.fail_unfinished(queries::now_ms(), keep, RESTARTED)?;
+        Ok::<_, store::StoreError>((store, failed))
+    })
+    .await
+    .map_err(|e| store::StoreError::Storage(e.to_string()))??;
+    let (store, failed) = opened;
+    if !failed.is_empty() {
+        tracing::warn!(queries = failed.len(), "queries caught running by a restart are marked failed");
+    }
+    if let Some(audit) = audit {
+        for stored in &failed {
+            audit.failed_at_restart(stored).await;
+        }
+    }
+    Ok(Arc::new(store))
+}
+
+/// What a researcher reads of a query the coordinator's restart interrupted.
+pub const RESTARTED: &str = "the coordinator restarted while this query ran; nothing was released to you; submit it \
+     again (sites using differential privacy answer a repeated question at no new cost)";
 
 /// Why a researcher's request got no answer. [`RequestError::code`] and
 /// [`RequestError::outcome`] are the one place that maps each to its gRPC code and its
@@ -59,8 +94,26 @@ pub enum RequestError {
     NoSites,
     #[error("a query id is 1 to 128 letters, digits, '-' or '_'")]
     InvalidQueryId,
-    #[error("you already have a query with id '{0}' running; choose another id")]
-    DuplicateQueryId(String),
+    #[error("you already have a query with id '{id}' ({state}); choose another id")]
+    DuplicateQueryId { id: String, state: String },
+    #[error("no query '{id}' of yours is stored (results are kept {keep_hours} hours after they finish)")]
+    NoSuchQuery { id: String, keep_hours: u64 },
+    #[error("query '{id}' is still running ({progress}); ask for its status, or wait")]
+    NotFinished { id: String, progress: String },
+    /// A stored query that failed: its code and message, as the blocking call returned them.
+    #[error("{message}")]
+    Ended { code: i32, message: String },
+    #[error(
+        "you have {0} queries stored; results are deleted when they expire ([queries] keep_hours), \
+         ask the operators for a higher max_stored_per_researcher if you need more"
+    )]
+    TooManyStored(u64),
+    #[error("the query was cancelled before it started")]
+    CancelledWhileQueued,
+    #[error("your token expired while the query waited for its turn; get a new token and submit it again")]
+    ExpiredWhileQueued,
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
     #[error("the answers could not be merged: {0}")]
     Merge(#[from] merge::MergeError),
     #[error("{0}")]
@@ -76,6 +129,8 @@ pub enum RequestError {
     AuditUnavailable,
     #[error("{0}")]
     BadAuditRequest(String),
+    #[error("{0}")]
+    BadRequest(String),
     /// A site refused an auditor's read of its log.
     #[error("site {site} refused: {message}")]
     SiteRefused { site: String, code: verbund_proto::v1::RefusalCode, message: String },
@@ -114,7 +169,8 @@ impl RequestError {
             | RequestError::UnknownSite { .. }
             | RequestError::InvalidQueryId
             | RequestError::Cohort(_)
-            | RequestError::BadAuditRequest(_) => Code::InvalidArgument,
+            | RequestError::BadAuditRequest(_)
+            | RequestError::BadRequest(_) => Code::InvalidArgument,
             RequestError::SiteRefused { code, .. } => match code {
                 verbund_proto::v1::RefusalCode::Unauthenticated => Code::Unauthenticated,
                 verbund_proto::v1::RefusalCode::Policy => Code::PermissionDenied,
@@ -123,7 +179,14 @@ impl RequestError {
             },
             RequestError::SiteUnreachable { .. } => Code::Unavailable,
             RequestError::NoSites | RequestError::ShuttingDown | RequestError::AuditUnavailable => Code::Unavailable,
-            RequestError::DuplicateQueryId(_) => Code::AlreadyExists,
+            RequestError::DuplicateQueryId { .. } => Code::AlreadyExists,
+            RequestError::NoSuchQuery { .. } => Code::NotFound,
+            RequestError::NotFinished { .. } => Code::FailedPrecondition,
+            RequestError::Ended { code, .. } => Code::from_i32(*code),
+            RequestError::TooManyStored(_) => Code::ResourceExhausted,
+            RequestError::CancelledWhileQueued => Code::Cancelled,
+            RequestError::ExpiredWhileQueued => Code::Unauthenticated,
+            RequestError::Store(_) => Code::Unavailable,
             RequestError::Merge(_) => Code::Internal,
             RequestError::Unauthenticated(_) => Code::Unauthenticated,
             RequestError::PermissionDenied(_) => Code::PermissionDenied,
@@ -140,8 +203,15 @@ impl RequestError {
             | RequestError::UnknownSite { .. }
             | RequestError::InvalidQueryId
             | RequestError::BadAuditRequest(_)
+            | RequestError::BadRequest(_)
             | RequestError::Cohort(_)
-            | RequestError::DuplicateQueryId(_) => "rejected",
+            | RequestError::DuplicateQueryId { .. }
+            | RequestError::NoSuchQuery { .. }
+            | RequestError::NotFinished { .. } => "rejected",
+            RequestError::Ended { .. } | RequestError::Store(_) => "failed",
+            RequestError::TooManyStored(_) => "over_quota",
+            RequestError::CancelledWhileQueued => "cancelled",
+            RequestError::ExpiredWhileQueued => "unauthenticated",
             RequestError::SiteRefused { .. } => "site_refused",
             RequestError::SiteUnreachable { .. } => "unavailable",
             RequestError::Unauthenticated(_) => "unauthenticated",
@@ -163,24 +233,24 @@ impl From<RequestError> for Status {
 pub mod config;
 pub use config::CoordinatorConfig;
 
-/// The queries running now, by researcher and the id they gave it: ids are scoped to the
-/// researcher, so one researcher's ids say nothing about another's queries.
+/// The queries queued or running now, by researcher and the id they gave it: ids are scoped
+/// to the researcher, so one researcher's ids say nothing about another's queries.
 #[derive(Default)]
-pub struct RunningQueries(Mutex<HashMap<(String, String), CancellationToken>>);
+pub struct RunningQueries(Mutex<HashMap<(String, String), queries::LiveQuery>>);
 
 impl RunningQueries {
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(String, String), CancellationToken>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<(String, String), queries::LiveQuery>> {
         self.0.lock()
     }
 
     /// Registers `owner`'s query `id`; false if the owner already runs a query with that id.
-    pub fn insert(&self, owner: &str, id: &str, token: CancellationToken) -> bool {
+    pub fn insert(&self, owner: &str, id: &str, live: queries::LiveQuery) -> bool {
         let mut map = self.lock();
         let key = (owner.to_string(), id.to_string());
         if map.contains_key(&key) {
             return false;
         }
-        map.insert(key, token);
+        map.insert(key, live);
         true
     }
 
@@ -190,7 +260,12 @@ impl RunningQueries {
 
     /// The cancel handle of `owner`'s query `id`.
     pub fn get(&self, owner: &str, id: &str) -> Option<CancellationToken> {
-        self.lock().get(&(owner.to_string(), id.to_string())).cloned()
+        self.lock().get(&(owner.to_string(), id.to_string())).map(|l| l.cancel.clone())
+    }
+
+    /// The live status of `owner`'s query `id`.
+    pub fn watch(&self, owner: &str, id: &str) -> Option<tokio::sync::watch::Receiver<verbund_proto::v1::QueryStatus>> {
+        self.lock().get(&(owner.to_string(), id.to_string())).map(|l| l.status.subscribe())
     }
 
     /// Who runs which query now (researcher, query id), for the log.
@@ -198,10 +273,10 @@ impl RunningQueries {
         self.lock().keys().map(|(owner, id)| format!("{owner}/{id}")).collect()
     }
 
-    /// Cancels every running query (their researchers get what the sites sent so far).
+    /// Cancels every queued and running query (their researchers get what the sites sent so far).
     pub fn cancel_all(&self) {
-        for token in self.lock().values() {
-            token.cancel();
+        for live in self.lock().values() {
+            live.cancel.cancel();
         }
     }
 
@@ -235,6 +310,10 @@ pub struct Coordinator {
     tasks: TaskTracker,
     audit: Option<audit::CoordinatorAudit>,
     quotas: quota::Quotas,
+    /// Researchers' queries and their answers, kept until they expire.
+    store: Arc<store::Store>,
+    /// Queries running at once ([queries] max_running); the rest wait as queued.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Coordinator {
@@ -258,7 +337,10 @@ impl Coordinator {
         let log = Arc::new(log);
         verbund_audit::spawn_periodic_checkpoints(&log, Duration::from_secs(config.audit.checkpoint_seconds));
         let audit = Some(audit::CoordinatorAudit::new(log, audit_metrics));
+        let store = open_store(&config, audit.as_ref()).await?;
         Ok(Arc::new(Self {
+            store,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.queries.max_running as usize)),
             audit,
             quotas: quota::Quotas::new(config.network.queries_per_minute, config.network.queries_per_week),
             sites: Arc::new(SiteRegistry::with_gauge(metrics.sites_connected())),
@@ -276,6 +358,17 @@ impl Coordinator {
             link_tls,
             api_tls,
         }))
+    }
+
+    /// The store of researchers' queries and their answers.
+    pub fn store(&self) -> &store::Store {
+        &self.store
+    }
+
+    /// Releases the query store's file, as a stopped process would (a test's simulated
+    /// crash, so that the next coordinator can open it); later store calls fail.
+    pub fn close_store(&self) {
+        self.store.close();
     }
 
     /// The coordinator's audit log.
@@ -347,6 +440,14 @@ impl Coordinator {
         self.queries.token()
     }
 
+    /// Runs a researcher's query as a task that shutdown drains.
+    pub(crate) fn spawn_query<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.queries.spawn(task);
+    }
+
     /// Spawns a background task that shutdown waits for.
     pub(crate) fn spawn_task<F>(&self, task: F)
     where
@@ -399,6 +500,7 @@ impl Coordinator {
         let shutdown = stop;
         self.link_tls.watch(self.config.tls_reload, shutdown.clone(), &self.tasks);
         self.api_tls.watch(self.config.tls_reload, shutdown.clone(), &self.tasks);
+        self.tasks.spawn(self.clone().sweep_expired(shutdown.clone()));
         let link = NodeLinkServer::new(link::LinkService::new(self.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

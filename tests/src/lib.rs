@@ -226,9 +226,11 @@ async fn start_coordinator(config: CoordinatorConfig, listeners: Listeners) -> (
             }
             coordinator
         });
-        let _ = ready_tx.send(coordinator);
+        let _ = ready_tx.send(coordinator.clone());
         let _ = killed.recv();
         runtime.shutdown_timeout(Duration::from_millis(0));
+        // A stopped process holds no file: the next coordinator may open the query store.
+        coordinator.close_store();
     });
     let coordinator = ready_rx.await.unwrap();
     (coordinator, NodeProcess { kill: Some(kill), thread: Some(thread), shutdown, finished })
@@ -251,6 +253,15 @@ impl Network {
         network: verbund_coordinator::config::NetworkRules,
         regression: verbund_coordinator::config::ModelSettings,
     ) -> Self {
+        Self::start_configured(sites, |c| {
+            c.network = network;
+            c.regression = regression;
+        })
+        .await
+    }
+
+    /// A coordinator with the test defaults, changed by `configure` before it starts.
+    pub async fn start_configured(sites: &[&str], configure: impl FnOnce(&mut CoordinatorConfig)) -> Self {
         let pki = Pki::new();
         // The coordinator's two loopback listeners, bound here once and kept: the coordinator
         // serves on these very sockets.
@@ -269,9 +280,12 @@ impl Network {
             ops_listen: None,
             drain: Duration::from_secs(5),
             audit: verbund_audit::AuditSettings::in_dir(&pki.dir.path().join("audit/coordinator")),
-            network,
-            regression,
+            network: Default::default(),
+            regression: Default::default(),
+            queries: verbund_coordinator::config::QuerySettings::in_dir(&pki.dir.path().join("queries")),
         };
+        let mut config = config;
+        configure(&mut config);
         let (coordinator, server) = start_coordinator(config.clone(), Listeners::Bound { node, api }).await;
         Self {
             pki,

@@ -3,14 +3,14 @@
 //! Bearer token, access checks, quota, audit and drain as the native API; read-only, SQL
 //! aggregate queries only.
 
+mod call;
 mod catalog;
 mod results;
 
-pub use results::{COMPLETE, EXPIRES, KEPT_RESULTS, NOTES, QUERY_ID, SITES};
+pub use results::{COMPLETE, EXPIRES, NOTES, QUERY_ID, SITES};
 
-use crate::api::{PerSite, authenticate, decode_ipc};
-use crate::{Coordinator, RequestError};
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use crate::Coordinator;
+use crate::api::{Outcome, authenticate, decode_ipc, per_site};
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
@@ -24,22 +24,16 @@ use arrow_flight::sql::{
     CommandStatementSubstraitPlan, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
     TicketStatementQuery,
 };
-use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
-    Ticket,
-};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use datafusion::arrow::record_batch::RecordBatch;
-use futures::{Stream, TryStreamExt};
+use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket};
+use call::{Asked, internal, project_for, refuse, schema_bytes, stream_batch};
+use datafusion::arrow::datatypes::Schema;
+use futures::Stream;
 use prost::Message;
-use results::{KeptResults, PreparedHandle, StatementHandle};
+use results::{PreparedHandle, StatementHandle};
 use std::pin::Pin;
 use std::sync::Arc;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use verbund_proto::v1 as pb;
-use verbund_security::token::Claims;
 
 /// The project a call belongs to (else the token's only project).
 pub const PROJECT_HEADER: &str = "x-verbund-project";
@@ -64,26 +58,16 @@ type DoGetStream = <FlightSql as FlightService>::DoGetStream;
 pub struct FlightSql {
     coordinator: Arc<Coordinator>,
     sql_info: arrow_flight::sql::metadata::SqlInfoData,
-    kept: KeptResults,
 }
 
 impl FlightSql {
     pub fn new(coordinator: Arc<Coordinator>) -> Result<Self, arrow_flight::error::FlightError> {
         let sql_info = catalog::sql_info(coordinator.config().max_timeout)?;
-        Ok(Self { coordinator, sql_info, kept: KeptResults::default() })
+        Ok(Self { coordinator, sql_info })
     }
 
-    /// The caller's verified claims, for a call that starts new work (refused while draining).
-    fn caller<T>(&self, request: &Request<T>) -> Result<Claims, Status> {
-        let (claims, _) = authenticate(&self.coordinator, request)?;
-        if self.coordinator.is_draining() {
-            return Err(RequestError::ShuttingDown.into());
-        }
-        Ok(claims)
-    }
-
-    /// Runs a query as `Researcher.Query` does (token, drain, metrics, audit, quota, the
-    /// client hanging up cancels it at the sites) and describes its kept result.
+    /// Runs a query as `Researcher.Query` does (token, drain, metrics, audit, quota, stored
+    /// answer; the client hanging up cancels it at the sites) and describes its result.
     async fn run(
         &self,
         sql: String,
@@ -98,17 +82,20 @@ impl FlightSql {
         let query = pb::ResearchQuery { sql, project, sites, timeout_ms: asked.timeout_ms, ..Default::default() };
         let (metadata, _, descriptor) = request.into_parts();
         let research = Request::from_parts(metadata, Default::default(), query);
-        let c = &*self.coordinator;
+        let c = &self.coordinator;
         let answered = crate::api::serve(c, research, |mut query, claims, token| async move {
             query.project = project_for(&claims, &query.project);
             let response = c.query(query, &claims, &token).await?;
-            Ok(Answered { owner: claims.sub, response })
+            // Until when DoGet can fetch it: the stored status says.
+            let asked = pb::StatusRequest { query_id: response.query_id.clone(), ..Default::default() };
+            let expires = c.status(&claims, asked).await.ok().map(|s| s.expires_unix_ms);
+            Ok(Answered { owner: claims.sub, response, expires })
         })
         .await?
         .into_inner();
-        let response = self.kept.keep(&answered.owner, answered.response);
+        let response = answered.response;
         let batch = decode_ipc(&response.arrow_ipc).map_err(internal)?;
-        let metadata = results::metadata(&response, None);
+        let metadata = results::metadata(&response, answered.expires);
         let schema = Schema::new(batch.schema().fields().clone()).with_metadata(metadata.clone());
         let handle = StatementHandle { owner: answered.owner, query_id: response.query_id.clone() };
         let ticket = TicketStatementQuery { statement_handle: handle.encode_to_vec().into() };
@@ -124,114 +111,19 @@ impl FlightSql {
             .with_app_metadata(app_metadata);
         Ok(Response::new(info))
     }
-
-    /// The result of `owner`'s query `query_id`, and until when it is kept (unix ms).
-    async fn fetch_result(
-        &self,
-        claims: &Claims,
-        owner: &str,
-        query_id: &str,
-    ) -> Result<(Arc<pb::QueryResponse>, Option<u64>), Status> {
-        if claims.sub != owner {
-            return Err(not_found(query_id));
-        }
-        let response = self.kept.get(owner, query_id).ok_or_else(|| not_found(query_id))?;
-        Ok((response, None))
-    }
-
-    /// A FlightInfo whose one endpoint's ticket is the metadata command itself.
-    fn metadata_info(
-        &self,
-        command: impl ProstMessageExt,
-        schema: SchemaRef,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(command.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(internal)?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
-    }
 }
 
-fn not_found(query_id: &str) -> Status {
-    Status::not_found(format!(
-        "no query '{query_id}' of yours has a result here (a Flight SQL result is kept for the last {KEPT_RESULTS} \
-         queries)"
-    ))
-}
-
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
-}
-
-/// A query's answer and whose it is.
+/// A query's answer, whose it is, and until when it is stored.
 struct Answered {
     owner: String,
     response: pb::QueryResponse,
+    expires: Option<u64>,
 }
 
-impl PerSite for Answered {
-    fn site_statuses(&self) -> &[pb::SiteStatus] {
-        &self.response.sites
+impl Outcome for Answered {
+    fn outcome(&self) -> &'static str {
+        per_site(&self.response.sites)
     }
-}
-
-/// The verbund headers of a call.
-struct Asked {
-    project: String,
-    sites: Vec<String>,
-    timeout_ms: u32,
-}
-
-impl Asked {
-    fn from_headers(metadata: &MetadataMap) -> Result<Self, Status> {
-        let header = |name: &str| -> Result<&str, Status> {
-            match metadata.get(name) {
-                None => Ok(""),
-                Some(v) => {
-                    v.to_str().map(str::trim).map_err(|_| Status::invalid_argument(format!("{name} is not text")))
-                }
-            }
-        };
-        let sites =
-            header(SITES_HEADER)?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-        let timeout_ms = match header(TIMEOUT_HEADER)? {
-            "" => 0,
-            ms => ms.parse::<u32>().map_err(|_| {
-                Status::invalid_argument(format!("{TIMEOUT_HEADER} is a number of milliseconds, not '{ms}'"))
-            })?,
-        };
-        Ok(Self { project: header(PROJECT_HEADER)?.to_string(), sites, timeout_ms })
-    }
-}
-
-/// The project asked for, else the token's only project; empty (refused by the access check
-/// with the granted projects listed) when the token grants several.
-fn project_for(claims: &Claims, asked: &str) -> String {
-    match (asked, claims.projects.as_slice()) {
-        ("", [only]) => only.clone(),
-        (asked, _) => asked.to_string(),
-    }
-}
-
-/// The Arrow IPC encapsulated form of a schema (prepared statements' schemas).
-fn schema_bytes(schema: &Schema) -> Result<prost::bytes::Bytes, Status> {
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(internal)?;
-    Ok(bytes)
-}
-
-/// One batch as a DoGet stream, with `schema` (and its metadata) on the stream and the batch.
-fn stream_batch(schema: SchemaRef, batch: RecordBatch) -> Result<Response<DoGetStream>, Status> {
-    let batch = batch.with_schema(schema.clone()).map_err(internal)?;
-    let stream = FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(futures::stream::iter([Ok(batch)]))
-        .map_err(Status::from);
-    Ok(Response::new(Box::pin(stream)))
 }
 
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
@@ -573,13 +465,5 @@ impl FlightSqlService for FlightSql {
         request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
         Err(refuse(self, &request, NO_CANCEL_ACTION))
-    }
-}
-
-/// Unimplemented with `why`, or Unauthenticated if the token is not valid.
-fn refuse<T>(service: &FlightSql, request: &Request<T>, why: &str) -> Status {
-    match authenticate(&service.coordinator, request) {
-        Err(e) => e.into(),
-        Ok(_) => Status::unimplemented(why),
     }
 }

@@ -1,14 +1,13 @@
 //! What a Flight SQL client gets back for a query: the handles it holds (a statement's ticket,
-//! a prepared statement), the verbund metadata on the result's schema, and the results kept
-//! for its DoGet.
+//! a prepared statement) and the verbund metadata on the result's schema.
 
-use parking_lot::Mutex;
+use crate::RequestError;
 use prost::Message;
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 use tonic::Status;
 use verbund_proto::v1 as pb;
+use verbund_security::token::Claims;
 
 /// A statement's ticket: whose query, and its id. The owner is checked against the token on
 /// DoGet, so a ticket passed on is worth nothing to anyone else.
@@ -109,28 +108,29 @@ fn outcome_name(o: pb::SiteOutcome) -> &'static str {
     }
 }
 
-/// How many Flight SQL results are kept for DoGet, over all researchers.
-pub const KEPT_RESULTS: usize = 256;
-
-/// The last [`KEPT_RESULTS`] results of Flight SQL queries, by owner and query id: what a
-/// DoGet fetches until the coordinator keeps every result itself (the query store).
-#[derive(Default)]
-pub(super) struct KeptResults(Mutex<VecDeque<(String, String, Arc<pb::QueryResponse>)>>);
-
-impl KeptResults {
-    pub fn keep(&self, owner: &str, response: pb::QueryResponse) -> Arc<pb::QueryResponse> {
-        let response = Arc::new(response);
-        let mut kept = self.0.lock();
-        kept.retain(|(o, id, _)| !(o == owner && id == &response.query_id));
-        if kept.len() >= KEPT_RESULTS {
-            kept.pop_front();
+impl super::FlightSql {
+    /// The stored result of `owner`'s query `query_id`, and until when it is kept (unix ms).
+    /// A Flight SQL ticket is its owner's alone, also where the network shares a project's
+    /// queries.
+    pub(super) async fn fetch_result(
+        &self,
+        claims: &Claims,
+        owner: &str,
+        query_id: &str,
+    ) -> Result<(pb::QueryResponse, Option<u64>), Status> {
+        if claims.sub != owner {
+            let keep_hours = self.coordinator.config().queries.keep.as_secs().div_ceil(3600);
+            return Err(RequestError::NoSuchQuery { id: query_id.to_string(), keep_hours }.into());
         }
-        kept.push_back((owner.to_string(), response.query_id.clone(), response.clone()));
-        response
-    }
-
-    pub fn get(&self, owner: &str, query_id: &str) -> Option<Arc<pb::QueryResponse>> {
-        self.0.lock().iter().rev().find(|(o, id, _)| o == owner && id == query_id).map(|(_, _, r)| r.clone())
+        let stored = self.coordinator.result(claims, owner, query_id).await?;
+        let expires = stored.status.map(|s| s.expires_unix_ms);
+        match stored.result {
+            Some(pb::result_response::Result::Query(response)) => Ok((response, expires)),
+            Some(pb::result_response::Result::Model(_)) => Err(Status::invalid_argument(format!(
+                "'{query_id}' is a model fit; Flight SQL fetches query results (use verbund result)"
+            ))),
+            None => Err(Status::not_found(format!("query '{query_id}' was cancelled before any site answered"))),
+        }
     }
 }
 
@@ -140,17 +140,6 @@ mod tests {
 
     fn response(id: &str) -> pb::QueryResponse {
         pb::QueryResponse { query_id: id.into(), ..Default::default() }
-    }
-
-    #[test]
-    fn kept_results_are_bounded_and_owned() {
-        let kept = KeptResults::default();
-        for i in 0..KEPT_RESULTS + 1 {
-            kept.keep("alice", response(&i.to_string()));
-        }
-        assert!(kept.get("alice", "0").is_none(), "the oldest result is dropped");
-        assert!(kept.get("alice", &KEPT_RESULTS.to_string()).is_some());
-        assert!(kept.get("bob", "1").is_none(), "another researcher's query is not found");
     }
 
     #[test]

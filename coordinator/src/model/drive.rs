@@ -12,7 +12,6 @@ use crate::fanout::{SiteOutcome, fan_out};
 use crate::{Coordinator, RequestError as Error};
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use verbund_proto::v1 as pb;
 use verbund_regression::{Contribution, Family, FitError, GlmFit, Irls, LinearFit, Step, Sufficient, fit_linear};
 
@@ -55,7 +54,7 @@ pub(crate) struct Drive<'a> {
     pub planned: &'a PlannedModel,
     pub identity: pb::Identity,
     pub fit_id: String,
-    pub cancel: CancellationToken,
+    pub ctl: &'a crate::queries::Ctl,
     pub deadline: Instant,
     pub round_timeout: Duration,
     pub members: Vec<String>,
@@ -220,8 +219,13 @@ impl Drive<'_> {
             model: Some(request.clone()),
         };
         let started = std::time::Instant::now();
+        self.ctl.round(self.attempt, round, &self.members);
+        let ctl = self.ctl;
         let mut outcomes =
-            fan_out(&self.coordinator.sites_arc(), &self.members, node_query, deadline, &self.cancel).await;
+            fan_out(&self.coordinator.sites_arc(), &self.members, node_query, deadline, &ctl.cancel, &|o| {
+                ctl.site_done(o)
+            })
+            .await;
         let expected = Expected {
             names: &self.planned.checked.names,
             intercept: self.planned.checked.intercept,
@@ -267,7 +271,7 @@ impl Drive<'_> {
             }
             self.coordinator.metrics().site_result(&o.site, crate::api::site_outcome_label(o.outcome), 0);
         }
-        if self.cancel.is_cancelled() {
+        if self.ctl.cancel.is_cancelled() {
             return Err(ModelError::Cancelled.into());
         }
         if Instant::now() >= self.deadline {

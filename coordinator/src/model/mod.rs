@@ -11,10 +11,11 @@ mod plan;
 use crate::api::{Admitted, profile_notes, status_of};
 use crate::audit::Asked;
 use crate::config::OnRefusal;
+use crate::queries::Ctl;
 use crate::{Coordinator, RequestError as Error};
 use drive::{Drive, Fitted, LeftOut, describe};
 use std::time::Duration;
-use tracing::{Instrument, info};
+use tracing::info;
 use verbund_proto::v1 as pb;
 use verbund_query::model::family_name;
 use verbund_regression::FitError;
@@ -80,40 +81,24 @@ impl ModelError {
     }
 }
 
-/// Removes a running fit's cancel handle when the fit ends in any way.
-struct Running<'a> {
-    coordinator: &'a Coordinator,
-    owner: &'a str,
-    query_id: String,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.coordinator.running().remove(self.owner, &self.query_id);
-    }
-}
-
 impl Coordinator {
-    /// Fits one model for a researcher whose token was verified.
-    pub async fn model(
+    /// Fits one admitted model under `wire_id` (the fit's id at the sites); a failure is
+    /// audited as refused. The quota was charged at admission.
+    pub(crate) async fn run_fit(
         &self,
-        request: pb::ResearchModel,
+        request: &pb::ResearchModel,
+        wire_id: &str,
         claims: &Claims,
         token: &str,
+        ctl: &Ctl,
     ) -> Result<pb::ModelResponse, Error> {
-        let fit_id = uuid::Uuid::new_v4().to_string();
-        let span = tracing::info_span!("model", fit_id = %fit_id);
-        async {
-            let started = std::time::Instant::now();
-            let asked = Asked::for_model(&fit_id, &request, Some(claims));
-            let result = self.run_model(&request, &asked, claims, token, started).await;
-            if let (Err(error), Some(audit)) = (&result, self.audit()) {
-                audit.refused(&asked, error, started.elapsed()).await;
-            }
-            result
+        let started = std::time::Instant::now();
+        let asked = Asked::for_model(wire_id, request, Some(claims));
+        let result = self.run_model(request, &asked, claims, token, ctl, started).await;
+        if let (Err(error), Some(audit)) = (&result, self.audit()) {
+            audit.refused(&asked, error, started.elapsed()).await;
         }
-        .instrument(span)
-        .await
+        result
     }
 
     async fn run_model(
@@ -122,9 +107,10 @@ impl Coordinator {
         asked: &Asked<'_>,
         claims: &Claims,
         token: &str,
+        ctl: &Ctl,
         started: std::time::Instant,
     ) -> Result<pb::ModelResponse, Error> {
-        let admitted = self.admit(claims, &request.project, &request.query_id, &request.sites)?;
+        let admitted = self.admit_unmetered(claims, &request.project, &request.query_id, &request.sites)?;
         // Before any levels are looked for (a query that costs): some site must fit the family.
         let asked_family = pb::ModelFamily::try_from(request.family).unwrap_or_default();
         if asked_family != pb::ModelFamily::Unspecified {
@@ -134,7 +120,7 @@ impl Coordinator {
                 return Err(ModelError::NoSiteFits { family, why: describe(&left_out) }.into());
             }
         }
-        let planned = self.plan_model(request, &admitted, claims, token).await?;
+        let planned = self.plan_model(request, &admitted, claims, token, &ctl.cancel).await?;
         if let Some(audit) = self.audit() {
             audit.received(asked, &planned.query).await?;
         }
@@ -158,11 +144,6 @@ impl Coordinator {
             ms => Duration::from_millis(u64::from(ms)),
         }
         .min(self.config().max_timeout);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        if !self.running().insert(&claims.sub, &admitted.query_id, cancel.clone()) {
-            return Err(Error::DuplicateQueryId(admitted.query_id));
-        }
-        let _running = Running { coordinator: self, owner: &claims.sub, query_id: admitted.query_id.clone() };
         info!(client_query_id = %admitted.query_id, researcher = %claims.sub, project = %request.project,
               sites = members.len(), family = family_name(family), "model fit started");
 
@@ -176,7 +157,7 @@ impl Coordinator {
                 project: request.project.clone(),
             },
             fit_id: asked.wire_id.to_string(),
-            cancel,
+            ctl,
             deadline: tokio::time::Instant::now() + timeout,
             round_timeout: settings.round_timeout,
             members: members.into_iter().map(|(site, _)| site).collect(),

@@ -74,6 +74,7 @@ impl Coordinator {
         admitted: &Admitted,
         claims: &Claims,
         token: &str,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<PlannedModel, Error> {
         let catalogue = &admitted.catalogue;
         let invalid = |e: verbund_query::model::InvalidModel| Error::Model(ModelError::Invalid(e));
@@ -127,8 +128,9 @@ impl Coordinator {
             .map(|&i| query.covariates[i].column.clone())
             .filter(|c| declared_levels(c).is_empty())
             .collect();
-        let asks =
-            undeclared.iter().map(|column| self.discover_levels(request, &query, column, admitted, claims, token));
+        let asks = undeclared
+            .iter()
+            .map(|column| self.discover_levels(request, &query, column, admitted, claims, token, cancel));
         let mut found: Vec<Vec<pb::Literal>> = futures::future::try_join_all(asks).await?;
         for &i in &categorical {
             let column = query.covariates[i].column.clone();
@@ -182,6 +184,7 @@ impl Coordinator {
     /// The levels of `column` among the model's complete cases, by an ordinary grouped count
     /// at the sites: it costs what that query costs, and releases only groups of at least k
     /// patients.
+    #[allow(clippy::too_many_arguments)]
     async fn discover_levels(
         &self,
         request: &pb::ResearchModel,
@@ -190,6 +193,7 @@ impl Coordinator {
         admitted: &Admitted,
         claims: &Claims,
         token: &str,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Vec<pb::Literal>, Error> {
         let dataset = admitted.catalogue.datasets.iter().find(|d| d.name == model.dataset);
         let key = dataset.map(|d| d.patient_key.clone()).unwrap_or_default();
@@ -223,7 +227,8 @@ impl Coordinator {
             ccdl: request.ccdl.clone(),
         };
         let levels_error = |why: String| ModelError::Levels { column: column.to_string(), why };
-        let response = match Box::pin(self.query(levels_query, claims, token)).await {
+        let ctl = crate::queries::Ctl::inner(cancel);
+        let response = match Box::pin(self.query_direct(&levels_query, claims, token, &ctl)).await {
             Ok(response) => response,
             // A column or condition the planner rejects: the researcher's error, said as is.
             Err(e @ Error::Query(_)) => return Err(e),

@@ -72,6 +72,9 @@ fn assert_metadata(what: &str, schema: &Schema, query_id: Option<&str>, sites: &
             assert!(s.get(key).is_some(), "{what}: {key} missing in {s}");
         }
     }
+    let expires: u64 = m.get(verbund_coordinator::flight::EXPIRES).and_then(|e| e.parse().ok()).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(expires > now, "{what}: the result is kept for a while: {m:?}");
     let notes: Vec<String> = serde_json::from_str(&m[verbund_coordinator::flight::NOTES]).unwrap();
     assert!(!notes.is_empty(), "{what}: the notes are there");
 }

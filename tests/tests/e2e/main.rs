@@ -4,6 +4,7 @@
 mod attacks;
 mod audit;
 mod bad_queries;
+mod clients;
 mod cohorts;
 mod disclosure;
 mod exactness;
