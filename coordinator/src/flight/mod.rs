@@ -158,7 +158,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         if query.transaction_id.is_some() {
-            return Err(Status::unimplemented(NO_TRANSACTIONS));
+            return Err(refuse(self, &request, NO_TRANSACTIONS));
         }
         self.run(query.query, None, request).await
     }
@@ -193,7 +193,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let claims = self.caller(&request)?;
         if query.transaction_id.is_some() {
-            return Err(Status::unimplemented(NO_TRANSACTIONS));
+            return Err(refuse(self, &request, NO_TRANSACTIONS));
         }
         let asked = Asked::from_headers(request.metadata())?;
         let handle =
