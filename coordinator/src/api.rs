@@ -452,7 +452,7 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
 }
 
 /// A researcher's request that runs at the sites: a query or a model fit.
-trait ResearchRequest {
+pub(crate) trait ResearchRequest {
     fn asking(&self) -> crate::audit::Asking<'_>;
 }
 
@@ -480,11 +480,11 @@ impl ResearchRequest for pb::SubmitRequest {
 }
 
 /// The `outcome` label of an answered request in the metrics.
-trait Outcome {
+pub(crate) trait Outcome {
     fn outcome(&self) -> &'static str;
 }
 
-fn per_site(sites: &[pb::SiteStatus]) -> &'static str {
+pub(crate) fn per_site(sites: &[pb::SiteStatus]) -> &'static str {
     if sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered) { "answered" } else { "partial" }
 }
 
@@ -509,7 +509,7 @@ impl Outcome for pb::QueryStatus {
 
 /// The frame of every request that runs at the sites: the token checked (a refused token is
 /// audited too), no new work while draining, the running count and the outcome in the metrics.
-async fn serve<T, R, F, Fut>(c: &Coordinator, request: Request<T>, run: F) -> Result<Response<R>, Status>
+pub(crate) async fn serve<T, R, F, Fut>(c: &Coordinator, request: Request<T>, run: F) -> Result<Response<R>, Status>
 where
     T: ResearchRequest,
     R: Outcome,

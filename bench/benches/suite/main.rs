@@ -307,6 +307,15 @@ async fn run(o: Options) -> anyhow::Result<()> {
         if o.runs("latency") {
             for query in net::LATENCY_QUERIES {
                 let mut l = net::latency(&network, n, query, o.warmup, o.queries).await?;
+                if query.0 == "light" {
+                    let f = net::latency_flight_sql(&network, n, query.1, o.warmup, o.queries).await?;
+                    eprintln!(
+                        "  light through Flight SQL: p50 {:.2} ms, p99 {:.2} ms",
+                        sys::percentile(&f.samples, 50.0),
+                        sys::percentile(&f.samples, 99.0)
+                    );
+                    l.flight_sql = Some(f);
+                }
                 l.local_medians_ms = net::local_medians(&network, &files[..n], policy, query.1, 50).await?;
                 eprintln!(
                     "  {}: p50 {:.2} ms, p99 {:.2} ms, slowest local median {:.2} ms",

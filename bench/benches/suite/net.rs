@@ -4,6 +4,7 @@
 
 use crate::sys::{Memory, median, memory_of, percentile, round};
 use anyhow::{Context, bail};
+use arrow_flight::FlightInfo;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -232,6 +233,27 @@ pub struct Latency {
     pub failed: usize,
     /// Per site, the median of `Node::handle` on that site's data.
     pub local_medians_ms: Vec<f64>,
+    /// The same query through Arrow Flight SQL, in the same run on the same network.
+    pub flight_sql: Option<FlightLatency>,
+}
+
+/// Sequential queries through Arrow Flight SQL: GetFlightInfo (runs the federated query)
+/// plus DoGet (fetches the result), as an ADBC client does for `cursor.execute` + fetch.
+pub struct FlightLatency {
+    pub samples: Vec<Duration>,
+    pub incomplete: usize,
+    pub failed: usize,
+}
+
+impl FlightLatency {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "queries": self.samples.len(),
+            "p50_ms": round(percentile(&self.samples, 50.0), 2), "p99_ms": round(percentile(&self.samples, 99.0), 2),
+            "min_ms": round(crate::sys::min(&self.samples), 2),
+            "incomplete_answers": self.incomplete, "failed": self.failed,
+        })
+    }
 }
 
 impl Latency {
@@ -251,7 +273,7 @@ impl Latency {
         let mut slowest = self.slowest_site_ms.clone();
         slowest.sort_by(f64::total_cmp);
         let slowest_median = slowest.get(slowest.len() / 2).copied().unwrap_or(f64::NAN);
-        json!({
+        let mut value = json!({
             "sites": self.sites, "query": self.query, "queries": self.samples.len(),
             "p50_ms": round(self.p50(), 2), "p99_ms": round(self.p99(), 2),
             "min_ms": round(crate::sys::min(&self.samples), 2),
@@ -261,7 +283,11 @@ impl Latency {
             "slowest_site_local_median_ms": self.slowest_local().map(|m| round(m, 2)),
             "p50_minus_slowest_local_ms": self.slowest_local().map(|m| round(self.p50() - m, 2)),
             "sum_of_local_medians_ms": if self.local_medians_ms.is_empty() { Value::Null } else { json!(round(self.local_medians_ms.iter().sum::<f64>(), 2)) },
-        })
+        });
+        if let Some(flight) = &self.flight_sql {
+            value[format!("{}_flight_sql", self.query)] = flight.to_json();
+        }
+        value
     }
 }
 
@@ -283,6 +309,7 @@ pub async fn latency(
         incomplete: 0,
         failed: 0,
         local_medians_ms: vec![],
+        flight_sql: None,
     };
     for i in 0..warmup + queries {
         let started = Instant::now();
@@ -315,6 +342,61 @@ pub async fn latency(
                 out.failed += 1;
                 if out.failed == 1 {
                     eprintln!("    failed: {status}");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `queries` sequential queries through Arrow Flight SQL over one TLS channel (the researcher
+/// API's), after `warmup` more: each is GetFlightInfo, which runs the federated query, then
+/// DoGet of its one ticket.
+pub async fn latency_flight_sql(
+    network: &Network,
+    sites: usize,
+    sql: &str,
+    warmup: usize,
+    queries: usize,
+) -> anyhow::Result<FlightLatency> {
+    use futures::TryStreamExt;
+    let mut client = network.flight_client().await;
+    // A researcher of its own: the native runs before already stored hundreds of answers for
+    // the test researcher, and the query store caps stored answers per researcher.
+    let token = network.pki.issuer.issue("flight-sql-bench", &[PROJECT], &["researcher"], Duration::from_secs(3600));
+    client.set_token(token);
+    let mut out = FlightLatency { samples: Vec::with_capacity(queries), incomplete: 0, failed: 0 };
+    for i in 0..warmup + queries {
+        let started = Instant::now();
+        let result: anyhow::Result<FlightInfo> = async {
+            let info = client.execute(sql.to_string(), None).await?;
+            let ticket = info.endpoint.first().and_then(|e| e.ticket.clone()).context("no ticket")?;
+            let batches: Vec<_> = client.do_get(ticket).await?.try_collect().await?;
+            anyhow::ensure!(batches.iter().map(|b| b.num_rows()).sum::<usize>() == 1, "not one row");
+            Ok(info)
+        }
+        .await;
+        let elapsed = started.elapsed();
+        if i < warmup {
+            continue;
+        }
+        match result {
+            Ok(info) => {
+                let schema = info.try_decode_schema()?;
+                let listed: Vec<Value> = schema
+                    .metadata()
+                    .get(verbund_coordinator::flight::SITES)
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_default();
+                if listed.len() != sites || listed.iter().any(|s| s["status"] != "answered") {
+                    out.incomplete += 1;
+                }
+                out.samples.push(elapsed);
+            }
+            Err(e) => {
+                out.failed += 1;
+                if out.failed == 1 {
+                    eprintln!("    Flight SQL failed: {e:#}");
                 }
             }
         }
@@ -566,6 +648,25 @@ pub fn latency_markdown(runs: &[Latency], cores: usize) -> String {
             l.incomplete,
             l.failed
         ));
+    }
+    for l in runs {
+        if let Some(f) = &l.flight_sql {
+            out.push_str(&format!(
+                "\n{} sites, {} query through Arrow Flight SQL (GetFlightInfo + DoGet, same network, same run): \
+                 p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms over {} queries (native p50 {:.2} ms, min {:.2} ms); \
+                 incomplete / failed {} / {}\n",
+                l.sites,
+                l.query,
+                percentile(&f.samples, 50.0),
+                percentile(&f.samples, 99.0),
+                crate::sys::min(&f.samples),
+                f.samples.len(),
+                l.p50(),
+                crate::sys::min(&l.samples),
+                f.incomplete,
+                f.failed,
+            ));
+        }
     }
     for l in runs.iter().filter(|l| l.sites == 10) {
         out.push_str(&format!(

@@ -8,6 +8,7 @@ mod clients;
 mod cohorts;
 mod disclosure;
 mod exactness;
+mod flight_sql;
 mod hostile_inputs;
 mod mii;
 mod misbehaving;
