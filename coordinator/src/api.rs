@@ -448,7 +448,7 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, Error> {
 }
 
 /// A researcher's request that runs at the sites: a query or a model fit.
-trait ResearchRequest {
+pub(crate) trait ResearchRequest {
     fn asking(&self) -> crate::audit::Asking<'_>;
 }
 
@@ -465,7 +465,7 @@ impl ResearchRequest for pb::ResearchModel {
 }
 
 /// An answer with a status per site.
-trait PerSite {
+pub(crate) trait PerSite {
     fn site_statuses(&self) -> &[pb::SiteStatus];
 }
 
@@ -483,7 +483,7 @@ impl PerSite for pb::ModelResponse {
 
 /// The frame of every request that runs at the sites: the token checked (a refused token is
 /// audited too), no new work while draining, the running count and the outcome in the metrics.
-async fn serve<T, R, F, Fut>(c: &Coordinator, request: Request<T>, run: F) -> Result<Response<R>, Status>
+pub(crate) async fn serve<T, R, F, Fut>(c: &Coordinator, request: Request<T>, run: F) -> Result<Response<R>, Status>
 where
     T: ResearchRequest,
     R: PerSite,

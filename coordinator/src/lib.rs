@@ -6,6 +6,7 @@ pub mod api;
 pub mod audit;
 pub mod fanout;
 pub mod feasibility;
+pub mod flight;
 pub mod frontend;
 pub mod link;
 pub mod merge;
@@ -41,6 +42,8 @@ pub enum Error {
     Security(#[from] verbund_security::Error),
     #[error("audit log: {0}")]
     Audit(#[from] verbund_audit::AuditError),
+    #[error("Flight SQL: {0}")]
+    FlightSql(#[from] arrow_flight::error::FlightError),
 }
 
 /// Why a researcher's request got no answer. [`RequestError::code`] and
@@ -402,6 +405,11 @@ impl Coordinator {
         let api = ResearcherServer::new(api::ResearcherService::new(self.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Arrow Flight SQL beside the native API: same listener, TLS, tokens and drain.
+        let flight_sql =
+            arrow_flight::flight_service_server::FlightServiceServer::new(flight::FlightSql::new(self.clone())?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let link_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -410,10 +418,11 @@ impl Coordinator {
                 verbund_security::tls::incoming(node_listener, self.link_tls.clone(), shutdown.clone(), &self.tasks),
                 shutdown.clone().cancelled_owned(),
             );
-        let api_server = tonic::transport::Server::builder().add_service(api).serve_with_incoming_shutdown(
-            verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone(), &self.tasks),
-            shutdown.cancelled_owned(),
-        );
+        let api_server =
+            tonic::transport::Server::builder().add_service(api).add_service(flight_sql).serve_with_incoming_shutdown(
+                verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone(), &self.tasks),
+                shutdown.cancelled_owned(),
+            );
         self.serving.store(true, Ordering::SeqCst);
         let served = tokio::try_join!(link_server, api_server);
         self.serving.store(false, Ordering::SeqCst);

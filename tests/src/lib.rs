@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod slow;
 
 use anyhow::Context;
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
@@ -400,6 +401,20 @@ impl Network {
     /// A researcher's client over TLS (the token goes with each request; see [`with_token`]).
     pub async fn client(&self) -> ResearcherClient<tonic::transport::Channel> {
         researcher_client(&self.api, &self.pki.ca_path).await
+    }
+
+    /// A Flight SQL client on the researcher API (same TLS channel as [`Network::client`]),
+    /// with the test researcher's token.
+    pub async fn flight_client(&self) -> FlightSqlServiceClient<tonic::transport::Channel> {
+        let mut client = self.flight_client_without_token().await;
+        client.set_token(self.pki.token());
+        client
+    }
+
+    /// A Flight SQL client on the researcher API that sends no token.
+    pub async fn flight_client_without_token(&self) -> FlightSqlServiceClient<tonic::transport::Channel> {
+        let tls = verbund_security::tls::researcher_client_tls(&self.pki.ca_path, Some("127.0.0.1")).unwrap();
+        FlightSqlServiceClient::new(tls_channel(&self.api, tls).await)
     }
 
     /// The sites as the test researcher sees them.

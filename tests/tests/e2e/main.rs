@@ -7,6 +7,7 @@ mod bad_queries;
 mod cohorts;
 mod disclosure;
 mod exactness;
+mod flight_sql;
 mod hostile_inputs;
 mod mii;
 mod misbehaving;
