@@ -145,44 +145,174 @@ pub const CLINICAL: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The demo network, up and running in this process: its files live in `dir` (removed on
+/// drop), the coordinator serves until `shutdown`.
+struct Network {
+    dir: tempfile::TempDir,
+    layout: setup::NetworkLayout,
+    api_addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), verbund_coordinator::Error>>,
+}
+
+impl Network {
+    /// Generates the data, PKI and token, starts the coordinator and the three nodes, and
+    /// waits until every node has linked.
+    async fn start(seed: u64, scale: f64) -> anyhow::Result<Network> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory for the demo network")?;
+        println!("Generating synthetic data for three hospitals (seed {seed}, scale {scale}),");
+        println!("a network CA with certificates for the coordinator and each site, and a researcher token ...");
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let layout = setup::write_network(dir.path(), seed, scale, verbund_synth::Format::Parquet, &names).await?;
+
+        let node_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let api_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let node_addr = node_listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let text = setup::coordinator_config(&layout, any_port, any_port).to_toml().map_err(anyhow::Error::msg)?;
+        let config = CoordinatorConfig::from_toml(&text, dir.path()).map_err(anyhow::Error::msg)?;
+        let coordinator = Coordinator::new(config).await?;
+        let server = tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
+
+        let link = format!("https://127.0.0.1:{}", node_addr.port());
+        let link_url = link.parse()?;
+        for (i, site) in layout.sites.iter().enumerate() {
+            let path = dir.path().join(format!("{}.toml", site.site));
+            setup::write_config(&path, &setup::node_config(&layout, i, &link_url).to_toml()?)?;
+            let config = NodeConfig::load(&path)?;
+            // The demo network is all on loopback: no proxy, whatever HTTPS_PROXY says.
+            let egress = Arc::new(verbund_security::egress::Egress::direct());
+            let node = Arc::new(Node::from_config(&config, egress.clone()).await?);
+            println!(
+                "  node {:<18} {} datasets, min cell size 5, mutual TLS to {link}",
+                site.site,
+                config.datasets.len()
+            );
+            tokio::spawn(node.run(verbund_node::link_options(&config, egress)?, shutdown.child_token()));
+        }
+        let site_names: Vec<&str> = layout.sites.iter().map(|s| s.site.as_str()).collect();
+        if !coordinator.sites().wait_for(&site_names, Duration::from_secs(20)).await {
+            shutdown.cancel();
+            bail!("the demo nodes did not connect to the coordinator within 20 s");
+        }
+        println!("Coordinator: sites link to {node_addr}, researchers ask at https://{api_addr}\n");
+        Ok(Network { dir, layout, api_addr, shutdown, server })
+    }
+
+    /// What `verbund query --coordinator` takes.
+    fn api(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_addr.port())
+    }
+
+    /// Flight SQL shares the researcher API's TLS port.
+    fn flight_sql(&self) -> String {
+        format!("grpc+tls://127.0.0.1:{}", self.api_addr.port())
+    }
+
+    fn info(&self) -> Info {
+        Info {
+            api: self.api(),
+            flight_sql: self.flight_sql(),
+            ca: self.layout.ca.clone(),
+            token_file: self.layout.token_file.clone(),
+            project: setup::DEMO_PROJECT.into(),
+        }
+    }
+
+    /// Stops the nodes and the coordinator and waits for the coordinator; then the files go.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let result = self.server.await.context("coordinator task failed")?;
+        drop(self.dir);
+        Ok(result?)
+    }
+}
+
+/// How to reach a served demo network (`verbund demo --serve --info-file PATH`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Info {
+    /// The researcher API, as `verbund query --coordinator` takes it.
+    pub api: String,
+    /// Arrow Flight SQL, on the researcher API's port.
+    pub flight_sql: String,
+    /// The CA the coordinator's certificate chains to (PEM).
+    pub ca: std::path::PathBuf,
+    /// The demo researcher's token (12 hours, one project).
+    pub token_file: std::path::PathBuf,
+    pub project: String,
+}
+
+impl Info {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "api": self.api,
+            "flight_sql": self.flight_sql,
+            "ca": self.ca.display().to_string(),
+            "token_file": self.token_file.display().to_string(),
+            "project": self.project,
+        })
+    }
+
+    /// Writes the info file atomically: a reader sees no file or all of it (a temporary file
+    /// beside it, then a rename).
+    pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string_pretty(&self.to_json())?;
+        text.push('\n');
+        let name = path.file_name().with_context(|| format!("--info-file {} names no file", path.display()))?;
+        let mut temporary = name.to_os_string();
+        temporary.push(format!(".{}.tmp", std::process::id()));
+        let temporary = path.with_file_name(temporary);
+        std::fs::write(&temporary, text).with_context(|| format!("cannot write {}", temporary.display()))?;
+        std::fs::rename(&temporary, path).with_context(|| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot move {} to {}", temporary.display(), path.display())
+        })
+    }
+}
+
+/// `verbund demo --serve`: the demo network without the scripted queries, serving until
+/// `stop` (Ctrl-C or SIGTERM). Writes `info_file` (if any) once every site has linked and
+/// removes it again at shutdown (the files it names go with the network).
+pub async fn serve(
+    seed: u64,
+    scale: f64,
+    info_file: Option<&std::path::Path>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let network = Network::start(seed, scale).await?;
+    let info = network.info();
+    if let Some(path) = info_file
+        && let Err(e) = info.write(path)
+    {
+        network.stop().await?;
+        return Err(e);
+    }
+    crate::print(&format!(
+        "ready: api {} flight_sql {} ca {} token_file {} project {}",
+        info.api,
+        info.flight_sql,
+        info.ca.display(),
+        info.token_file.display(),
+        info.project
+    ))?;
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = network.shutdown.cancelled() => {}
+    }
+    println!("shutting down");
+    if let Some(path) = info_file {
+        let _ = std::fs::remove_file(path);
+    }
+    network.stop().await
+}
+
 pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("cannot create a temporary directory for the demo network")?;
-    println!("Generating synthetic data for three hospitals (seed {seed}, scale {scale}),");
-    println!("a network CA with certificates for the coordinator and each site, and a researcher token ...");
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let layout = setup::write_network(dir.path(), seed, scale, verbund_synth::Format::Parquet, &names).await?;
-
-    let node_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let api_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let node_addr = node_listener.local_addr()?;
-    let api_addr = api_listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let text = setup::coordinator_config(&layout, any_port, any_port).to_toml().map_err(anyhow::Error::msg)?;
-    let config = CoordinatorConfig::from_toml(&text, dir.path()).map_err(anyhow::Error::msg)?;
-    let coordinator = Coordinator::new(config).await?;
-    let server = tokio::spawn(coordinator.clone().serve(node_listener, api_listener, shutdown.clone()));
-
-    let link = format!("https://127.0.0.1:{}", node_addr.port());
-    let link_url = link.parse()?;
-    for (i, site) in layout.sites.iter().enumerate() {
-        let path = dir.path().join(format!("{}.toml", site.site));
-        setup::write_config(&path, &setup::node_config(&layout, i, &link_url).to_toml()?)?;
-        let config = NodeConfig::load(&path)?;
-        // The demo network is all on loopback: no proxy, whatever HTTPS_PROXY says.
-        let egress = Arc::new(verbund_security::egress::Egress::direct());
-        let node = Arc::new(Node::from_config(&config, egress.clone()).await?);
-        println!("  node {:<18} {} datasets, min cell size 5, mutual TLS to {link}", site.site, config.datasets.len());
-        tokio::spawn(node.run(verbund_node::link_options(&config, egress)?, shutdown.child_token()));
-    }
-    let site_names: Vec<&str> = layout.sites.iter().map(|s| s.site.as_str()).collect();
-    if !coordinator.sites().wait_for(&site_names, Duration::from_secs(20)).await {
-        bail!("the demo nodes did not connect to the coordinator within 20 s");
-    }
-    println!("Coordinator: sites link to {node_addr}, researchers ask at https://{api_addr}\n");
-
+    let network = Network::start(seed, scale).await?;
+    let layout = &network.layout;
     let connection = ResearcherConnection {
-        coordinator: format!("https://127.0.0.1:{}", api_addr.port()),
+        coordinator: network.api(),
         ca: layout.ca.clone(),
         token_file: layout.token_file.clone(),
     };
@@ -225,7 +355,7 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
     println!("== What the demo project has left of its privacy budget at each site (`verbund sites`)\n");
     print_sites(&mut client, &token).await?;
 
-    show_audit(&connection, &layout, &mut client, &token).await?;
+    show_audit(&connection, layout, &mut client, &token).await?;
 
     for model in MODELS {
         println!("== {}\n   {}\n", model.title, model.command());
@@ -235,9 +365,7 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         }
     }
 
-    shutdown.cancel();
-    server.await.context("coordinator task failed")??;
-    Ok(())
+    network.stop().await
 }
 
 /// The sites as the demo project sees them: state, profile, budget left, datasets.
@@ -323,5 +451,93 @@ mod tests {
             };
             assert_eq!(crate::model::request(&parsed, String::new()).unwrap(), model.request(), "{command}");
         }
+    }
+
+    /// `--info-file` only means something with `--serve`.
+    #[test]
+    fn info_file_needs_serve() {
+        let e = crate::Cli::try_parse_from(["verbund", "demo", "--info-file", "demo.json"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{e}");
+        let parsed =
+            crate::Cli::try_parse_from(["verbund", "demo", "--serve", "--info-file", "d.json", "--scale", "0.1"]);
+        let crate::Command::Demo { serve, info_file, scale, .. } = parsed.unwrap().command else { panic!("not demo") };
+        assert!(serve);
+        assert_eq!(info_file.as_deref(), Some(std::path::Path::new("d.json")));
+        assert_eq!(scale, 0.1);
+    }
+
+    /// The info file is the JSON the Python example reads, written whole (no temporary file
+    /// left beside it) and replacing an older one.
+    #[test]
+    fn info_file_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.json");
+        std::fs::write(&path, "stale").unwrap();
+        let info = Info {
+            api: "https://127.0.0.1:7071".into(),
+            flight_sql: "grpc+tls://127.0.0.1:7071".into(),
+            ca: "/tmp/x/pki/ca.pem".into(),
+            token_file: "/tmp/x/auth/researcher.token".into(),
+            project: setup::DEMO_PROJECT.into(),
+        };
+        info.write(&path).unwrap();
+        let read: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            read,
+            serde_json::json!({
+                "api": "https://127.0.0.1:7071",
+                "flight_sql": "grpc+tls://127.0.0.1:7071",
+                "ca": "/tmp/x/pki/ca.pem",
+                "token_file": "/tmp/x/auth/researcher.token",
+                "project": "demo-study",
+            })
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("demo.json")]);
+        let e = info.write(&dir.path().join("missing/demo.json")).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot write"), "{e:#}");
+    }
+
+    /// `demo --serve`: the info file appears once the sites have linked, names a coordinator
+    /// that answers the demo project with its token, and goes at shutdown, which ends cleanly.
+    #[tokio::test]
+    async fn serve_writes_info_answers_and_stops() {
+        verbund_security::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.json");
+        let stop = CancellationToken::new();
+        let served = tokio::spawn({
+            let (path, stop) = (path.clone(), stop.clone());
+            async move { serve(7, 0.05, Some(&path), stop).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !path.exists() {
+            assert!(!served.is_finished(), "serve ended before writing the info file: {:?}", served.await);
+            assert!(std::time::Instant::now() < deadline, "no info file within 120 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let api = info["api"].as_str().unwrap();
+        let port = api.rsplit(':').next().unwrap();
+        assert_eq!(info["flight_sql"], format!("grpc+tls://127.0.0.1:{port}"));
+        assert_eq!(info["project"], setup::DEMO_PROJECT);
+        let connection = ResearcherConnection {
+            coordinator: api.into(),
+            ca: info["ca"].as_str().unwrap().into(),
+            token_file: info["token_file"].as_str().unwrap().into(),
+        };
+        let (mut client, token) = connect(&connection).await.unwrap();
+        let request = pb::ResearchQuery {
+            sql: "SELECT count(*) AS n FROM patients".into(),
+            project: info["project"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        let response = client.query(authorized(request, &token).unwrap()).await.unwrap().into_inner();
+        assert_eq!(response.sites.len(), 3, "{:?}", response.sites);
+        assert!(response.sites.iter().all(|s| s.outcome() == pb::SiteOutcome::Answered), "{:?}", response.sites);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), served).await.unwrap().unwrap().unwrap();
+        assert!(!path.exists(), "the info file outlives the network");
+        assert!(!std::path::Path::new(info["ca"].as_str().unwrap()).exists(), "the demo's files outlive it");
     }
 }

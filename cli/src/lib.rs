@@ -150,12 +150,22 @@ pub enum Command {
         ops_listen: Option<String>,
     },
     /// Start a demo network on this machine (three hospitals, generated data, mutual TLS,
-    /// tokens) and run a few federated queries.
+    /// tokens) and run a few federated queries; or, with --serve, keep it running for other
+    /// tools (Python through Arrow Flight SQL, `verbund query`) until Ctrl-C or SIGTERM.
     Demo {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// Skip the scripted queries: print a `ready` line with the addresses and serve until
+        /// Ctrl-C or SIGTERM.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: write the addresses, CA, token file and project here as JSON
+        /// ({"api", "flight_sql", "ca", "token_file", "project"}) once the network is up;
+        /// removed again at shutdown.
+        #[arg(long, requires = "serve")]
+        info_file: Option<PathBuf>,
     },
 }
 
@@ -450,7 +460,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("CA for researchers: {}", layout.ca.display());
             Ok(())
         }
-        Command::Demo { seed, scale } => demo::run(seed, scale).await,
+        Command::Demo { seed, scale, serve: false, .. } => demo::run(seed, scale).await,
+        Command::Demo { seed, scale, serve: true, info_file } => {
+            let stop = CancellationToken::new();
+            tokio::spawn(shutdown_signal(stop.clone()));
+            demo::serve(seed, scale, info_file.as_deref(), stop).await
+        }
         Command::Audit(audit::AuditCommand::Remote { connection, site, verify, select, format }) => {
             audit::remote(&connection, site, verify, &select, format).await
         }
