@@ -365,7 +365,100 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
         }
     }
 
+    show_submitted(&mut client, &token).await?;
+    show_flight_sql(&network, &connection, &token).await?;
     network.stop().await
+}
+
+/// The demo's first question again: a repeat, which dp sites answer with the same numbers at
+/// no new cost (the demo spends the rest of the project's budget before this).
+const LATER_SQL: &str = QUERIES[0].1;
+
+/// A query submitted, followed and fetched later, as `verbund submit/status/result` do.
+async fn show_submitted(
+    client: &mut verbund_proto::v1::researcher_client::ResearcherClient<tonic::transport::Channel>,
+    token: &str,
+) -> anyhow::Result<()> {
+    println!("== Queries that outlive a connection: submit, leave, fetch later (`verbund submit`, `status`, `result`)");
+    println!("   {LATER_SQL} (asked before: no new cost)\n");
+    let query = pb::ResearchQuery {
+        query_id: "diabetes-by-sex".into(),
+        sql: LATER_SQL.into(),
+        project: setup::DEMO_PROJECT.into(),
+        ..Default::default()
+    };
+    let submit = pb::SubmitRequest { request: Some(pb::submit_request::Request::Query(query)) };
+    let submitted = client.submit(authorized(submit, token)?).await.map_err(crate::status_error)?.into_inner();
+    println!("submitted: {}", crate::jobs::progress_line(&submitted));
+    let mut version = submitted.version;
+    loop {
+        let poll = pb::StatusRequest {
+            query_id: "diabetes-by-sex".into(),
+            after_version: version,
+            wait_ms: 5_000,
+            ..Default::default()
+        };
+        let status = client.get_status(authorized(poll, token)?).await.map_err(crate::status_error)?.into_inner();
+        println!("status:    {}", crate::jobs::progress_line(&status));
+        version = status.version;
+        if !matches!(status.state(), pb::QueryState::Queued | pb::QueryState::Running) {
+            break;
+        }
+    }
+    let fetch = pb::ResultRequest { query_id: "diabetes-by-sex".into(), owner: String::new() };
+    let result = client.get_result(authorized(fetch, token)?).await.map_err(crate::status_error)?.into_inner();
+    println!("\n{}\n", crate::jobs::render_result(&result, OutputFormat::Table)?);
+    let listed =
+        client.list_queries(authorized(pb::ListRequest::default(), token)?).await.map_err(crate::status_error)?;
+    let queries = listed.into_inner().queries;
+    println!("`verbund list`: {} queries of this session are stored, the newest:", queries.len());
+    println!("{}\n", crate::jobs::list_table(&queries[..queries.len().min(3)]));
+    Ok(())
+}
+
+/// The same question over Arrow Flight SQL, as ADBC, JDBC or Python ask it (docs/python.md).
+async fn show_flight_sql(network: &Network, connection: &ResearcherConnection, token: &str) -> anyhow::Result<()> {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use futures::TryStreamExt;
+    println!("== Arrow Flight SQL on the same port ({}), as ADBC and Python ask", network.flight_sql());
+    println!("   {LATER_SQL}\n");
+    let tls = verbund_security::tls::researcher_client_tls(&connection.ca, None)?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(connection.coordinator.clone())?.tls_config(tls)?.connect().await?;
+    let mut flight = FlightSqlServiceClient::new(channel);
+    flight.set_token(token.to_string());
+    flight.set_header(verbund_coordinator::flight::PROJECT_HEADER, setup::DEMO_PROJECT);
+    let info = flight.execute(LATER_SQL.to_string(), None).await?;
+    let mut batches = Vec::new();
+    for endpoint in &info.endpoint {
+        let Some(ticket) = endpoint.ticket.clone() else { continue };
+        let stream = flight.do_get(ticket).await?;
+        batches.extend(stream.try_collect::<Vec<_>>().await?);
+    }
+    // The metadata travels on the FlightInfo's schema (and on every batch's).
+    let metadata = info.clone().try_decode_schema()?.metadata().clone();
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        println!("(no rows: every group was withheld, as in the native answer)");
+    } else {
+        println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    }
+    let sites = metadata.get(verbund_coordinator::flight::SITES).map(String::as_str).unwrap_or("[]");
+    let sites: Vec<serde_json::Value> = serde_json::from_str(sites).unwrap_or_default();
+    let answered: Vec<String> = sites
+        .iter()
+        .map(|s| format!("{} {}", s["site"].as_str().unwrap_or("?"), s["status"].as_str().unwrap_or("?")))
+        .collect();
+    println!(
+        "schema metadata: verbund.complete = {}, verbund.sites: {}",
+        metadata.get(verbund_coordinator::flight::COMPLETE).map(String::as_str).unwrap_or("?"),
+        answered.join(", ")
+    );
+    println!(
+        "(the numbers equal the native answer above: a repeated question gets the same noise at no cost)\n\n\
+         From Python: `verbund demo --serve --info-file demo.json`, then\n\
+         `python examples/python/verbund_query.py --info demo.json \"{LATER_SQL}\"` (docs/python.md).\n"
+    );
+    Ok(())
 }
 
 /// The sites as the demo project sees them: state, profile, budget left, datasets.

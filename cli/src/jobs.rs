@@ -35,12 +35,10 @@ pub fn progress_line(s: &pb::QueryStatus) -> String {
         .iter()
         .filter(|p| p.finished)
         .map(|p| match &p.status {
-            Some(st) => format!(
-                "{} {} {:.1} s",
-                p.site,
-                verbund_coordinator::api::site_outcome_label(st.outcome()),
-                st.elapsed_ms / 1000.0
-            ),
+            Some(st) => {
+                let label = verbund_coordinator::api::site_outcome_label(st.outcome());
+                format!("{} {label} {}", p.site, took(st.elapsed_ms))
+            }
             None => format!("{} finished", p.site),
         })
         .collect();
@@ -56,6 +54,11 @@ pub fn progress_line(s: &pb::QueryStatus) -> String {
         line.push_str(&format!(", round {} attempt {}", s.round, s.attempt + 1));
     }
     line
+}
+
+/// "850 ms", "1.2 s".
+fn took(ms: f64) -> String {
+    if ms < 1000.0 { format!("{ms:.0} ms") } else { format!("{:.1} s", ms / 1000.0) }
 }
 
 /// Shows progress on stderr: one redrawn line on a terminal, plain lines otherwise.
@@ -260,9 +263,9 @@ fn status_text(s: &pb::QueryStatus) -> String {
     for p in &s.sites {
         let what = match (&p.status, p.finished) {
             (Some(st), _) => format!(
-                "{} after {:.1} s {}",
+                "{} after {} {}",
                 verbund_coordinator::api::site_outcome_label(st.outcome()),
-                st.elapsed_ms / 1000.0,
+                took(st.elapsed_ms),
                 st.message
             ),
             (None, true) => "finished".into(),
@@ -273,7 +276,7 @@ fn status_text(s: &pb::QueryStatus) -> String {
     out.trim_end().to_string()
 }
 
-fn list_table(queries: &[pb::QueryStatus]) -> String {
+pub fn list_table(queries: &[pb::QueryStatus]) -> String {
     if queries.is_empty() {
         return "(no stored queries)".into();
     }

@@ -281,40 +281,40 @@ impl Coordinator {
             Err(e) if cancel.is_cancelled() => (pb::QueryState::Cancelled, e.code() as i32, e.to_string(), None),
             Err(e) => (pb::QueryState::Failed, e.code() as i32, e.to_string(), None),
         };
+        // Readers see the end only once it is stored: a status that says done means the
+        // answer can be fetched.
         let now = now_ms();
-        tx.send_modify(|s| {
-            s.state = state as i32;
-            s.error_code = code;
-            s.error_message = message;
-            s.finished_unix_ms = now;
-            s.expires_unix_ms = now.saturating_add(self.config().queries.keep.as_millis() as u64);
-            if let Ok(answer) = &result {
-                let sites = match answer {
-                    Answer::Query(r) => &r.sites,
-                    Answer::Model(r) => &r.sites,
-                };
-                s.sites = sites
-                    .iter()
-                    .map(|st| pb::SiteProgress { site: st.site.clone(), finished: true, status: Some(st.clone()) })
-                    .collect();
-                if let Answer::Query(r) = answer {
-                    s.rows = crate::api::decode_ipc(&r.arrow_ipc).map_or(0, |b| b.num_rows() as u64);
-                }
+        let mut s = tx.borrow().clone();
+        s.state = state as i32;
+        s.error_code = code;
+        s.error_message = message;
+        s.finished_unix_ms = now;
+        s.expires_unix_ms = now.saturating_add(self.config().queries.keep.as_millis() as u64);
+        if let Ok(answer) = &result {
+            let sites = match answer {
+                Answer::Query(r) => &r.sites,
+                Answer::Model(r) => &r.sites,
+            };
+            s.sites = sites
+                .iter()
+                .map(|st| pb::SiteProgress { site: st.site.clone(), finished: true, status: Some(st.clone()) })
+                .collect();
+            if let Answer::Query(r) = answer {
+                s.rows = crate::api::decode_ipc(&r.arrow_ipc).map_or(0, |b| b.num_rows() as u64);
             }
-            s.sites.iter_mut().for_each(|p| p.finished = true);
-        });
-        stored.status = Some(tx.borrow().clone());
+        }
+        s.sites.iter_mut().for_each(|p| p.finished = true);
+        s.version += 1;
+        stored.status = Some(s.clone());
         let finished = stored.clone();
         let written = self.blocking_store(move |store| store.update(&finished, encoded.as_deref(), durable)).await;
         if let Err(e) = written {
             tracing::error!(error = %e, "the query's answer could not be stored; only a waiting caller gets it");
-            tx.send_modify(|s| {
-                s.state = pb::QueryState::Failed as i32;
-                s.error_code = tonic::Code::Unavailable as i32;
-                s.error_message = format!("the answer could not be stored ({e}); ask again");
-            });
+            s.state = pb::QueryState::Failed as i32;
+            s.error_code = tonic::Code::Unavailable as i32;
+            s.error_message = format!("the answer could not be stored ({e}); ask again");
         }
-        tx.send_modify(|s| s.version += 1);
+        tx.send_replace(s);
         let status = tx.borrow().clone();
         self.running().remove(&status.owner, &status.query_id);
         let _ = done.send(result);
