@@ -12,18 +12,7 @@ pub fn decode(ipc: &[u8]) -> anyhow::Result<Vec<RecordBatch>> {
     reader.collect::<Result<Vec<_>, _>>().context("the result is not valid Arrow IPC")
 }
 
-pub fn outcome_name(o: pb::SiteOutcome) -> &'static str {
-    match o {
-        pb::SiteOutcome::Answered => "answered",
-        pb::SiteOutcome::Refused => "refused",
-        pb::SiteOutcome::TimedOut => "timed out",
-        pb::SiteOutcome::Cancelled => "cancelled",
-        pb::SiteOutcome::NotConnected => "not connected",
-        pb::SiteOutcome::Disconnected => "disconnected",
-        pb::SiteOutcome::Failed => "failed",
-        pb::SiteOutcome::Unspecified => "unknown",
-    }
-}
+pub use verbund_coordinator::api::outcome_name;
 
 /// "in 89 days", "EXPIRED 3 days ago", with a warning mark below two weeks.
 pub fn expiry(not_after_unix: i64) -> String {

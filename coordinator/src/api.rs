@@ -291,6 +291,20 @@ impl Coordinator {
     }
 }
 
+/// A site's outcome in words, as the CLI and Flight SQL's `verbund.sites` show it.
+pub fn outcome_name(o: pb::SiteOutcome) -> &'static str {
+    match o {
+        pb::SiteOutcome::Answered => "answered",
+        pb::SiteOutcome::Refused => "refused",
+        pb::SiteOutcome::TimedOut => "timed out",
+        pb::SiteOutcome::Cancelled => "cancelled",
+        pb::SiteOutcome::NotConnected => "not connected",
+        pb::SiteOutcome::Disconnected => "disconnected",
+        pb::SiteOutcome::Failed => "failed",
+        pb::SiteOutcome::Unspecified => "unknown",
+    }
+}
+
 /// The label of a site's outcome in metrics, logs and reports.
 pub fn site_outcome_label(o: pb::SiteOutcome) -> &'static str {
     match o {

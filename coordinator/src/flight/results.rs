@@ -84,28 +84,13 @@ fn site_json(s: &pb::SiteStatus) -> serde_json::Value {
     });
     json!({
         "site": s.site,
-        "status": outcome_name(s.outcome()),
+        "status": crate::api::outcome_name(s.outcome()),
         "message": s.message,
         "elapsed_ms": s.elapsed_ms,
         "groups": s.groups,
         "profile": s.profile,
         "cost": cost,
     })
-}
-
-/// A site's outcome in the CLI's words (`verbund_cli::render::outcome_name`: the CLI depends on
-/// this crate, not the other way round).
-fn outcome_name(o: pb::SiteOutcome) -> &'static str {
-    match o {
-        pb::SiteOutcome::Answered => "answered",
-        pb::SiteOutcome::Refused => "refused",
-        pb::SiteOutcome::TimedOut => "timed out",
-        pb::SiteOutcome::Cancelled => "cancelled",
-        pb::SiteOutcome::NotConnected => "not connected",
-        pb::SiteOutcome::Disconnected => "disconnected",
-        pb::SiteOutcome::Failed => "failed",
-        pb::SiteOutcome::Unspecified => "unknown",
-    }
 }
 
 impl super::FlightSql {
