@@ -211,12 +211,19 @@ impl Network {
         format!("grpc+tls://127.0.0.1:{}", self.api_addr.port())
     }
 
+    /// The web page shares the researcher API's TLS port too.
+    fn web(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.api_addr.port())
+    }
+
     fn info(&self) -> Info {
         Info {
             api: self.api(),
             flight_sql: self.flight_sql(),
+            web: self.web(),
             ca: self.layout.ca.clone(),
             token_file: self.layout.token_file.clone(),
+            auditor_token_file: self.layout.auditor_token_file.clone(),
             project: setup::DEMO_PROJECT.into(),
         }
     }
@@ -237,10 +244,14 @@ pub struct Info {
     pub api: String,
     /// Arrow Flight SQL, on the researcher API's port.
     pub flight_sql: String,
+    /// The web page (docs/web.md), on the researcher API's port.
+    pub web: String,
     /// The CA the coordinator's certificate chains to (PEM).
     pub ca: std::path::PathBuf,
     /// The demo researcher's token (12 hours, one project).
     pub token_file: std::path::PathBuf,
+    /// The demo auditor's token (role 'auditor': reads the audit logs, cannot query).
+    pub auditor_token_file: std::path::PathBuf,
     pub project: String,
 }
 
@@ -249,8 +260,10 @@ impl Info {
         serde_json::json!({
             "api": self.api,
             "flight_sql": self.flight_sql,
+            "web": self.web,
             "ca": self.ca.display().to_string(),
             "token_file": self.token_file.display().to_string(),
+            "auditor_token_file": self.auditor_token_file.display().to_string(),
             "project": self.project,
         })
     }
@@ -290,12 +303,19 @@ pub async fn serve(
         return Err(e);
     }
     crate::print(&format!(
-        "ready: api {} flight_sql {} ca {} token_file {} project {}",
+        "ready: api {} flight_sql {} ca {} token_file {} project {}\n\
+         The web page: {} (the certificate is the demo CA's, {}: trust it or accept the browser's warning).\n\
+         Log in with the researcher's token:  cat {}\n\
+         or with the auditor's (audit log):   cat {}",
         info.api,
         info.flight_sql,
         info.ca.display(),
         info.token_file.display(),
-        info.project
+        info.project,
+        info.web,
+        info.ca.display(),
+        info.token_file.display(),
+        info.auditor_token_file.display(),
     ))?;
     tokio::select! {
         _ = stop.cancelled() => {}
@@ -367,7 +387,21 @@ pub async fn run(seed: u64, scale: f64) -> anyhow::Result<()> {
 
     show_submitted(&mut client, &token).await?;
     show_flight_sql(&network, &connection, &token).await?;
+    show_web(&network);
     network.stop().await
+}
+
+fn show_web(network: &Network) {
+    println!(
+        "== The web page\n\n\
+         The coordinator serves a web page on the same TLS port: {} (docs/web.md).\n\
+         Researchers see the sites and their catalogues, ask in SQL or CCDL, follow each site's\n\
+         progress and get the answer as a table, a chart and CSV, with its privacy notes; auditors\n\
+         read, verify and reconcile the audit logs, and operators see site health, certificates and\n\
+         budgets. This demo network stops now; `cargo run -- demo --serve` keeps it running and\n\
+         prints the token files to log in with.\n",
+        network.web()
+    );
 }
 
 /// The demo's first question again: a repeat, which dp sites answer with the same numbers at
@@ -569,8 +603,10 @@ mod tests {
         let info = Info {
             api: "https://127.0.0.1:7071".into(),
             flight_sql: "grpc+tls://127.0.0.1:7071".into(),
+            web: "https://127.0.0.1:7071/".into(),
             ca: "/tmp/x/pki/ca.pem".into(),
             token_file: "/tmp/x/auth/researcher.token".into(),
+            auditor_token_file: "/tmp/x/auth/auditor.token".into(),
             project: setup::DEMO_PROJECT.into(),
         };
         info.write(&path).unwrap();
@@ -580,8 +616,10 @@ mod tests {
             serde_json::json!({
                 "api": "https://127.0.0.1:7071",
                 "flight_sql": "grpc+tls://127.0.0.1:7071",
+                "web": "https://127.0.0.1:7071/",
                 "ca": "/tmp/x/pki/ca.pem",
                 "token_file": "/tmp/x/auth/researcher.token",
+                "auditor_token_file": "/tmp/x/auth/auditor.token",
                 "project": "demo-study",
             })
         );

@@ -17,16 +17,7 @@ fn finished(state: pb::QueryState) -> bool {
     matches!(state, pb::QueryState::Done | pb::QueryState::Failed | pb::QueryState::Cancelled)
 }
 
-pub fn state_name(state: pb::QueryState) -> &'static str {
-    match state {
-        pb::QueryState::Queued => "queued",
-        pb::QueryState::Running => "running",
-        pb::QueryState::Done => "done",
-        pb::QueryState::Failed => "failed",
-        pb::QueryState::Cancelled => "cancelled",
-        pb::QueryState::Unspecified => "unknown",
-    }
-}
+pub use verbund_coordinator::api::state_name;
 
 /// One line of progress: "q-7 running: 2 of 3 sites finished (north answered 1.2 s, south refused) round 3".
 pub fn progress_line(s: &pb::QueryStatus) -> String {

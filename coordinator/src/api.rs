@@ -291,6 +291,18 @@ impl Coordinator {
     }
 }
 
+/// A query's state as researchers read it (CLI, web page).
+pub fn state_name(state: pb::QueryState) -> &'static str {
+    match state {
+        pb::QueryState::Queued => "queued",
+        pb::QueryState::Running => "running",
+        pb::QueryState::Done => "done",
+        pb::QueryState::Failed => "failed",
+        pb::QueryState::Cancelled => "cancelled",
+        pb::QueryState::Unspecified => "unknown",
+    }
+}
+
 /// A site's outcome in words, as the CLI and Flight SQL's `verbund.sites` show it.
 pub fn outcome_name(o: pb::SiteOutcome) -> &'static str {
     match o {
@@ -614,7 +626,8 @@ impl Researcher for ResearcherService {
         let (claims, _) = authenticate(&self.coordinator, &request)?;
         let project = request.into_inner().project;
         let asked = [project];
-        let view = if claims.roles.iter().any(|r| r == OPERATOR_ROLE) {
+        // Auditors review what every project spent, as operators see it.
+        let view = if claims.roles.iter().any(|r| r == OPERATOR_ROLE || r == verbund_audit::remote::AUDITOR_ROLE) {
             View::Operator
         } else if asked[0].is_empty() {
             View::Projects(&claims.projects)

@@ -15,6 +15,7 @@ pub mod queries;
 pub mod quota;
 pub mod sites;
 pub mod store;
+pub mod web;
 
 use parking_lot::Mutex;
 use sites::SiteRegistry;
@@ -520,8 +521,15 @@ impl Coordinator {
                 verbund_security::tls::incoming(node_listener, self.link_tls.clone(), shutdown.clone(), &self.tasks),
                 shutdown.clone().cancelled_owned(),
             );
-        let api_server =
-            tonic::transport::Server::builder().add_service(api).add_service(flight_sql).serve_with_incoming_shutdown(
+        // The web page shares the listener: gRPC services by their paths, pages elsewhere.
+        let routes = tonic::service::Routes::new(api)
+            .add_service(flight_sql)
+            .into_axum_router()
+            .merge(web::router(self.clone()))
+            .fallback(web::fallback);
+        let api_server = tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::from(routes))
+            .serve_with_incoming_shutdown(
                 verbund_security::tls::incoming(api_listener, self.api_tls.clone(), shutdown.clone(), &self.tasks),
                 shutdown.cancelled_owned(),
             );

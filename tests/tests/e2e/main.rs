@@ -22,3 +22,4 @@ mod reload;
 mod resilience;
 mod security;
 mod suppression;
+mod web;
