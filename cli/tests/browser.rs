@@ -179,7 +179,7 @@ fn same(cell: &str, value: &serde_json::Value) -> bool {
             (a - b).abs() <= 1e-9 * b.abs().max(1.0)
         }
         serde_json::Value::Null => cell == "–",
-        other => cell == other.to_string(),
+        other => *other == serde_json::Value::String(cell.to_string()) || cell == other.to_string().as_str(),
     }
 }
 
@@ -188,7 +188,11 @@ fn assert_same(page: &[Vec<String>], cli: &[serde_json::Map<String, serde_json::
     assert!(!page.is_empty());
     for (row, expected) in page.iter().zip(cli) {
         for (cell, column) in row.iter().zip(columns) {
-            assert!(same(cell, &expected[*column]), "{column}: page {cell} cli {} ({page:?} vs {cli:?})", expected[*column]);
+            assert!(
+                same(cell, &expected[*column]),
+                "{column}: page {cell} cli {} ({page:?} vs {cli:?})",
+                expected[*column]
+            );
         }
     }
 }
@@ -197,7 +201,10 @@ fn assert_same(page: &[Vec<String>], cli: &[serde_json::Map<String, serde_json::
 async fn researchers_and_auditors_in_a_real_browser() {
     let Some(driver_path) = driver_path() else {
         let required = std::env::var("VERBUND_BROWSER_TESTS").is_ok_and(|v| v == "required");
-        assert!(!required, "VERBUND_BROWSER_TESTS=required but {CHROMEDRIVER} is missing: apt-get install chromium chromium-driver");
+        assert!(
+            !required,
+            "VERBUND_BROWSER_TESTS=required but {CHROMEDRIVER} is missing: apt-get install chromium chromium-driver"
+        );
         eprintln!("skipped: no {CHROMEDRIVER} (apt-get install chromium chromium-driver; CI requires it)");
         return;
     };

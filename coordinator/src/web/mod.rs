@@ -83,7 +83,8 @@ async fn security_headers(mut response: Response) -> Response {
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not "no-referrer": browsers then send `Origin: null` with forms, which the origin check refuses.
+        (header::REFERRER_POLICY, "same-origin"),
         // Pages hold results and audit records: no copy in a shared cache or the back button.
         (header::CACHE_CONTROL, "no-store"),
         (header::HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
@@ -100,11 +101,13 @@ pub(crate) struct PageError {
     status: StatusCode,
     title: &'static str,
     message: String,
+    /// The logged-in user's links, where known (a refused view still offers the others).
+    nav: Option<view::Nav>,
 }
 
 impl PageError {
     pub fn new(status: StatusCode, title: &'static str, message: impl Into<String>) -> Self {
-        Self { status, title, message: message.into() }
+        Self { status, title, message: message.into(), nav: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -117,6 +120,11 @@ impl PageError {
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    pub fn with_nav(mut self, nav: view::Nav) -> Self {
+        self.nav = Some(nav);
+        self
     }
 }
 
@@ -141,7 +149,10 @@ impl From<tonic::Status> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let page = view::Message::new(self.title, &self.message);
+        let mut page = view::Message::new(self.title, &self.message);
+        if let Some(nav) = self.nav {
+            page.nav = nav;
+        }
         let mut response = view::render(self.status, &page);
         if self.status == StatusCode::UNAUTHORIZED {
             // An expired or revoked token: forget it, so the next page offers the login.

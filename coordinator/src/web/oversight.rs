@@ -149,7 +149,9 @@ fn parse(response: &pb::AuditResponse) -> Result<Vec<Entry>, String> {
     response
         .entries
         .iter()
-        .map(|line| verbund_audit::remote::parse_entry_json(line).map_err(|e| format!("a record could not be read: {e}")))
+        .map(|line| {
+            verbund_audit::remote::parse_entry_json(line).map_err(|e| format!("a record could not be read: {e}"))
+        })
         .collect()
 }
 
@@ -234,8 +236,11 @@ pub async fn audit(State(web): State<Web>, session: Session, RawQuery(raw): RawQ
 pub async fn verify(State(web): State<Web>, session: Session, body: axum::body::Bytes) -> Result<Response, PageError> {
     session.require_oversight()?;
     let mut page = audit_page(&web, &session, filters(&body));
-    let request =
-        pb::AuditRequest { site: site_of(&page.filters.log), action: pb::AuditAction::Verify as i32, ..Default::default() };
+    let request = pb::AuditRequest {
+        site: site_of(&page.filters.log),
+        action: pb::AuditAction::Verify as i32,
+        ..Default::default()
+    };
     match read(&web, &session, request).await {
         Ok(response) => {
             let v = response.verification.unwrap_or_default();
@@ -262,7 +267,9 @@ pub async fn record(State(web): State<Web>, session: Session, RawQuery(raw): Raw
     let fields = pairs(raw.unwrap_or_default().as_bytes());
     let log = value(&fields, "log");
     let (Ok(seq), Ok(time)) = (value(&fields, "seq").parse::<u64>(), value(&fields, "time").parse::<u64>()) else {
-        return Err(PageError::bad_request("a record is named by its log, seq and time (follow a link on the audit page)"));
+        return Err(PageError::bad_request(
+            "a record is named by its log, seq and time (follow a link on the audit page)",
+        ));
     };
     let request = pb::AuditRequest {
         site: site_of(&log),
@@ -275,7 +282,11 @@ pub async fn record(State(web): State<Web>, session: Session, RawQuery(raw): Raw
     let response = read(&web, &session, request).await?;
     let entries = parse(&response).map_err(PageError::bad_request)?;
     let Some(entry) = entries.into_iter().find(|e| e.seq == seq) else {
-        return Err(PageError::new(StatusCode::NOT_FOUND, "Not found", format!("the {log} log has no record {seq} at that time")));
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("the {log} log has no record {seq} at that time"),
+        ));
     };
     let json = serde_json::to_string_pretty(&entry.record)
         .map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, "Failed", e.to_string()))?;
@@ -292,7 +303,11 @@ pub async fn record(State(web): State<Web>, session: Session, RawQuery(raw): Raw
 
 /// One query's account in the coordinator's log against each site's: the sites read are those
 /// the coordinator knows; a site that cannot be read is named and its part left unchecked.
-pub async fn reconcile(State(web): State<Web>, session: Session, RawQuery(raw): RawQuery) -> Result<Response, PageError> {
+pub async fn reconcile(
+    State(web): State<Web>,
+    session: Session,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
     session.require_oversight()?;
     let query_id = value(&pairs(raw.unwrap_or_default().as_bytes()), "query_id");
     let mut page = view::Reconcile {

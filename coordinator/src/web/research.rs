@@ -53,7 +53,15 @@ pub async fn sites(State(web): State<Web>, session: Session) -> Result<Response,
             budgets: s
                 .budgets
                 .iter()
-                .map(|b| format!("{}: ε {} left of {} per {} days", b.project, num(b.epsilon_left), num(b.epsilon), b.period_days))
+                .map(|b| {
+                    format!(
+                        "{}: ε {} left of {} per {} days",
+                        b.project,
+                        num(b.epsilon_left),
+                        num(b.epsilon),
+                        b.period_days
+                    )
+                })
                 .collect(),
             site: s.site,
             connected: s.connected,
@@ -102,11 +110,7 @@ pub async fn query_form(State(web): State<Web>, session: Session) -> Result<Resp
 
 /// Submits the query; on success the browser goes to its page, otherwise the form comes back
 /// with what was typed and the reason next to the input it concerns.
-pub async fn submit(
-    State(web): State<Web>,
-    session: Session,
-    body: axum::body::Bytes,
-) -> Result<Response, PageError> {
+pub async fn submit(State(web): State<Web>, session: Session, body: axum::body::Bytes) -> Result<Response, PageError> {
     let fields = pairs(&body);
     let mut page = form(&web, &session).await?;
     page.project = value(&fields, "project");
@@ -243,7 +247,11 @@ pub async fn query_page(
         submitted: view::time(status.submitted_unix_ms),
         finished: view::time(status.finished_unix_ms),
         expires: view::time(status.expires_unix_ms),
-        round: if status.kind == "model" { format!("round {}, attempt {}", status.round, status.attempt + 1) } else { String::new() },
+        round: if status.kind == "model" {
+            format!("round {}, attempt {}", status.round, status.attempt + 1)
+        } else {
+            String::new()
+        },
         progress: status.sites.iter().map(progress_row).collect(),
         error: status.error_message.clone(),
         table: None,
@@ -263,13 +271,20 @@ pub async fn query_page(
     }
     match result.and_then(|r| r.result) {
         Some(pb::result_response::Result::Query(response)) => {
-            let batch = decode_ipc(&response.arrow_ipc)
-                .map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, "Failed", format!("the stored answer cannot be read: {e}")))?;
-            page.charts = chart::Chart::of(&batch).into_iter().chain(chart::histograms(&batch, &status.summary)).collect();
+            let batch = decode_ipc(&response.arrow_ipc).map_err(|e| {
+                PageError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Failed",
+                    format!("the stored answer cannot be read: {e}"),
+                )
+            })?;
+            page.charts =
+                chart::Chart::of(&batch).into_iter().chain(chart::histograms(&batch, &status.summary)).collect();
             page.table = Some(table(&batch)?);
             page.notes = response.notes;
             let (path, query) = link.split_once('?').unwrap_or((link.as_str(), ""));
-            page.csv_link = format!("{path}/result.csv{}", if query.is_empty() { String::new() } else { format!("?{query}") });
+            page.csv_link =
+                format!("{path}/result.csv{}", if query.is_empty() { String::new() } else { format!("?{query}") });
         }
         Some(pb::result_response::Result::Model(response)) => {
             page.model_summary = response.summary;
@@ -343,7 +358,9 @@ pub async fn csv(
     let (owner, _) = page_params(raw);
     let result = fetch_result(&web, &session, &id, &owner).await?;
     let Some(pb::result_response::Result::Query(response)) = result.result else {
-        return Err(PageError::bad_request("only a query's table can be exported as CSV; a model's fit is on its page"));
+        return Err(PageError::bad_request(
+            "only a query's table can be exported as CSV; a model's fit is on its page",
+        ));
     };
     let failed = |e: String| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, "Failed", e);
     let batch = decode_ipc(&response.arrow_ipc).map_err(|e| failed(e.to_string()))?;
@@ -365,7 +382,11 @@ pub async fn csv(
 pub async fn cancel(State(web): State<Web>, session: Session, Path(id): Path<String>) -> Result<Response, PageError> {
     let found = web.api.cancel(session.request(pb::CancelRequest { query_id: id.clone() })?).await?.into_inner().found;
     if !found {
-        return Err(PageError::new(StatusCode::NOT_FOUND, "Not found", format!("no query '{id}' of yours is queued or running")));
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("no query '{id}' of yours is queued or running"),
+        ));
     }
     Ok(Redirect::to(&query_link(&id, "")).into_response())
 }

@@ -74,7 +74,8 @@ impl Session {
             "Not allowed",
             "this view is for tokens with the role 'operator' or 'auditor'; your token has: ".to_string()
                 + &self.claims.roles.join(", "),
-        ))
+        )
+        .with_nav(self.nav("")))
     }
 }
 
@@ -115,11 +116,21 @@ impl FromRequestParts<Web> for Session {
 /// A form posted from another site is refused: the cookie is SameSite=Strict already, and the
 /// browser's Origin (or Sec-Fetch-Site) header must name this page.
 fn same_origin(headers: &HeaderMap, authority: Option<&str>) -> Result<(), PageError> {
-    let refused = || PageError::new(StatusCode::FORBIDDEN, "Not allowed", "a form of another site cannot act here");
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site != "same-origin" && site != "none" {
-            return Err(refused());
-        }
+    let refused = || {
+        tracing::warn!(
+            origin = ?headers.get(header::ORIGIN),
+            fetch_site = ?headers.get("sec-fetch-site"),
+            authority = ?authority,
+            host = ?headers.get(header::HOST),
+            "web: a form from another site was refused"
+        );
+        PageError::new(StatusCode::FORBIDDEN, "Not allowed", "a form of another site cannot act here")
+    };
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err(refused());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = authority.or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));

@@ -198,7 +198,11 @@ fn check_only_own_resources(what: &str, html: &str) {
     for attribute in ["src=\"", "href=\"", "action=\""] {
         for (i, _) in html.match_indices(attribute) {
             let value = &html[i + attribute.len()..];
-            assert!(value.starts_with('/') || value.starts_with('#'), "{what}: {attribute}{}", &value[..40.min(value.len())]);
+            assert!(
+                value.starts_with('/') || value.starts_with('#'),
+                "{what}: {attribute}{}",
+                &value[..40.min(value.len())]
+            );
         }
     }
     assert!(!html.contains("style=\""), "{what}: an inline style (the CSP refuses it)");
@@ -237,7 +241,8 @@ async fn a_query_from_the_page_shows_the_apis_numbers_as_table_chart_and_csv() {
     assert!(page.body.contains("Privacy notes"), "{}", page.body);
 
     // A grouped count of two groups is drawn: one bar per group, scaled to the numbers.
-    let (_, grouped) = researcher.run_query("SELECT ward, count(*) AS n FROM wards WHERE value < 20 GROUP BY ward").await;
+    let (_, grouped) =
+        researcher.run_query("SELECT ward, count(*) AS n FROM wards WHERE value < 20 GROUP BY ward").await;
     assert!(!grouped.body.contains("<svg"), "one group only, no chart");
     let (_, charted) = researcher.run_query("SELECT band, count(*) AS n FROM wards GROUP BY band").await;
     assert_eq!(charted.body.matches("<rect class=\"bar\"").count(), 2, "{}", charted.body);
@@ -263,7 +268,12 @@ async fn nothing_of_a_withheld_cell_reaches_the_page_and_without_the_defence_it_
     // A refused query (patients one by one): the reason next to the SQL, no table, no patient.
     let network = network(5).await;
     let researcher = Browser::login(&network, &network.pki.token()).await;
-    let refused = researcher.post("/query", &[("project", PROJECT), ("sql", "SELECT patient_id, count(*) AS n FROM wards GROUP BY patient_id")]).await;
+    let refused = researcher
+        .post(
+            "/query",
+            &[("project", PROJECT), ("sql", "SELECT patient_id, count(*) AS n FROM wards GROUP BY patient_id")],
+        )
+        .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert!(refused.body.contains("id=\"error-sql\""), "{}", refused.body);
     assert!(!refused.body.contains("<table id=\"result\">"));
@@ -274,14 +284,17 @@ async fn nothing_of_a_withheld_cell_reaches_the_page_and_without_the_defence_it_
 async fn the_query_box_puts_the_reason_next_to_the_input_and_stores_nothing() {
     let network = network(5).await;
     let researcher = Browser::login(&network, &network.pki.token()).await;
-    let bad_sql = researcher.post("/query", &[("project", PROJECT), ("sql", "SELECT count(*) FROM no_such_table")]).await;
+    let bad_sql =
+        researcher.post("/query", &[("project", PROJECT), ("sql", "SELECT count(*) FROM no_such_table")]).await;
     assert_eq!(bad_sql.status, StatusCode::BAD_REQUEST);
     assert!(bad_sql.body.contains("id=\"error-sql\""), "{}", bad_sql.body);
     assert!(bad_sql.body.contains("no_such_table"), "the SQL stays in the box: {}", bad_sql.body);
     let bad_ccdl = researcher.post("/query", &[("project", PROJECT), ("ccdl", "{\"version\": \"2\"}")]).await;
     assert_eq!(bad_ccdl.status, StatusCode::BAD_REQUEST);
     assert!(bad_ccdl.body.contains("id=\"error-ccdl\""), "{}", bad_ccdl.body);
-    let bad_id = researcher.post("/query", &[("project", PROJECT), ("sql", "SELECT count(*) FROM wards"), ("query_id", "a b")]).await;
+    let bad_id = researcher
+        .post("/query", &[("project", PROJECT), ("sql", "SELECT count(*) FROM wards"), ("query_id", "a b")])
+        .await;
     assert!(bad_id.body.contains("id=\"error-id\""), "{}", bad_id.body);
     let list = network.client().await.list_queries(with_token(pb::ListRequest::default(), &network.pki.token())).await;
     assert!(list.unwrap().into_inner().queries.is_empty(), "a refused submission is not stored");
