@@ -278,6 +278,38 @@ async fn researchers_and_auditors_in_a_real_browser() {
     assert_same(&ccdl_rows, &cli, &[column.as_str()]);
     screenshot(&client, "ccdl-result").await;
 
+    // A linear model across the sites: the page's fit is the CLI's (a repeated fit costs the
+    // differentially private sites nothing and gives the same numbers).
+    client.goto(&format!("{web}model")).await.unwrap();
+    client.find(Locator::Id("outcome")).await.unwrap().send_keys("bmi").await.unwrap();
+    client.find(Locator::Id("covariates")).await.unwrap().send_keys("age, smoker").await.unwrap();
+    client.find(Locator::Id("condition")).await.unwrap().send_keys("age >= 18").await.unwrap();
+    client.find(Locator::Id("fit")).await.unwrap().click().await.unwrap();
+    let summary = wait_for(&client, "#model-summary", Duration::from_secs(90)).await.text().await.unwrap();
+    assert!(summary.contains("(Intercept)") && summary.contains("smoker"), "{summary}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_verbund"))
+        .arg("model")
+        .args(["--coordinator", info["api"].as_str().unwrap()])
+        .args(["--ca", info["ca"].as_str().unwrap()])
+        .args(["--token-file", info["token_file"].as_str().unwrap()])
+        .args(["--project", info["project"].as_str().unwrap()])
+        .args(["--family", "linear", "--outcome", "bmi", "--covariates", "age,smoker", "--dataset", "patients"])
+        .args(["--where", "age >= 18"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let cli = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{cli}{}", String::from_utf8_lossy(&out.stderr));
+    let coefficients = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("(Intercept)") || l.starts_with("age") || l.starts_with("smoker"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert!(!coefficients(&summary).is_empty());
+    assert_eq!(coefficients(&summary), coefficients(&cli), "page:\n{summary}\ncli:\n{cli}");
+    screenshot(&client, "model").await;
+
     // The researcher's queries, and no way into the operators' view.
     client.goto(&format!("{web}queries")).await.unwrap();
     assert!(client.find_all(Locator::Css("#queries tbody tr")).await.unwrap().len() >= 2);

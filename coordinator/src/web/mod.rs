@@ -9,6 +9,7 @@
 
 mod assets;
 mod chart;
+mod model;
 mod oversight;
 mod research;
 mod session;
@@ -47,6 +48,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/static/verbund.js", get(assets::js))
         .route("/sites", get(research::sites))
         .route("/query", get(research::query_form).post(research::submit))
+        .route("/model", get(model::model_form).post(model::submit))
         .route("/queries", get(research::queries))
         .route("/queries/{id}", get(research::query_page))
         .route("/queries/{id}/result.csv", get(research::csv))

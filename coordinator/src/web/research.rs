@@ -164,7 +164,7 @@ fn place_error(page: &mut QueryForm, status: &tonic::Status) {
     }
 }
 
-fn query_link(id: &str, owner: &str) -> String {
+pub(super) fn query_link(id: &str, owner: &str) -> String {
     let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
     if owner.is_empty() {
         format!("/queries/{id}")

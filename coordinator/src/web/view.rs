@@ -130,6 +130,28 @@ pub struct QueryForm {
     pub error_form: String,
 }
 
+/// The model form, with what was typed and the reasons next to the inputs.
+#[derive(Template, Default)]
+#[template(path = "model.html")]
+pub struct ModelForm {
+    pub nav: Nav,
+    pub projects: Vec<String>,
+    pub project: String,
+    /// (form value, label).
+    pub families: Vec<(&'static str, &'static str)>,
+    pub family: String,
+    pub dataset: String,
+    pub outcome: String,
+    pub covariates: String,
+    pub condition: String,
+    pub error_project: String,
+    pub error_dataset: String,
+    pub error_outcome: String,
+    pub error_covariates: String,
+    pub error_condition: String,
+    pub error_form: String,
+}
+
 pub struct QueryRow {
     pub id: String,
     pub owner: String,
