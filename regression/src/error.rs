@@ -64,6 +64,10 @@ pub enum FitError {
     NonConvergence { iterations: usize, change: f64 },
     #[error("the {family} family is fitted by fit_linear from sufficient statistics, not by IRLS")]
     Unsupported { family: Family },
+    #[error(
+        "the residual sum of squares is negative (y'y − β'X'y = {rss:.6e}): the statistics' noise exceeds the residual variation, so no standard error, test or interval can be given"
+    )]
+    NegativeResidual { rss: f64 },
     #[error("a pooled statistic is not a finite number ({0}); the coefficients may have overflowed")]
     NonFinite(&'static str),
     #[error("the sites answered for coefficients that the coordinator did not send (round {round})")]

@@ -184,6 +184,9 @@ pub(crate) fn factor(a: &[f64], p: usize, names: &[String]) -> Result<Factored, 
     Ok(Factored { chol, rcond })
 }
 
+/// How far below zero (relative to y'y) y'y − β'X'y may fall by rounding alone.
+const RSS_ROUNDING: f64 = 1e-9;
+
 /// Least squares from pooled X'X, X'y, y'y: Cholesky of X'X (after the aliasing check), never
 /// an explicit inverse for the coefficients. RSS = y'y − β'X'y.
 pub fn fit_linear(total: &Sufficient, names: &[String]) -> Result<LinearFit, FitError> {
@@ -198,10 +201,17 @@ pub fn fit_linear(total: &Sufficient, names: &[String]) -> Result<LinearFit, Fit
     let f = factor(&total.xtx, p, names)?;
     let beta = f.chol.solve(&DVector::from_column_slice(&total.xty));
     let explained: f64 = beta.iter().zip(&total.xty).map(|(b, v)| b * v).sum();
-    let rss = (total.yty - explained).max(0.0);
-    if !rss.is_finite() {
+    let raw_rss = total.yty - explained;
+    if !raw_rss.is_finite() {
         return Err(FitError::NonFinite("residual sum of squares"));
     }
+    // Exact statistics give a negative RSS only by rounding (a perfect fit). A clearly negative
+    // one comes from noisy statistics whose noise exceeds the residual variation: clamping it to
+    // zero would print zero standard errors and infinite t values.
+    if raw_rss < -RSS_ROUNDING * total.yty.abs().max(1.0) {
+        return Err(FitError::NegativeResidual { rss: raw_rss });
+    }
+    let rss = raw_rss.max(0.0);
     let rdf = residual_df as f64;
     let sigma2 = rss / rdf;
     let inverse = f.chol.inverse();

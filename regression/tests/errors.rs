@@ -161,6 +161,25 @@ fn no_residual_df_is_refused() {
     assert!(matches!(fit_linear(&d.sufficient(), &d.names), Err(FitError::NoResidualDf { .. })));
 }
 
+/// Noise larger than the residual variation makes y'y − β'X'y negative: refused, where
+/// clamping it to zero printed zero standard errors and infinite t values.
+#[test]
+fn a_negative_residual_sum_of_squares_is_refused_not_clamped() {
+    let data = generate(400, 29);
+    let d = design(&data, 0..400, Family::Gaussian);
+    let exact = d.sufficient();
+    let fit = fit_linear(&exact, &d.names).expect("fit");
+    assert!(fit.rss > 0.0);
+    let mut noisy = exact.clone();
+    noisy.yty -= 2.0 * fit.rss;
+    let err = fit_linear(&noisy, &d.names).expect_err("a negative RSS");
+    assert!(matches!(err, FitError::NegativeResidual { rss } if rss < 0.0), "{err}");
+    // A perfect fit whose RSS rounds just below zero is still a fit.
+    let mut rounded = exact;
+    rounded.yty -= fit.rss + 1e-12 * rounded.yty;
+    assert!(fit_linear(&rounded, &d.names).is_ok());
+}
+
 #[test]
 fn fits_serialise_to_json() {
     let data = generate(400, 23);

@@ -140,7 +140,9 @@ impl Drive<'_> {
             return match fit_linear(&total, &names) {
                 Ok(fit) => Ok(Fitted::Linear(fit)),
                 // Noise can make X'X indefinite or its n too small: that is not the design's fault.
-                Err(FitError::Singular { .. } | FitError::NoResidualDf { .. }) if self.noisy() => {
+                Err(FitError::Singular { .. } | FitError::NoResidualDf { .. } | FitError::NegativeResidual { .. })
+                    if self.noisy() =>
+                {
                     Err(ModelError::NoisyUndetermined.into())
                 }
                 Err(e) => Err(ModelError::Fit(e).into()),
