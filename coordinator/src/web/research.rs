@@ -112,34 +112,40 @@ pub async fn query_form(State(web): State<Web>, session: Session) -> Result<Resp
 /// with what was typed and the reason next to the input it concerns.
 pub async fn submit(State(web): State<Web>, session: Session, body: axum::body::Bytes) -> Result<Response, PageError> {
     let fields = pairs(&body);
-    let mut page = form(&web, &session).await?;
-    page.project = value(&fields, "project");
-    page.sql = value(&fields, "sql");
-    page.ccdl = value(&fields, "ccdl");
-    page.query_id = value(&fields, "query_id");
     let chosen: Vec<String> = fields.iter().filter(|(k, _)| k == "site").map(|(_, v)| v.clone()).collect();
-    for choice in &mut page.sites {
-        choice.checked = chosen.contains(&choice.site);
-    }
-    if page.sql.is_empty() && page.ccdl.is_empty() {
+    let query = pb::ResearchQuery {
+        query_id: value(&fields, "query_id"),
+        sql: value(&fields, "sql"),
+        sites: chosen.clone(),
+        project: value(&fields, "project"),
+        ccdl: value(&fields, "ccdl"),
+        ..Default::default()
+    };
+    // The form (with the sites listed) is built again only when it goes back to the browser.
+    let refill = |page: &mut QueryForm| {
+        page.project = query.project.clone();
+        page.sql = query.sql.clone();
+        page.ccdl = query.ccdl.clone();
+        page.query_id = query.query_id.clone();
+        for choice in &mut page.sites {
+            choice.checked = chosen.contains(&choice.site);
+        }
+    };
+    if query.sql.is_empty() && query.ccdl.is_empty() {
+        let mut page = form(&web, &session).await?;
+        refill(&mut page);
         page.error_sql = "write a SQL query, or paste or upload a CCDL document below".into();
         return Ok(view::render(StatusCode::BAD_REQUEST, &page));
     }
-    let query = pb::ResearchQuery {
-        query_id: page.query_id.clone(),
-        sql: page.sql.clone(),
-        sites: chosen,
-        project: page.project.clone(),
-        ccdl: page.ccdl.clone(),
-        ..Default::default()
-    };
-    let request = pb::SubmitRequest { request: Some(pb::submit_request::Request::Query(query)) };
+    let request = pb::SubmitRequest { request: Some(pb::submit_request::Request::Query(query.clone())) };
     match web.api.submit(session.request(request)?).await {
         Ok(status) => {
             let status = status.into_inner();
             Ok(Redirect::to(&query_link(&status.query_id, "")).into_response())
         }
         Err(status) => {
+            let mut page = form(&web, &session).await?;
+            refill(&mut page);
             place_error(&mut page, &status);
             let code = PageError::from(status).status_code();
             Ok(view::render(code, &page))
